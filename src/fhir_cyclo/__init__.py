@@ -1,0 +1,1 @@
+"""fhir-cyclo: FHIR R4 adapter for cyclosporine-treated clinical cases."""

@@ -1,0 +1,165 @@
+"""Transaction Bundles per case, Bundle/NDJSON serialisation, and the Bundle rule checks."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Any
+from urllib.parse import quote
+
+import orjson
+
+from fhir_cyclo.case import Case
+from fhir_cyclo.mappers import case_to_resources, resources_to_case
+from fhir_cyclo.mappers.datatypes import Resource
+from fhir_cyclo.terminology import Terminology, terminology
+
+
+def transaction_bundle(
+    case: Case, terms: Terminology | None = None, resources: list[Resource] | None = None
+) -> Resource:
+    """One transaction per case: Patient matched by identifier, the rest PUT to deterministic ids.
+
+    Only the Patient is conditional (PUT Patient?identifier=...), so a re-export updates it and
+    servers that cap conditional entries per transaction (Medplum) accept large bundles.
+    """
+    entries = []
+    for res in resources if resources is not None else case_to_resources(case, terms):
+        rtype, rid = res["resourceType"], res["id"]
+        if rtype == "Patient":
+            token = quote(case.identifier.token, safe=":/|._-~")
+            # No body id: the server owns the Patient's id (HAPI strips it; 2279 otherwise).
+            body = {k: v for k, v in res.items() if k != "id"}
+            request = {"method": "PUT", "url": f"Patient?identifier={token}"}
+        else:
+            body = res
+            request = {"method": "PUT", "url": f"{rtype}/{rid}"}
+        entries.append({"fullUrl": f"urn:uuid:{rid}", "resource": body, "request": request})
+    return {"resourceType": "Bundle", "type": "transaction", "entry": entries}
+
+
+def dumps(resource: Resource, *, pretty: bool = True) -> bytes:
+    """Deterministic JSON bytes (insertion-ordered keys, UTF-8, trailing newline when pretty)."""
+    if pretty:
+        return orjson.dumps(resource, option=orjson.OPT_INDENT_2) + b"\n"
+    return orjson.dumps(resource)
+
+
+def bundle_entries(bundle: Resource) -> list[tuple[str | None, Resource]]:
+    return [
+        (e.get("fullUrl"), e["resource"])
+        for e in bundle.get("entry") or []
+        if isinstance(e, dict) and isinstance(e.get("resource"), dict)
+    ]
+
+
+def bundle_to_case(bundle: Resource, terms: Terminology | None = None, source: str = "bundle") -> Case:
+    return resources_to_case(bundle_entries(bundle), terms, source)
+
+
+def with_local_references(resources: Iterable[Resource]) -> list[Resource]:
+    """Copies whose `urn:uuid:` references become `Type/id` (NDJSON and collection output)."""
+    items = list(resources)
+    targets = {f"urn:uuid:{r['id']}": f"{r['resourceType']}/{r['id']}" for r in items}
+    return [_rewrite(r, targets) for r in items]
+
+
+def _rewrite(node: Any, targets: dict[str, str]) -> Any:
+    if isinstance(node, dict):
+        out = {}
+        for key, value in node.items():
+            if key == "reference" and isinstance(value, str):
+                out[key] = targets.get(value, value)
+            else:
+                out[key] = _rewrite(value, targets)
+        return out
+    if isinstance(node, list):
+        return [_rewrite(v, targets) for v in node]
+    return node
+
+
+# --- rule checks --------------------------------------------------------------------------------
+
+
+def _references(node: Any, path: str) -> Iterator[tuple[str, str]]:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "reference" and isinstance(value, str):
+                yield path, value
+            else:
+                yield from _references(value, f"{path}.{key}")
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            yield from _references(value, f"{path}[{i}]")
+
+
+def _codings(node: Any, path: str) -> Iterator[tuple[str, Any, Any]]:
+    if isinstance(node, dict):
+        if "system" in node and "code" in node and "value" not in node and "unit" not in node:
+            yield path, node.get("system"), node.get("code")
+        for key, value in node.items():
+            yield from _codings(value, f"{path}.{key}")
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            yield from _codings(value, f"{path}[{i}]")
+
+
+def validate_resource(resource: Resource) -> str | None:
+    """First fhir.resources R4B validation error of a resource, None when it validates."""
+    from fhir.resources.R4B import get_fhir_model_class
+
+    try:
+        get_fhir_model_class(str(resource.get("resourceType"))).model_validate(resource)
+    except (ValueError, KeyError) as exc:
+        return _first_error(exc)
+    return None
+
+
+def check_bundle(bundle: Resource, terms: Terminology | None = None) -> list[str]:
+    """Every rule problem of a Bundle: empty list when it is sound.
+
+    fullUrls unique; each reference resolves inside the bundle; no empty resource; each resource
+    validates with fhir.resources R4B; each coding's system+code is in mappings/.
+    """
+    from fhir.resources.R4B import get_fhir_model_class  # heavy import, only when checking
+
+    terms = terms or terminology()
+    problems: list[str] = []
+    if bundle.get("resourceType") != "Bundle":
+        return ["not a Bundle"]
+    try:
+        get_fhir_model_class("Bundle").model_validate(bundle)
+    except ValueError as exc:
+        problems.append(f"Bundle: R4B validation: {_first_error(exc)}")
+    full_urls: dict[str, int] = {}
+    for i, entry in enumerate(bundle.get("entry") or []):
+        url = entry.get("fullUrl")
+        if url in full_urls:
+            problems.append(f"entry[{i}].fullUrl {url} duplicates entry[{full_urls[url]}]")
+        elif url:
+            full_urls[url] = i
+    known = set(full_urls)
+    for fu, res in bundle_entries(bundle):
+        if res.get("id"):
+            known.add(f"{res['resourceType']}/{res['id']}")
+    for i, entry in enumerate(bundle.get("entry") or []):
+        res = entry.get("resource")
+        where = f"entry[{i}] {(res or {}).get('resourceType', '?')}"
+        if not isinstance(res, dict) or len(res) <= 1:
+            problems.append(f"{where}: empty resource")
+            continue
+        for path, ref in _references(res, where):
+            if ref not in known:
+                problems.append(f"{path}: reference {ref} does not resolve inside the bundle")
+        for path, system, code in _codings(res, where):
+            if (system, code) not in terms.known_codings:
+                problems.append(f"{path}: coding {system}|{code} is not in mappings/")
+    return problems
+
+
+def _first_error(exc: Exception) -> str:
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        first = errors()[0]
+        loc = ".".join(str(p) for p in first.get("loc", ()))
+        return f"{loc}: {first.get('msg')}"
+    return str(exc).splitlines()[0]

@@ -1,0 +1,133 @@
+"""Export: read cases one at a time, map, validate, and write Bundle files (and NDJSON) atomically."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from fhir_cyclo.bundle import dumps, transaction_bundle, validate_resource, with_local_references
+from fhir_cyclo.case import Case
+from fhir_cyclo.errors import FhirCycloError, InputError, MappingError
+from fhir_cyclo.inputs import load
+from fhir_cyclo.mappers import case_to_resources
+from fhir_cyclo.mappers.datatypes import Resource
+from fhir_cyclo.terminology import Terminology, terminology
+
+
+@dataclass
+class ExportSummary:
+    cases: int = 0
+    resources: int = 0
+    files: list[Path] = field(default_factory=list)
+    failed: list[FhirCycloError] = field(default_factory=list)
+
+
+def bundle_filename(case: Case) -> str:
+    """Readable and collision-free: slug of the case value plus a hash of the full identifier."""
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", case.identifier.value).strip("-")[:60] or "case"
+    digest = hashlib.sha256(case.identifier.token.encode()).hexdigest()[:8]
+    return f"{slug}-{digest}.json"
+
+
+def map_case(case: Case, terms: Terminology, *, validate: bool = True) -> list[Resource]:
+    """Case -> resources, each validated with fhir.resources R4B unless `validate` is off."""
+    resources = list(case_to_resources(case, terms))
+    if validate:
+        for res in resources:
+            problem = validate_resource(res)
+            if problem:
+                raise MappingError(
+                    f"{res['resourceType']} does not validate (R4B): {problem}",
+                    source=case.identifier.token,
+                )
+    return resources
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write to a temp file in the same folder then rename: readers never see half a file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class NdjsonWriter:
+    """Per-type NDJSON files (Bulk Data layout), streamed to .part files and renamed on close."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+        self._files: dict[str, IO[bytes]] = {}
+
+    def write_case(self, resources: list[Resource]) -> None:
+        # The whole case is serialised before any byte is written: a failing case adds nothing.
+        lines = [(r["resourceType"], dumps(r, pretty=False) + b"\n") for r in with_local_references(resources)]
+        for rtype, line in lines:
+            fh = self._files.get(rtype)
+            if fh is None:
+                fh = self._files[rtype] = (self.folder / f"{rtype}.ndjson.part").open("wb")
+            fh.write(line)
+
+    def close(self, *, commit: bool) -> list[Path]:
+        out = []
+        for rtype, fh in self._files.items():
+            fh.close()
+            part = self.folder / f"{rtype}.ndjson.part"
+            if commit:
+                final = self.folder / f"{rtype}.ndjson"
+                os.replace(part, final)
+                out.append(final)
+            else:
+                part.unlink(missing_ok=True)
+        return out
+
+
+def export(
+    paths: Iterable[str | Path],
+    out_dir: Path,
+    *,
+    ndjson: bool = False,
+    validate: bool = True,
+    on_error: Callable[[FhirCycloError], None] | None = None,
+) -> ExportSummary:
+    """Stream every case under `paths` to `out_dir`: one transaction Bundle JSON per case."""
+    terms = terminology()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary = ExportSummary()
+    writer = NdjsonWriter(out_dir / "ndjson") if ndjson else None
+    ok = False
+    try:
+        for loaded in load(paths, terms):
+            error: FhirCycloError | None = loaded.error
+            if loaded.case is not None:
+                try:
+                    resources = map_case(loaded.case, terms, validate=validate)
+                    data = dumps(transaction_bundle(loaded.case, terms, resources))
+                    target = out_dir / bundle_filename(loaded.case)
+                    write_atomic(target, data)
+                    if writer:
+                        writer.write_case(resources)
+                    summary.cases += 1
+                    summary.resources += len(resources)
+                    summary.files.append(target)
+                except InputError as exc:
+                    error = exc if exc.source else InputError(exc.message, source=loaded.source, path=exc.path)
+            if error is not None:
+                summary.failed.append(error)
+                if on_error:
+                    on_error(error)
+        ok = True
+    finally:
+        if writer:
+            summary.files.extend(writer.close(commit=ok))
+    return summary

@@ -1,0 +1,39 @@
+"""Deterministic resource ids and business identifiers, so a re-export updates instead of duplicating."""
+
+from __future__ import annotations
+
+import uuid
+
+from fhir_cyclo.case import Identifier
+from fhir_cyclo.terminology import LOCAL_BASE
+
+# Fixed namespace for every uuid5 this project derives; changing it would orphan all data on servers.
+NAMESPACE = uuid.UUID("6f0f3c8e-2a4b-5d7e-9c1a-3b5e7d9f1a2c")
+
+ITEM_IDENTIFIER_SYSTEM = f"{LOCAL_BASE}/sid/case-item"
+"""Business identifier system of every non-Patient resource: value is `<case token>|<item id>`."""
+
+PATIENT_ITEM = "patient"
+
+
+def resource_id(case: Identifier, resource_type: str, item_id: str) -> str:
+    """uuid5 of type, case identifier and item: stable across runs and machines."""
+    return str(uuid.uuid5(NAMESPACE, f"{resource_type}|{case.system}|{case.value}|{item_id}"))
+
+
+def item_identifier(case: Identifier, item_id: str) -> dict[str, str]:
+    return {"system": ITEM_IDENTIFIER_SYSTEM, "value": f"{case.token}|{item_id}"}
+
+
+def item_id_from_identifiers(identifiers: object) -> str | None:
+    """The case-local item id from a resource's identifiers, None if it has none of ours."""
+    if isinstance(identifiers, dict):  # AdverseEvent.identifier is a single Identifier in R4
+        identifiers = [identifiers]
+    if not isinstance(identifiers, list):
+        return None
+    for ident in identifiers:
+        if isinstance(ident, dict) and ident.get("system") == ITEM_IDENTIFIER_SYSTEM:
+            value = ident.get("value")
+            if isinstance(value, str) and "|" in value:
+                return value.rsplit("|", 1)[1]
+    return None

@@ -1,0 +1,264 @@
+"""Read cases from case files (YAML/JSON) and cohort CSV folders, checked against the tables.
+
+Each reader yields one case at a time (streaming) or an InputError naming the file and field;
+one bad case never hides the good ones around it.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from fhir_cyclo.case import Age, Case, Lab, date_lower_bound
+from fhir_cyclo.errors import InputError
+from fhir_cyclo.terminology import Terminology, terminology
+
+CASE_SUFFIXES = (".yaml", ".yml", ".json")
+COHORT_PATIENTS = "patients.csv"
+COHORT_LABS = "labs.csv"
+COHORT_META = "cohort.yaml"
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """A case read from `source`, or the error that stopped it."""
+
+    source: str
+    case: Case | None = None
+    error: InputError | None = None
+
+
+def pydantic_path(loc: Iterable[Any]) -> str:
+    """('labs', 2, 'value') -> 'labs[2].value'."""
+    out = ""
+    for part in loc:
+        if isinstance(part, str) and part.startswith(("When:", "function-")):
+            continue  # union branch tags, not fields the user wrote
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def from_validation_error(exc: ValidationError, source: str) -> InputError:
+    errors = exc.errors()
+    first = errors[0]
+    # pydantic reports each branch of a union; the shortest path is the one the user wrote.
+    message = str(first["msg"]).removeprefix("Value error, ")
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return InputError(message + more, source=source, path=pydantic_path(first["loc"]))
+
+
+# --- discovery ----------------------------------------------------------------------------------
+
+
+def discover(paths: Iterable[str | Path]) -> Iterator[Path]:
+    """Case files and cohort folders under the given paths, in a stable (sorted) order."""
+    for raw in paths:
+        path = Path(raw)
+        if not path.exists():
+            raise InputError("no such file or folder", source=str(path))
+        if path.is_file():
+            yield path
+            continue
+        if (path / COHORT_PATIENTS).is_file():
+            yield path
+            continue
+        for child in sorted(path.rglob("*")):
+            if child.is_dir() and (child / COHORT_PATIENTS).is_file():
+                yield child
+            elif (
+                child.is_file()
+                and child.suffix in CASE_SUFFIXES
+                and child.name != COHORT_META
+                and not any((p / COHORT_PATIENTS).is_file() for p in child.parents)
+            ):
+                yield child
+
+
+def load(paths: Iterable[str | Path], terms: Terminology | None = None) -> Iterator[Loaded]:
+    """Every case under `paths`; duplicate case identifiers are errors on the later one."""
+    terms = terms or terminology()
+    seen: dict[str, str] = {}
+    for path in discover(paths):
+        loaded = _load_cohort(path, terms) if path.is_dir() else iter([_load_file(path, terms)])
+        for item in loaded:
+            if item.case is not None:
+                token = item.case.identifier.token
+                if token in seen:
+                    item = Loaded(
+                        item.source,
+                        error=InputError(
+                            f"case id {token} already read from {seen[token]}",
+                            source=item.source,
+                            path="identifier",
+                        ),
+                    )
+                else:
+                    seen[token] = item.source
+            yield item
+
+
+# --- case files ---------------------------------------------------------------------------------
+
+
+def _load_file(path: Path, terms: Terminology) -> Loaded:
+    source = str(path)
+    try:
+        data = read_structured(path)
+        if not isinstance(data, dict):
+            raise InputError(
+                f"top level must be a mapping (one case), found {type(data).__name__}",
+                source=source,
+            )
+        case = Case.model_validate(data)
+        problems = check_case(case, terms)
+        if problems:
+            path_, message = problems[0]
+            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+            raise InputError(message + more, source=source, path=path_)
+        return Loaded(source, case=case)
+    except ValidationError as exc:
+        return Loaded(source, error=from_validation_error(exc, source))
+    except InputError as exc:
+        return Loaded(source, error=exc)
+
+
+def read_structured(path: Path) -> Any:
+    source = str(path)
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"not UTF-8 text (byte {exc.start})", source=source) from None
+    except OSError as exc:
+        raise InputError(f"cannot read: {exc.strerror}", source=source) from None
+    if not text.strip():
+        raise InputError("file is empty", source=source)
+    try:
+        if path.suffix == ".json":
+            return json.loads(text)
+        return yaml.safe_load(text)
+    except json.JSONDecodeError as exc:
+        raise InputError(
+            f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}", source=source
+        ) from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "syntax error"
+        raise InputError(f"invalid YAML: {problem}{where}", source=source) from None
+
+
+# --- checks against the tables and the calendar -------------------------------------------------
+
+
+def check_case(
+    case: Case, terms: Terminology, today: dt.date | None = None
+) -> list[tuple[str, str]]:
+    """(path, message) for every problem the model alone cannot see: unknown keys, units, values."""
+    today = today or dt.date.today()
+    problems: list[tuple[str, str]] = []
+
+    def future(when: object, path: str) -> None:
+        if isinstance(when, str) and date_lower_bound(when) > today:
+            problems.append((path, f"date {when} is in the future"))
+
+    def order(start: object, end: object, path: str) -> None:
+        if isinstance(start, str) and isinstance(end, str) and end[: len(start)] < start[: len(end)]:
+            problems.append((path, f"end {end} is before start {start}"))
+        if isinstance(start, Age) and isinstance(end, Age) and end.age < start.age:
+            problems.append((path, f"end age {end.age} is before start age {start.age}"))
+
+    future(case.patient.birth_date, "patient.birth_date")
+    for i, d in enumerate(case.diagnoses):
+        if d.concept not in terms.diagnoses:
+            problems.append((f"diagnoses[{i}].concept", f"unknown diagnosis {d.concept!r}"))
+        if d.body_site and d.body_site not in terms.body_sites:
+            problems.append((f"diagnoses[{i}].body_site", f"unknown body site {d.body_site!r}"))
+        future(d.onset, f"diagnoses[{i}].onset")
+        order(d.onset, d.abatement, f"diagnoses[{i}].abatement")
+    for i, t in enumerate(case.treatments):
+        if t.drug not in terms.drugs:
+            problems.append((f"treatments[{i}].drug", f"unknown drug {t.drug!r}"))
+        future(t.start, f"treatments[{i}].start")
+        order(t.start, t.end, f"treatments[{i}].end")
+    for i, lab in enumerate(case.labs):
+        problems.extend(_check_lab(lab, f"labs[{i}]", terms))
+        future(lab.date, f"labs[{i}].date")
+    for i, m in enumerate(case.marrow):
+        if m.finding not in terms.marrow_findings:
+            problems.append((f"marrow[{i}].finding", f"unknown marrow finding {m.finding!r}"))
+    for i, p in enumerate(case.procedures):
+        if p.procedure not in terms.procedures:
+            problems.append((f"procedures[{i}].procedure", f"unknown procedure {p.procedure!r}"))
+        future(p.performed, f"procedures[{i}].performed")
+        order(p.performed, p.performed_end, f"procedures[{i}].performed_end")
+    for i, ae in enumerate(case.adverse_events):
+        if ae.event not in terms.adverse_events:
+            problems.append((f"adverse_events[{i}].event", f"unknown adverse event {ae.event!r}"))
+        future(ae.date, f"adverse_events[{i}].date")
+    for i, img in enumerate(case.imaging):
+        future(img.date, f"imaging[{i}].date")
+    return problems
+
+
+def _check_lab(lab: Lab, path: str, terms: Terminology) -> list[tuple[str, str]]:
+    concept = terms.analytes.get(lab.analyte)
+    if concept is None:
+        return [(f"{path}.analyte", f"unknown analyte {lab.analyte!r}")]
+    if lab.value is None or lab.unit is None:
+        return []
+    if concept.qualitative:
+        return [(f"{path}.value", f"{lab.analyte} is qualitative: give interpretation POS/NEG")]
+    factor = concept.factor_to_unit(lab.unit)
+    if factor is None:
+        accepted = ", ".join([concept.unit or ""] + [a.unit for a in concept.alternatives])
+        return [(f"{path}.unit", f"unit {lab.unit!r} cannot be converted for {lab.analyte} ({accepted})")]
+    if concept.plausible:
+        low, high = concept.plausible
+        value = lab.value * factor
+        if not low <= value <= high:
+            return [
+                (
+                    f"{path}.value",
+                    f"{lab.value} {lab.unit} is impossible for {lab.analyte} "
+                    f"(accepted {low}-{high} {concept.unit})",
+                )
+            ]
+    return []
+
+
+# --- cohort CSV folders -------------------------------------------------------------------------
+
+
+def _load_cohort(folder: Path, terms: Terminology) -> Iterator[Loaded]:
+    """A cohort folder: cohort.yaml (identifier system), patients.csv, labs.csv (long format)."""
+    from fhir_cyclo.cohort import cohort_cases  # the CSV layout lives with its builder
+
+    yield from cohort_cases(folder, terms)
+
+
+def read_csv(path: Path, required: tuple[str, ...]) -> list[dict[str, str]]:
+    """Rows of a CSV with the required columns, or an InputError naming the missing ones."""
+    source = str(path)
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except FileNotFoundError:
+        raise InputError("file missing", source=source) from None
+    except UnicodeDecodeError as exc:
+        raise InputError(f"not UTF-8 text (byte {exc.start})", source=source) from None
+    reader = csv.DictReader(text.splitlines())
+    columns = reader.fieldnames or []
+    missing = [c for c in required if c not in columns]
+    if missing:
+        raise InputError(f"missing column(s): {', '.join(missing)}", source=source, path="header")
+    return list(reader)
