@@ -122,7 +122,10 @@ class TransportError(FhirCycloError):
 
 
 class TemporaryTransportError(TransportError):
-    """Worth retrying later: connection refused/reset, timeout, 408/429/5xx after the retries ran out."""
+    """Worth retrying later: connection refused/reset or timeouts that outlasted the retries.
+
+    An HTTP 408/429/5xx that outlasts them surfaces as the ServerError of its status instead.
+    """
 
 
 class FatalTransportError(TransportError):

@@ -164,7 +164,11 @@ def read_structured(path: Path) -> Any:
 def check_case(
     case: Case, terms: Terminology, today: dt.date | None = None
 ) -> list[tuple[str, str]]:
-    """(path, message) for every problem the model alone cannot see: unknown keys, units, values."""
+    """(path, message) for every problem the model alone cannot see: unknown keys, units, values.
+
+    Paths name items by id (`labs[hb-2011].value`): the case keeps items sorted by id, so a
+    position would not match the file.
+    """
     today = today or dt.date.today()
     problems: list[tuple[str, str]] = []
 
@@ -179,34 +183,41 @@ def check_case(
             problems.append((path, f"end age {end.age} is before start age {start.age}"))
 
     future(case.patient.birth_date, "patient.birth_date")
-    for i, d in enumerate(case.diagnoses):
+    for d in case.diagnoses:
+        i = d.id
         if d.concept not in terms.diagnoses:
             problems.append((f"diagnoses[{i}].concept", f"unknown diagnosis {d.concept!r}"))
         if d.body_site and d.body_site not in terms.body_sites:
             problems.append((f"diagnoses[{i}].body_site", f"unknown body site {d.body_site!r}"))
         future(d.onset, f"diagnoses[{i}].onset")
         order(d.onset, d.abatement, f"diagnoses[{i}].abatement")
-    for i, t in enumerate(case.treatments):
+    for t in case.treatments:
+        i = t.id
         if t.drug not in terms.drugs:
             problems.append((f"treatments[{i}].drug", f"unknown drug {t.drug!r}"))
         future(t.start, f"treatments[{i}].start")
         order(t.start, t.end, f"treatments[{i}].end")
-    for i, lab in enumerate(case.labs):
+    for lab in case.labs:
+        i = lab.id
         problems.extend(_check_lab(lab, f"labs[{i}]", terms))
         future(lab.date, f"labs[{i}].date")
-    for i, m in enumerate(case.marrow):
+    for m in case.marrow:
+        i = m.id
         if m.finding not in terms.marrow_findings:
             problems.append((f"marrow[{i}].finding", f"unknown marrow finding {m.finding!r}"))
-    for i, p in enumerate(case.procedures):
+    for p in case.procedures:
+        i = p.id
         if p.procedure not in terms.procedures:
             problems.append((f"procedures[{i}].procedure", f"unknown procedure {p.procedure!r}"))
         future(p.performed, f"procedures[{i}].performed")
         order(p.performed, p.performed_end, f"procedures[{i}].performed_end")
-    for i, ae in enumerate(case.adverse_events):
+    for ae in case.adverse_events:
+        i = ae.id
         if ae.event not in terms.adverse_events:
             problems.append((f"adverse_events[{i}].event", f"unknown adverse event {ae.event!r}"))
         future(ae.date, f"adverse_events[{i}].date")
-    for i, img in enumerate(case.imaging):
+    for img in case.imaging:
+        i = img.id
         future(img.date, f"imaging[{i}].date")
     return problems
 

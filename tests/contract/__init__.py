@@ -1,0 +1,1 @@
+"""Contract tests: FhirClient and push_bundles against recorded HAPI responses."""
