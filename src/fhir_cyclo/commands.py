@@ -3,7 +3,182 @@
 from __future__ import annotations
 
 import argparse
+import os
+import sys
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from fhir_cyclo.errors import FhirCycloError, InputError
+
+PUBLIC_HAPI = "https://hapi.fhir.org/baseR4"
+SERVER_ENV = "FHIR_CYCLO_SERVER"
+CONFIG_ENV = "FHIR_CYCLO_CONFIG"
+
+
+def _err(message: str) -> None:
+    print(f"fhir-cyclo: {message}", file=sys.stderr)
+
+
+def default_server() -> str | None:
+    """--server, else $FHIR_CYCLO_SERVER, else `server =` in the config file (TOML)."""
+    if os.environ.get(SERVER_ENV):
+        return os.environ[SERVER_ENV]
+    candidates = [Path(os.environ[CONFIG_ENV])] if os.environ.get(CONFIG_ENV) else []
+    candidates += [Path("fhir-cyclo.toml"), Path.home() / ".config" / "fhir-cyclo" / "config.toml"]
+    for path in candidates:
+        if path.is_file():
+            try:
+                data = tomllib.loads(path.read_text(encoding="utf-8"))
+            except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+                raise InputError(f"not valid TOML: {exc}", source=str(path)) from None
+            server = data.get("server")
+            if isinstance(server, str) and server:
+                return server
+    return None
+
+
+def make_client(args: argparse.Namespace) -> Any:
+    from fhir_cyclo.client import FhirClient
+
+    server = args.server or default_server()
+    if not server:
+        raise InputError(
+            f"no server: give --server URL, set ${SERVER_ENV}, or `server = \"...\"` in "
+            f"fhir-cyclo.toml (public test server: {PUBLIC_HAPI})"
+        )
+    return FhirClient(
+        server,
+        token_file=Path(args.token_file) if args.token_file else None,
+        verify=not args.insecure,
+        allow_http=args.allow_http,
+        timeout=(5.0, args.timeout),
+    )
+
+
+def _server_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--server", help=f"FHIR R4 base URL (default ${SERVER_ENV} or config file)")
+    p.add_argument("--token-file", help="file holding a bearer token (or set $FHIR_CYCLO_TOKEN)")
+    p.add_argument("--insecure", action="store_true", help="do not verify TLS certificates")
+    p.add_argument("--allow-http", action="store_true", help="allow http:// to non-loopback hosts")
+    p.add_argument("--timeout", type=float, default=60.0, help="read timeout in seconds")
+
+
+# --- push ---------------------------------------------------------------------------------------
+
+
+def _bundles(paths: list[str], failures: list[str]) -> Iterator[tuple[str, bytes]]:
+    """(label, transaction bytes) per case; bad inputs are reported and skipped, never raised."""
+    from fhir_cyclo.bundle import dumps, transaction_bundle
+    from fhir_cyclo.export import map_case
+    from fhir_cyclo.inputs import discover, load, read_structured
+    from fhir_cyclo.terminology import terminology
+
+    terms = terminology()
+    case_paths: list[Path] = []
+    for path in discover(paths):
+        if path.suffix == ".json" and path.is_file():
+            try:
+                data = read_structured(path)
+            except InputError as exc:
+                failures.append(str(exc))
+                _err(f"error: {exc}")
+                continue
+            if isinstance(data, dict) and data.get("resourceType") == "Bundle":
+                yield str(path), dumps(data, pretty=False)
+                continue
+        case_paths.append(path)
+    for loaded in load(case_paths, terms):
+        if loaded.case is None:
+            failures.append(str(loaded.error))
+            _err(f"error: {loaded.error}")
+            continue
+        try:
+            resources = map_case(loaded.case, terms)
+        except FhirCycloError as exc:
+            failures.append(f"{loaded.source}: {exc}")
+            _err(f"error: {loaded.source}: {exc}")
+            continue
+        label = f"{loaded.case.identifier.token} ({loaded.source})"
+        yield label, dumps(transaction_bundle(loaded.case, terms, resources), pretty=False)
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    from fhir_cyclo.push import push_bundles
+
+    input_failures: list[str] = []
+    client = None if args.dry_run else make_client(args)
+    if client is not None:
+        client.capabilities()  # fail fast: unreachable, not FHIR, not R4
+    summary = push_bundles(
+        client,  # type: ignore[arg-type]
+        _bundles(args.paths, input_failures),
+        workers=args.workers,
+        dry_run=args.dry_run,
+        progress=not args.no_progress,
+        on_result=lambda r: None if r.ok else _err(f"failed: {r.error}"),
+    )
+    verb = "would push" if args.dry_run else "pushed"
+    print(
+        f"{verb} {summary.pushed} case(s): {summary.created} resource(s) created, "
+        f"{summary.updated} updated; {summary.failed} failed to push; "
+        f"{len(input_failures)} invalid input(s)"
+    )
+    return 1 if summary.failed or input_failures else 0
+
+
+# --- score --------------------------------------------------------------------------------------
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from fhir_cyclo.scoring import cli as scoring_cli
+
+    client = make_client(args) if args.server or (not args.paths and default_server()) else None
+    return scoring_cli.run(args, client)
+
+
+# --- sandbox ------------------------------------------------------------------------------------
+
+
+def cmd_sandbox(args: argparse.Namespace) -> int:
+    import time
+
+    from fhir_cyclo.sandbox import Sandbox
+
+    with Sandbox(port=args.port) as sandbox:
+        print(f"sandbox FHIR R4 server at {sandbox.base_url} (Ctrl-C stops it)", flush=True)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            pass
+    return 0
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the server-facing subcommands to the parser."""
+    p = sub.add_parser("push", help="push one transaction Bundle per case to a FHIR R4 server")
+    p.add_argument("paths", nargs="+", help="case files, cohort folders, or exported Bundle JSON")
+    _server_options(p)
+    p.add_argument("--workers", type=int, default=1, help="parallel transactions (default 1)")
+    p.add_argument("--dry-run", action="store_true", help="map and count, send nothing")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_push)
+
+    p = sub.add_parser("score", help="score cyclosporine response from FHIR files or a server")
+    p.add_argument("paths", nargs="*", help="Bundle JSON / NDJSON files or folders")
+    _server_options(p)
+    p.add_argument("--patient", help="server mode: one Patient (Patient/ID)")
+    p.add_argument("--identifier", help="server mode: one Patient by identifier SYSTEM|VALUE")
+    p.add_argument("--json", nargs="?", const="-", metavar="FILE", help="JSON result (stdout: -)")
+    p.add_argument("--table", action="store_true", help="Table 2 style summary")
+    p.add_argument("--plot", metavar="DIR", help="one PNG per patient")
+    p.add_argument("--write-back", action="store_true", help="server mode: write Observations")
+    p.add_argument("--strict", action="store_true", help="validate input with fhir.resources R4B")
+    p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("sandbox", help="run the bundled sandbox FHIR server for demos")
+    p.add_argument("--port", type=int, default=8080)
+    p.set_defaults(func=cmd_sandbox)
+

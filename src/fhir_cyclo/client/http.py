@@ -144,7 +144,7 @@ def check_base_url(base_url: str, *, allow_http: bool) -> str:
     if parts.scheme == "http" and not allow_http and not is_loopback(parts.hostname):
         raise FatalTransportError(
             f"refusing plain http to {parts.hostname}: credentials and health data would travel "
-            f"unencrypted; use https, or pass allow_http=True if this network is trusted",
+            f"unencrypted; use https, or --allow-http (allow_http=True) if this network is trusted",
             url=base_url,
         )
     return urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
