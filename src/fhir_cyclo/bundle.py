@@ -52,7 +52,9 @@ def bundle_entries(bundle: Resource) -> list[tuple[str | None, Resource]]:
     ]
 
 
-def bundle_to_case(bundle: Resource, terms: Terminology | None = None, source: str = "bundle") -> Case:
+def bundle_to_case(
+    bundle: Resource, terms: Terminology | None = None, source: str = "bundle"
+) -> Case:
     return resources_to_case(bundle_entries(bundle), terms, source)
 
 
@@ -138,7 +140,7 @@ def check_bundle(bundle: Resource, terms: Terminology | None = None) -> list[str
         elif url:
             full_urls[url] = i
     known = set(full_urls)
-    for fu, res in bundle_entries(bundle):
+    for _, res in bundle_entries(bundle):
         if res.get("id"):
             known.add(f"{res['resourceType']}/{res['id']}")
     for i, entry in enumerate(bundle.get("entry") or []):

@@ -1,4 +1,4 @@
-"""The case model: everything a cyclosporine case report or cohort row says, typed with pydantic v2."""
+"""The case model: everything a cyclosporine case report or cohort row says (pydantic v2)."""
 
 from __future__ import annotations
 
@@ -283,7 +283,7 @@ class MarrowFinding(Model):
 
 
 class Procedure(Model):
-    """A Procedure: surgery, splenectomy, transfusion; `status: not-done` records what was not done."""
+    """A Procedure: surgery, splenectomy, transfusion; `not-done` records what was not done."""
 
     id: ItemId
     procedure: str  # key into mappings `procedures`

@@ -105,7 +105,7 @@ class OperationOutcome:
 
     @property
     def hapi_codes(self) -> tuple[str, ...]:
-        """HAPI-NNNN codes in diagnostics order: the first is the wrapper, the last the root cause."""
+        """HAPI-NNNN codes in diagnostics order: first the wrapper, last the root cause."""
         codes: list[str] = []
         for issue in self.issues:
             codes.extend(f"HAPI-{c}" for c in _HAPI_CODE.findall(issue.diagnostics))
@@ -129,7 +129,7 @@ class TemporaryTransportError(TransportError):
 
 
 class FatalTransportError(TransportError):
-    """Retrying cannot help: bad URL, TLS failure, not a FHIR R4 server, redirect to another host."""
+    """Retrying cannot help: bad URL, TLS failure, not a FHIR R4 server, a refused redirect."""
 
 
 class ServerError(FhirCycloError):

@@ -1,4 +1,4 @@
-"""Export: read cases one at a time, map, validate, and write Bundle files (and NDJSON) atomically."""
+"""Export: read cases one at a time, map, validate, write Bundle files (and NDJSON) atomically."""
 
 from __future__ import annotations
 
@@ -71,7 +71,10 @@ class NdjsonWriter:
 
     def write_case(self, resources: list[Resource]) -> None:
         # The whole case is serialised before any byte is written: a failing case adds nothing.
-        lines = [(r["resourceType"], dumps(r, pretty=False) + b"\n") for r in with_local_references(resources)]
+        lines = [
+            (r["resourceType"], dumps(r, pretty=False) + b"\n")
+            for r in with_local_references(resources)
+        ]
         for rtype, line in lines:
             fh = self._files.get(rtype)
             if fh is None:
@@ -121,7 +124,11 @@ def export(
                     summary.resources += len(resources)
                     summary.files.append(target)
                 except InputError as exc:
-                    error = exc if exc.source else InputError(exc.message, source=loaded.source, path=exc.path)
+                    error = (
+                        exc
+                        if exc.source
+                        else InputError(exc.message, source=loaded.source, path=exc.path)
+                    )
             if error is not None:
                 summary.failed.append(error)
                 if on_error:

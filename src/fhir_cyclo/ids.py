@@ -1,4 +1,4 @@
-"""Deterministic resource ids and business identifiers, so a re-export updates instead of duplicating."""
+"""Deterministic resource ids and business identifiers: a re-export updates, never duplicates."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import uuid
 from fhir_cyclo.case import Identifier
 from fhir_cyclo.terminology import LOCAL_BASE
 
-# Fixed namespace for every uuid5 this project derives; changing it would orphan all data on servers.
+# Fixed namespace for every uuid5 this project derives; changing it orphans all data on servers.
 NAMESPACE = uuid.UUID("6f0f3c8e-2a4b-5d7e-9c1a-3b5e7d9f1a2c")
 
 ITEM_IDENTIFIER_SYSTEM = f"{LOCAL_BASE}/sid/case-item"

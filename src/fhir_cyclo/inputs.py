@@ -74,9 +74,7 @@ def discover(paths: Iterable[str | Path]) -> Iterator[Path]:
             yield path
             continue
         for child in sorted(path.rglob("*")):
-            if child.is_dir() and (child / COHORT_PATIENTS).is_file():
-                yield child
-            elif (
+            if (child.is_dir() and (child / COHORT_PATIENTS).is_file()) or (
                 child.is_file()
                 and child.suffix in CASE_SUFFIXES
                 and child.name != COHORT_META
@@ -95,7 +93,7 @@ def load(paths: Iterable[str | Path], terms: Terminology | None = None) -> Itera
             if item.case is not None:
                 token = item.case.identifier.token
                 if token in seen:
-                    item = Loaded(
+                    yield Loaded(
                         item.source,
                         error=InputError(
                             f"case id {token} already read from {seen[token]}",
@@ -103,8 +101,8 @@ def load(paths: Iterable[str | Path], terms: Terminology | None = None) -> Itera
                             path="identifier",
                         ),
                     )
-                else:
-                    seen[token] = item.source
+                    continue
+                seen[token] = item.source
             yield item
 
 
@@ -177,7 +175,11 @@ def check_case(
             problems.append((path, f"date {when} is in the future"))
 
     def order(start: object, end: object, path: str) -> None:
-        if isinstance(start, str) and isinstance(end, str) and end[: len(start)] < start[: len(end)]:
+        if (
+            isinstance(start, str)
+            and isinstance(end, str)
+            and end[: len(start)] < start[: len(end)]
+        ):
             problems.append((path, f"end {end} is before start {start}"))
         if isinstance(start, Age) and isinstance(end, Age) and end.age < start.age:
             problems.append((path, f"end age {end.age} is before start age {start.age}"))
@@ -233,7 +235,12 @@ def _check_lab(lab: Lab, path: str, terms: Terminology) -> list[tuple[str, str]]
     factor = concept.factor_to_unit(lab.unit)
     if factor is None:
         accepted = ", ".join([concept.unit or ""] + [a.unit for a in concept.alternatives])
-        return [(f"{path}.unit", f"unit {lab.unit!r} cannot be converted for {lab.analyte} ({accepted})")]
+        return [
+            (
+                f"{path}.unit",
+                f"unit {lab.unit!r} cannot be converted for {lab.analyte} ({accepted})",
+            )
+        ]
     if concept.plausible:
         low, high = concept.plausible
         value = lab.value * factor

@@ -108,11 +108,14 @@ class Terminology:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"])
             raise TerminologyError(
-                f"mappings/terminology.yaml: {where}: {first['msg']} ({exc.error_count()} problem(s))"
+                f"mappings/terminology.yaml: {where}: {first['msg']} "
+                f"({exc.error_count()} problem(s))"
             ) from exc
         self.systems = table.systems
         if self.systems.get("local") != LOCAL_SYSTEM:
-            raise TerminologyError("mappings/terminology.yaml: systems.local must be " + LOCAL_SYSTEM)
+            raise TerminologyError(
+                "mappings/terminology.yaml: systems.local must be " + LOCAL_SYSTEM
+            )
         self.source_document = table.source_document
         resolve = self._resolve
         self.analytes = {k: self._concept(c, "analyte", k) for k, c in table.analytes.items()}
@@ -145,15 +148,18 @@ class Terminology:
             for analyte in analytes:
                 if analyte not in self.analytes:
                     raise TerminologyError(
-                        f"mappings/terminology.yaml: dat_patterns.{pattern}: unknown analyte {analyte}"
+                        f"mappings/terminology.yaml: dat_patterns.{pattern}: "
+                        f"unknown analyte {analyte}"
                     )
         for key, proc in self.procedures.items():
             if proc.body_site and proc.body_site not in self.body_sites:
                 raise TerminologyError(
-                    f"mappings/terminology.yaml: procedures.{key}.body_site: unknown {proc.body_site}"
+                    f"mappings/terminology.yaml: procedures.{key}.body_site: "
+                    f"unknown {proc.body_site}"
                 )
         self.fhir_codes = {
-            self._system_uri(k, f"fhir_codes.{k}"): set(v.codes) for k, v in table.fhir_codes.items()
+            self._system_uri(k, f"fhir_codes.{k}"): set(v.codes)
+            for k, v in table.fhir_codes.items()
         }
 
     # --- construction helpers ---------------------------------------------------------------

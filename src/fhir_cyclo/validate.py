@@ -1,4 +1,4 @@
-"""`fhir-cyclo validate`: check case files, cohort folders and FHIR Bundle files, every problem listed."""
+"""`fhir-cyclo validate`: check case files, cohort folders and FHIR Bundles; list every problem."""
 
 from __future__ import annotations
 

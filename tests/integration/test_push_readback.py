@@ -85,7 +85,9 @@ def test_eight_concurrent_pushes_make_one_patient(server: Server, case_report: C
         assert fetch_case(client, case_report.identifier.token) == case_report
 
 
-def test_rejected_resource_is_a_clear_error_and_stores_nothing(server: Server, case_report: Case) -> None:
+def test_rejected_resource_is_a_clear_error_and_stores_nothing(
+    server: Server, case_report: Case
+) -> None:
     bundle = copy.deepcopy(transaction_bundle(case_report))
     # A resource the mapper would never make: an invalid status code.
     bad = next(e for e in bundle["entry"] if e["resource"]["resourceType"] == "Observation")
@@ -120,7 +122,9 @@ def test_search_pages_through_next_links(server: Server, all_fixture_cases: list
         ours = {p["identifier"][0]["value"] for p in patients}
         assert {c.identifier.value for c in all_fixture_cases} <= ours
         pages = list(client.search_bundles("Patient", {"_count": "3"}))
-        assert len(pages) >= 5 and all("total" not in p or p["total"] >= len(patients) for p in pages)
+        assert len(pages) >= 5 and all(
+            "total" not in p or p["total"] >= len(patients) for p in pages
+        )
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -130,7 +134,9 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_cli_push_summary_and_idempotency(server: Server, all_fixture_cases: list[Case]) -> None:
-    first = cli("push", str(FIXTURES), "--server", server.base_url, "--workers", "4", "--no-progress")
+    first = cli(
+        "push", str(FIXTURES), "--server", server.base_url, "--workers", "4", "--no-progress"
+    )
     assert first.returncode == 0, first.stderr
     assert "pushed 14 case(s)" in first.stdout and "0 failed to push" in first.stdout
     again = cli("push", str(FIXTURES), "--server", server.base_url, "--no-progress")
@@ -146,7 +152,9 @@ def test_cli_push_summary_and_idempotency(server: Server, all_fixture_cases: lis
     ],
 )
 def test_cli_push_to_bad_server(url: str, message: str) -> None:
-    result = cli("push", str(FIXTURES / "cases"), "--server", url, "--no-progress", "--timeout", "2")
+    result = cli(
+        "push", str(FIXTURES / "cases"), "--server", url, "--no-progress", "--timeout", "2"
+    )
     assert result.returncode == 3, result.stderr
     assert message in result.stderr and "Traceback" not in result.stderr
 
@@ -157,7 +165,9 @@ def test_cli_push_to_a_non_r4_server() -> None:
 
     class R5(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            body = json.dumps({"resourceType": "CapabilityStatement", "fhirVersion": "5.0.0"}).encode()
+            body = json.dumps(
+                {"resourceType": "CapabilityStatement", "fhirVersion": "5.0.0"}
+            ).encode()
             self.send_response(200)
             self.send_header("Content-Type", "application/fhir+json")
             self.send_header("Content-Length", str(len(body)))

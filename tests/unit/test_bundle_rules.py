@@ -33,7 +33,7 @@ def test_only_the_patient_is_conditional(case_report: Case) -> None:
     assert all(m == "PUT" for m, _ in methods)
     assert "id" not in bundle["entry"][0]["resource"]  # the server owns the Patient id
     for entry in bundle["entry"][1:]:
-        rtype, rid = entry["request"]["url"].split("/")
+        _, rid = entry["request"]["url"].split("/")
         assert entry["resource"]["id"] == rid and entry["fullUrl"] == f"urn:uuid:{rid}"
 
 
@@ -47,8 +47,16 @@ def _mutated(case: Case, fn: object) -> list[str]:
     ("mutation", "expected"),
     [
         (lambda b: b["entry"][2].update(fullUrl=b["entry"][1]["fullUrl"]), "duplicates"),
-        (lambda b: b["entry"][1]["resource"].update(subject={"reference": "urn:uuid:nope"}), "does not resolve"),
-        (lambda b: b["entry"][1]["resource"]["code"]["coding"].append({"system": "http://snomed.info/sct", "code": "95563006"}), "not in mappings"),
+        (
+            lambda b: b["entry"][1]["resource"].update(subject={"reference": "urn:uuid:nope"}),
+            "does not resolve",
+        ),
+        (
+            lambda b: b["entry"][1]["resource"]["code"]["coding"].append(
+                {"system": "http://snomed.info/sct", "code": "95563006"}
+            ),
+            "not in mappings",
+        ),
         (lambda b: b["entry"][1].update(resource={"resourceType": "Condition"}), "empty resource"),
         (lambda b: b["entry"][1]["resource"].update(clinicalStatus="active"), "R4B validation"),
         (lambda b: b["entry"][1]["resource"].update(bogusElement=1), "R4B validation"),

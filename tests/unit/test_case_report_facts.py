@@ -9,7 +9,11 @@ import pytest
 from fhir_cyclo.bundle import transaction_bundle
 from fhir_cyclo.case import Case
 
-LOINC, SNOMED, RXNORM = "http://loinc.org", "http://snomed.info/sct", "http://www.nlm.nih.gov/research/umls/rxnorm"
+LOINC, SNOMED, RXNORM = (
+    "http://loinc.org",
+    "http://snomed.info/sct",
+    "http://www.nlm.nih.gov/research/umls/rxnorm",
+)
 UCUM, ICD10 = "http://unitsofmeasure.org", "http://hl7.org/fhir/sid/icd-10-cm"
 
 
@@ -28,7 +32,8 @@ def codes(cc: dict[str, Any]) -> set[tuple[str, str]]:
 
 def lab(resources: list[dict[str, Any]], loinc: str, when: str) -> dict[str, Any]:
     (found,) = [
-        r for r in by_type(resources, "Observation")
+        r
+        for r in by_type(resources, "Observation")
         if (LOINC, loinc) in codes(r["code"]) and r.get("effectiveDateTime") == when
     ]
     return found
@@ -37,7 +42,12 @@ def lab(resources: list[dict[str, Any]], loinc: str, when: str) -> dict[str, Any
 def test_patient_is_a_woman_with_the_case_identifier(resources: list[dict[str, Any]]) -> None:
     (patient,) = by_type(resources, "Patient")
     assert patient["gender"] == "female"
-    assert patient["identifier"] == [{"system": "http://fhir-cyclo.example.org/fhir/sid/case-report", "value": "isshiki-thymoma-prca"}]
+    assert patient["identifier"] == [
+        {
+            "system": "http://fhir-cyclo.example.org/fhir/sid/case-report",
+            "value": "isshiki-thymoma-prca",
+        }
+    ]
 
 
 def test_hemoglobin_4_6_g_dl(resources: list[dict[str, Any]]) -> None:
@@ -51,9 +61,16 @@ def test_reticulocytes_1000_per_ul(resources: list[dict[str, Any]]) -> None:
 
 
 def test_anti_achr_7_5_nmol_l_at_age_50(resources: list[dict[str, Any]]) -> None:
-    (achr,) = [r for r in by_type(resources, "Observation") if (LOINC, "11034-6") in codes(r["code"])]
+    (achr,) = [
+        r for r in by_type(resources, "Observation") if (LOINC, "11034-6") in codes(r["code"])
+    ]
     assert achr["valueQuantity"]["value"] == 7.5 and achr["valueQuantity"]["code"] == "nmol/L"
-    assert achr["extension"][0]["valueAge"] == {"value": 50, "unit": "years", "system": UCUM, "code": "a"}
+    assert achr["extension"][0]["valueAge"] == {
+        "value": 50,
+        "unit": "years",
+        "system": UCUM,
+        "code": "a",
+    }
     assert "myasthenia" in achr["note"][0]["text"]
 
 
@@ -64,14 +81,21 @@ def test_hemoglobin_normal_in_february_2012(resources: list[dict[str, Any]]) -> 
 
 
 def test_hb_and_retic_rose_three_weeks_after_start(resources: list[dict[str, Any]]) -> None:
-    rising = [r for r in by_type(resources, "Observation")
-              if r.get("interpretation", [{}])[0].get("coding", [{}])[0].get("code") == "U"]
+    rising = [
+        r
+        for r in by_type(resources, "Observation")
+        if r.get("interpretation", [{}])[0].get("coding", [{}])[0].get("code") == "U"
+    ]
     assert {next(iter(codes(r["code"])))[1] for r in rising} == {"718-7", "60474-4"}
     assert all("three weeks" in r["extension"][0]["valueString"] for r in rising)
 
 
 def test_cyclosporine_5_mg_kg_day_from_december_2011(resources: list[dict[str, Any]]) -> None:
-    statements = [r for r in by_type(resources, "MedicationStatement") if (RXNORM, "3008") in codes(r["medicationCodeableConcept"])]
+    statements = [
+        r
+        for r in by_type(resources, "MedicationStatement")
+        if (RXNORM, "3008") in codes(r["medicationCodeableConcept"])
+    ]
     first = next(r for r in statements if r["effectivePeriod"]["start"] == "2011-12")
     dose = first["dosage"][0]["doseAndRate"][0]["doseQuantity"]
     assert dose == {"value": 5, "unit": "mg/kg", "system": UCUM, "code": "mg/kg"}
@@ -80,22 +104,43 @@ def test_cyclosporine_5_mg_kg_day_from_december_2011(resources: list[dict[str, A
 
 
 def test_trough_target_100_150_ng_ml(resources: list[dict[str, Any]]) -> None:
-    first = next(r for r in by_type(resources, "MedicationStatement") if r.get("effectivePeriod", {}).get("start") == "2011-12")
+    first = next(
+        r
+        for r in by_type(resources, "MedicationStatement")
+        if r.get("effectivePeriod", {}).get("start") == "2011-12"
+    )
     (rng,) = [e["valueRange"] for e in first["extension"] if e["url"].endswith("/target-trough")]
     assert (rng["low"]["value"], rng["high"]["value"], rng["low"]["code"]) == (100, 150, "ng/mL")
     assert "100-150 ng/mL" in first["dosage"][0]["text"]
 
 
-def test_dose_reduction_january_2014_and_150_mg_day_after_relapse(resources: list[dict[str, Any]]) -> None:
-    starts = {r["effectivePeriod"]["start"]: r for r in by_type(resources, "MedicationStatement") if "effectivePeriod" in r}
+def test_dose_reduction_january_2014_and_150_mg_day_after_relapse(
+    resources: list[dict[str, Any]],
+) -> None:
+    starts = {
+        r["effectivePeriod"]["start"]: r
+        for r in by_type(resources, "MedicationStatement")
+        if "effectivePeriod" in r
+    }
     assert starts["2014-01"]["effectivePeriod"]["end"] == "2015-11"
     later = starts["2015-11"]
     assert later["status"] == "active"
-    assert later["dosage"][0]["doseAndRate"][0]["doseQuantity"] == {"value": 150, "unit": "mg", "system": UCUM, "code": "mg"}
+    assert later["dosage"][0]["doseAndRate"][0]["doseQuantity"] == {
+        "value": 150,
+        "unit": "mg",
+        "system": UCUM,
+        "code": "mg",
+    }
 
 
-def test_methylprednisolone_two_3_day_pulse_courses_1000_mg(resources: list[dict[str, Any]]) -> None:
-    (mp,) = [r for r in by_type(resources, "MedicationStatement") if (RXNORM, "6902") in codes(r["medicationCodeableConcept"])]
+def test_methylprednisolone_two_3_day_pulse_courses_1000_mg(
+    resources: list[dict[str, Any]],
+) -> None:
+    (mp,) = [
+        r
+        for r in by_type(resources, "MedicationStatement")
+        if (RXNORM, "6902") in codes(r["medicationCodeableConcept"])
+    ]
     assert len(mp["dosage"]) == 2
     for d in mp["dosage"]:
         assert d["timing"]["repeat"]["boundsDuration"]["value"] == 3
@@ -103,7 +148,9 @@ def test_methylprednisolone_two_3_day_pulse_courses_1000_mg(resources: list[dict
 
 
 def test_thymoma_b1_masaoka_ii(resources: list[dict[str, Any]]) -> None:
-    thymomas = [r for r in by_type(resources, "Condition") if (SNOMED, "444231005") in codes(r["code"])]
+    thymomas = [
+        r for r in by_type(resources, "Condition") if (SNOMED, "444231005") in codes(r["code"])
+    ]
     assert len(thymomas) == 3  # initial, local recurrence, pleural dissemination
     initial = next(r for r in thymomas if "stage" in r)
     assert (ICD10, "C37") in codes(initial["code"])
@@ -116,14 +163,23 @@ def test_thymoma_b1_masaoka_ii(resources: list[dict[str, Any]]) -> None:
 
 def test_prca_remission_feb_2012_relapse_nov_2015(resources: list[dict[str, Any]]) -> None:
     prca = [r for r in by_type(resources, "Condition") if (SNOMED, "90414007") in codes(r["code"])]
-    assert {(r.get("onsetDateTime"), r.get("abatementDateTime")) for r in prca} == {("2011", "2012-02"), ("2015-11", None)}
+    assert {(r.get("onsetDateTime"), r.get("abatementDateTime")) for r in prca} == {
+        ("2011", "2012-02"),
+        ("2015-11", None),
+    }
     assert all((ICD10, "D60.0") in codes(r["code"]) for r in prca)
     first = next(r for r in prca if r["onsetDateTime"] == "2011")
     assert first["extension"][0]["url"] == "http://hl7.org/fhir/StructureDefinition/condition-dueTo"
 
 
-def test_ct_improved_may_2012_and_complete_remission_march_2013(resources: list[dict[str, Any]]) -> None:
-    imaging = {r.get("effectiveDateTime"): r for r in by_type(resources, "Observation") if r["category"][0]["coding"][0]["code"] == "imaging"}
+def test_ct_improved_may_2012_and_complete_remission_march_2013(
+    resources: list[dict[str, Any]],
+) -> None:
+    imaging = {
+        r.get("effectiveDateTime"): r
+        for r in by_type(resources, "Observation")
+        if r["category"][0]["coding"][0]["code"] == "imaging"
+    }
     assert (SNOMED, "268910001") in codes(imaging["2012-05"]["valueCodeableConcept"])
     cr = imaging["2013-03"]
     assert (LOINC, "97509-4") in codes(cr["code"])
@@ -134,7 +190,10 @@ def test_thymectomy_at_50_text_only_and_no_transfusions(resources: list[dict[str
     procs = by_type(resources, "Procedure")
     thymectomy = next(p for p in procs if p["code"]["text"] == "Thymectomy")
     # UNVERIFIED in terminology.md: no SNOMED coding, only the project code
-    assert all(c["system"].startswith("http://fhir-cyclo.example.org/") for c in thymectomy["code"]["coding"])
+    assert all(
+        c["system"].startswith("http://fhir-cyclo.example.org/")
+        for c in thymectomy["code"]["coding"]
+    )
     assert thymectomy["performedAge"]["value"] == 50
     transfusion = next(p for p in procs if p["code"]["text"] == "Red blood cell transfusion")
     assert transfusion["status"] == "not-done" and transfusion["performedDateTime"] == "2011-12"
@@ -146,6 +205,10 @@ def test_pleural_recurrence_is_provisional(resources: list[dict[str, Any]]) -> N
 
 
 def test_bone_marrow_severe_erythrocytopenia(resources: list[dict[str, Any]]) -> None:
-    marrow = [r for r in by_type(resources, "Observation") if r.get("bodySite", {}).get("coding", [{}])[0].get("code") == "14016003"]
+    marrow = [
+        r
+        for r in by_type(resources, "Observation")
+        if r.get("bodySite", {}).get("coding", [{}])[0].get("code") == "14016003"
+    ]
     assert len(marrow) == 3
     assert any(r.get("valueString") == "Severe erythrocytopenia" for r in marrow)

@@ -15,14 +15,20 @@ GOOD = CASE_REPORT.read_text(encoding="utf-8")
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "fhir_cyclo.cli", *args], capture_output=True, text=True, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "fhir_cyclo.cli", *args], capture_output=True, text=True, check=False
+    )
 
 
 def test_export_twice_is_byte_identical(tmp_path: Path) -> None:
     assert main(["export", str(FIXTURES), "--out", str(tmp_path / "a"), "--ndjson"]) == 0
     assert main(["export", str(FIXTURES), "--out", str(tmp_path / "b"), "--ndjson"]) == 0
-    files_a = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
-    files_b = sorted(p.relative_to(tmp_path / "b") for p in (tmp_path / "b").rglob("*") if p.is_file())
+    files_a = sorted(
+        p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file()
+    )
+    files_b = sorted(
+        p.relative_to(tmp_path / "b") for p in (tmp_path / "b").rglob("*") if p.is_file()
+    )
     assert files_a == files_b and len(files_a) == 14 + 6  # 14 bundles + 6 NDJSON types
     for rel in files_a:
         assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes(), rel
@@ -33,7 +39,9 @@ def test_ids_do_not_depend_on_the_machine() -> None:
     from fhir_cyclo.case import Identifier
     from fhir_cyclo.ids import resource_id
 
-    case = Identifier(system="http://fhir-cyclo.example.org/fhir/sid/case-report", value="isshiki-thymoma-prca")
+    case = Identifier(
+        system="http://fhir-cyclo.example.org/fhir/sid/case-report", value="isshiki-thymoma-prca"
+    )
     assert resource_id(case, "Condition", "prca") == resource_id(case, "Condition", "prca")
     assert resource_id(case, "Condition", "prca") != resource_id(case, "Observation", "prca")
     assert len({resource_id(case, "Condition", f"x{i}") for i in range(100)}) == 100
@@ -46,23 +54,49 @@ BAD = [
     ("list.yaml", "- 1\n- 2\n", "top level must be a mapping"),
     ("missing.yaml", GOOD.replace("patient:\n  sex: female\n", ""), "patient: Field required"),
     ("sex.yaml", GOOD.replace("sex: female", "sex: woman"), "patient.sex"),
-    ("hb.yaml", GOOD.replace("value: 4.6", "value: 400"), "labs[hb-2011].value: 400.0 g/dL is impossible"),
-    ("unit.yaml", GOOD.replace("unit: g/dL", "unit: mg/kg"), "labs[hb-2011].unit: unit 'mg/kg' cannot be converted"),
-    ("analyte.yaml", GOOD.replace("analyte: achr_binding_ab", "analyte: unobtainium"), "unknown analyte 'unobtainium'"),
-    ("drug.yaml", GOOD.replace("drug: methylprednisolone", "drug: aspirin"), "unknown drug 'aspirin'"),
-    ("dx.yaml", GOOD.replace("concept: prca_chronic_acquired", "concept: flu", 1), "unknown diagnosis 'flu'"),
+    (
+        "hb.yaml",
+        GOOD.replace("value: 4.6", "value: 400"),
+        "labs[hb-2011].value: 400.0 g/dL is impossible",
+    ),
+    (
+        "unit.yaml",
+        GOOD.replace("unit: g/dL", "unit: mg/kg"),
+        "labs[hb-2011].unit: unit 'mg/kg' cannot be converted",
+    ),
+    (
+        "analyte.yaml",
+        GOOD.replace("analyte: achr_binding_ab", "analyte: unobtainium"),
+        "unknown analyte 'unobtainium'",
+    ),
+    (
+        "drug.yaml",
+        GOOD.replace("drug: methylprednisolone", "drug: aspirin"),
+        "unknown drug 'aspirin'",
+    ),
+    (
+        "dx.yaml",
+        GOOD.replace("concept: prca_chronic_acquired", "concept: flu", 1),
+        "unknown diagnosis 'flu'",
+    ),
     ("date.yaml", GOOD.replace('onset: "2015-11"', 'onset: "2015-13"'), "not a real calendar date"),
     ("future.yaml", GOOD.replace('date: "2012-02"', 'date: "2099-02"'), "in the future"),
     ("order.yaml", GOOD.replace('end: "2014-01"', 'end: "2010-01"'), "before start"),
     ("negative.yaml", GOOD.replace("value: 1000\n", "value: -5\n"), "impossible"),
     ("ref.yaml", GOOD.replace("reasons: [prca-relapse]", "reasons: [ghost]"), "refers to 'ghost'"),
     ("dup-id.yaml", GOOD.replace("- id: retic-2011", "- id: hb-2011"), "used twice"),
-    ("extra.yaml", GOOD.replace("patient:\n", "patient:\n  name: Jane\n"), "patient.name: Extra inputs"),
+    (
+        "extra.yaml",
+        GOOD.replace("patient:\n", "patient:\n  name: Jane\n"),
+        "patient.name: Extra inputs",
+    ),
 ]
 
 
 @pytest.mark.parametrize(("name", "content", "message"), BAD, ids=[b[0] for b in BAD])
-def test_bad_case_file_is_reported_with_file_and_field(tmp_path: Path, name: str, content: str, message: str) -> None:
+def test_bad_case_file_is_reported_with_file_and_field(
+    tmp_path: Path, name: str, content: str, message: str
+) -> None:
     src = tmp_path / "in"
     src.mkdir()
     (src / name).write_text(content, encoding="utf-8")
@@ -103,10 +137,26 @@ def test_missing_path_is_a_clean_error(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("patients", "labs", "message"),
     [
-        ("case_id,sex\nx,female\n", "case_id,date,analyte,value,unit\n", "missing column(s): disease, csa_start"),
-        ("case_id,sex,disease,csa_start\nx,female,itp,2020-02-30\n", "case_id,date,analyte,value,unit\n", "patients.csv:2"),
-        ("case_id,sex,disease,csa_start\nx,female,itp,2020-02-03\n", "case_id,date,analyte,value,unit\ny,2020-02-01,platelets,5,10*9/L\n", "labs.csv:2: case_id: lab row for unknown patient 'y'"),
-        ("case_id,sex,disease,csa_start\nx,female,itp,2020-02-03\n", "case_id,date,analyte,value,unit\nx,2020-02-01,platelets,five,10*9/L\n", "'five' is not a number"),
+        (
+            "case_id,sex\nx,female\n",
+            "case_id,date,analyte,value,unit\n",
+            "missing column(s): disease, csa_start",
+        ),
+        (
+            "case_id,sex,disease,csa_start\nx,female,itp,2020-02-30\n",
+            "case_id,date,analyte,value,unit\n",
+            "patients.csv:2",
+        ),
+        (
+            "case_id,sex,disease,csa_start\nx,female,itp,2020-02-03\n",
+            "case_id,date,analyte,value,unit\ny,2020-02-01,platelets,5,10*9/L\n",
+            "labs.csv:2: case_id: lab row for unknown patient 'y'",
+        ),
+        (
+            "case_id,sex,disease,csa_start\nx,female,itp,2020-02-03\n",
+            "case_id,date,analyte,value,unit\nx,2020-02-01,platelets,five,10*9/L\n",
+            "'five' is not a number",
+        ),
     ],
 )
 def test_bad_cohort_csv(tmp_path: Path, patients: str, labs: str, message: str) -> None:
@@ -132,6 +182,11 @@ def test_validate_lists_every_problem_with_its_path(tmp_path: Path) -> None:
     result = run("validate", str(tmp_path / "b.json"), str(CASE_REPORT))
     assert result.returncode == 1
     lines = result.stdout.strip().splitlines()
-    assert any("entry[1] Condition.subject: reference urn:uuid:missing does not resolve" in line for line in lines)
+    assert any(
+        "entry[1] Condition.subject: reference urn:uuid:missing does not resolve" in line
+        for line in lines
+    )
     assert any("R4B validation" in line for line in lines)
-    assert not any("thymoma-prca-isshiki.yaml" in line for line in lines)  # the fixture itself is clean
+    assert not any(
+        "thymoma-prca-isshiki.yaml" in line for line in lines
+    )  # the fixture itself is clean

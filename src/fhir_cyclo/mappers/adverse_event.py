@@ -1,8 +1,9 @@
 """AdverseEvent <-> case adverse events with their CTCAE v5.0 grade.
 
-R4 AdverseEvent: http://hl7.org/fhir/R4/adverseevent.html. The grade goes in the AE Clinical Research
-backport IG's `ae-grade` extension (NCIt grade codes), never in `severity`, whose required binding
-is mild|moderate|severe (terminology.md section 8). The suspect drug is the MedicationStatement.
+R4 AdverseEvent: http://hl7.org/fhir/R4/adverseevent.html. The grade goes in the AE Clinical
+Research backport IG's `ae-grade` extension (NCIt grade codes), never in `severity`, whose
+required binding is mild|moderate|severe (terminology.md section 8). The suspect drug is the
+MedicationStatement.
 """
 
 from __future__ import annotations
@@ -61,9 +62,7 @@ def to_fhir(ae: AdverseEvent, ctx: ToContext) -> Resource:
     if ae.outcome:
         res["outcome"] = {"coding": [{"system": OUTCOME, "code": ae.outcome}]}
     if ae.suspect:
-        res["suspectEntity"] = [
-            {"instance": ctx.ref("MedicationStatement", s)} for s in ae.suspect
-        ]
+        res["suspectEntity"] = [{"instance": ctx.ref("MedicationStatement", s)} for s in ae.suspect]
     return res
 
 
@@ -75,11 +74,17 @@ def from_fhir(res: Resource, ctx: FromContext, item_id: str) -> AdverseEvent:
     grade = None
     for ext in res.get("extension") or []:
         if ext.get("url") == terms.ae_grade_extension:
-            grade = entry_key(terms.ae_grades, ext.get("valueCodeableConcept"), "extension[ae-grade]")
+            grade = entry_key(
+                terms.ae_grades, ext.get("valueCodeableConcept"), "extension[ae-grade]"
+            )
     if grade is None:
-        raise MappingError("AdverseEvent has no CTCAE grade", path="AdverseEvent.extension[ae-grade]")
+        raise MappingError(
+            "AdverseEvent has no CTCAE grade", path="AdverseEvent.extension[ae-grade]"
+        )
     seriousness = {c.get("code") for c in (res.get("seriousness") or {}).get("coding") or []}
-    outcome = next(iter(c.get("code") for c in (res.get("outcome") or {}).get("coding") or []), None)
+    outcome = next(
+        iter(c.get("code") for c in (res.get("outcome") or {}).get("coding") or []), None
+    )
     return AdverseEvent(
         id=item_id,
         event=key,

@@ -137,7 +137,9 @@ def from_fhir(res: Resource, ctx: FromContext, item_id: str) -> Diagnosis:
             (p for p, a in terms.dat_patterns.items() if sorted(a) == sorted(analytes)), None
         )
         if dat_pattern is None:
-            raise MappingError(f"DAT results {analytes} match no pattern", path="Condition.evidence")
+            raise MappingError(
+                f"DAT results {analytes} match no pattern", path="Condition.evidence"
+            )
     body_site = None
     if res.get("bodySite"):
         body_site = entry_key(terms.body_sites, res["bodySite"][0], "Condition.bodySite")

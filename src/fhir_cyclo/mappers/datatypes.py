@@ -1,4 +1,4 @@
-"""Shared builders for FHIR datatypes (CodeableConcept, Quantity, times) and the mapping contexts."""
+"""Shared builders for FHIR datatypes (CodeableConcept, Quantity, times) and mapping contexts."""
 
 from __future__ import annotations
 
@@ -75,7 +75,9 @@ class FromContext:
             raise MappingError("reference without a `reference` string", path=path)
         found = self.items.get(ref) or self.items.get(_relative(ref))
         if found is None or found[0] != expected_type:
-            raise MappingError(f"reference {ref!r} does not resolve to a {expected_type}", path=path)
+            raise MappingError(
+                f"reference {ref!r} does not resolve to a {expected_type}", path=path
+            )
         return found[1]
 
     def resource_of(self, reference: object) -> Resource | None:
@@ -91,7 +93,7 @@ def _relative(ref: str) -> str:
     if len(parts) >= 2 and "/_history/" not in ref:
         return "/".join(parts[-2:])
     if "/_history/" in ref:
-        head = ref.split("/_history/")[0].split("/")
+        head = ref.split("/_history/", maxsplit=1)[0].split("/")
         return "/".join(head[-2:])
     return ref
 

@@ -1,10 +1,11 @@
 """MedicationStatement <-> Treatment: drug, phase dates, Dosage, line of therapy, trough target.
 
 R4 MedicationStatement: http://hl7.org/fhir/R4/medicationstatement.html. Dosage follows
-terminology.md section 9: a weight-based daily dose "5 mg/kg/day" is `doseQuantity` per administration
-in `mg/kg` with `timing.repeat` giving administrations per day (never `rateQuantity`, which receivers
-read as an infusion rate). Pulses ("two 3-day courses of 1000 mg/day") are one Dosage per course with
-`boundsDuration`. The target trough range travels in a project extension (a Range in ng/mL).
+terminology.md section 9: a weight-based daily dose "5 mg/kg/day" is `doseQuantity` per
+administration in `mg/kg` with `timing.repeat` giving administrations per day (never
+`rateQuantity`, which receivers read as an infusion rate). Pulses ("two 3-day courses of
+1000 mg/day") are one Dosage per course with `boundsDuration`. The target trough range travels in a
+project extension (a Range in ng/mL).
 """
 
 from __future__ import annotations
@@ -43,7 +44,10 @@ def to_fhir(t: Treatment, ctx: ToContext) -> Resource:
         concept = ctx.terms.drugs[t.drug]
     except KeyError:
         raise MappingError(f"unknown drug {t.drug!r}", path="drug") from None
-    res: Resource = {"resourceType": "MedicationStatement", "id": ctx.rid("MedicationStatement", t.id)}
+    res: Resource = {
+        "resourceType": "MedicationStatement",
+        "id": ctx.rid("MedicationStatement", t.id),
+    }
     ext: list[dict[str, Any]] = []
     if t.line is not None:
         ext.append({"url": EXT_LINE_OF_THERAPY, "valuePositiveInt": t.line})
@@ -52,7 +56,10 @@ def to_fhir(t: Treatment, ctx: ToContext) -> Resource:
         ext.append(
             {
                 "url": EXT_TARGET_TROUGH,
-                "valueRange": {"low": quantity(tt.low, tt.unit), "high": quantity(tt.high, tt.unit)},
+                "valueRange": {
+                    "low": quantity(tt.low, tt.unit),
+                    "high": quantity(tt.high, tt.unit),
+                },
             }
         )
     for role, when in (("start", t.start), ("end", t.end)):

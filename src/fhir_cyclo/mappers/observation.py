@@ -86,7 +86,9 @@ def lab_to_fhir(lab: Lab, ctx: ToContext) -> Resource:
     elif concept.qualitative and lab.interpretation in ("POS", "NEG"):
         res["valueCodeableConcept"] = coding_cc(terms.qualitative_values[lab.interpretation])
     if lab.interpretation:
-        res["interpretation"] = [{"coding": [{"system": INTERPRETATION, "code": lab.interpretation}]}]
+        res["interpretation"] = [
+            {"coding": [{"system": INTERPRETATION, "code": lab.interpretation}]}
+        ]
     res.update(notes(lab.note))
     if lab.reference_range:
         rr = lab.reference_range
@@ -191,7 +193,10 @@ def imaging_to_fhir(img: Imaging, ctx: ToContext) -> Resource:
     res["method"] = {"text": img.modality}
     if img.size_mm is not None:
         res["component"] = [
-            {"code": coding_cc(terms.imaging["size_code"]), "valueQuantity": quantity(img.size_mm, "mm")}
+            {
+                "code": coding_cc(terms.imaging["size_code"]),
+                "valueQuantity": quantity(img.size_mm, "mm"),
+            }
         ]
     return res
 
@@ -274,7 +279,9 @@ def kind_of(res: Resource, ctx: FromContext) -> Kind:
     }
     if "imaging" in categories:
         return "imaging"
-    codings = {(c.get("system"), c.get("code")) for c in (res.get("code") or {}).get("coding") or []}
+    codings = {
+        (c.get("system"), c.get("code")) for c in (res.get("code") or {}).get("coding") or []
+    }
     marrow = {(e.system, e.code) for e in ctx.terms.marrow_findings.values()}
     if codings & marrow:
         return "marrow"
@@ -283,5 +290,3 @@ def kind_of(res: Resource, ctx: FromContext) -> Kind:
     ):
         return "dat"
     return "lab"
-
-

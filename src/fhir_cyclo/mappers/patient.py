@@ -32,7 +32,9 @@ def from_fhir(res: Resource, ctx: FromContext) -> tuple[Identifier, Patient]:
     """Case identifier (first identifier) and demographics; names/addresses are not case data."""
     idents = res.get("identifier") or []
     if not idents or not isinstance(idents[0], dict):
-        raise MappingError("Patient has no identifier", source=ctx.source, path="Patient.identifier")
+        raise MappingError(
+            "Patient has no identifier", source=ctx.source, path="Patient.identifier"
+        )
     try:
         case = Identifier(system=idents[0].get("system", ""), value=idents[0].get("value", ""))
     except ValueError as exc:
