@@ -108,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         _err("interrupted")
         return 130
-    except Exception as exc:  # noqa: BLE001 - last line of defence: one line, never a traceback
+    except Exception as exc:
         _err(f"internal error: {type(exc).__name__}: {exc} (rerun with -v and report it)")
         if args.verbose:
             raise

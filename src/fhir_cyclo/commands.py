@@ -45,7 +45,7 @@ def make_client(args: argparse.Namespace) -> Any:
     server = args.server or default_server()
     if not server:
         raise InputError(
-            f"no server: give --server URL, set ${SERVER_ENV}, or `server = \"...\"` in "
+            f'no server: give --server URL, set ${SERVER_ENV}, or `server = "..."` in '
             f"fhir-cyclo.toml (public test server: {PUBLIC_HAPI})"
         )
     return FhirClient(
@@ -181,4 +181,3 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("sandbox", help="run the bundled sandbox FHIR server for demos")
     p.add_argument("--port", type=int, default=8080)
     p.set_defaults(func=cmd_sandbox)
-

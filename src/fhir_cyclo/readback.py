@@ -14,7 +14,9 @@ CASE_TYPES = ("Condition", "MedicationStatement", "Observation", "Procedure", "A
 
 
 class Searcher(Protocol):
-    def search(self, resource_type: str, params: dict[str, str] | None = None) -> Iterator[dict[str, Any]]: ...
+    def search(
+        self, resource_type: str, params: dict[str, str] | None = None
+    ) -> Iterator[dict[str, Any]]: ...
 
 
 def find_patients(client: Searcher, token: str) -> list[dict[str, Any]]:

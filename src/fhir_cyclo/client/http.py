@@ -195,7 +195,7 @@ def _redact_outcome(outcome: OperationOutcome, redact: Redactor) -> OperationOut
     return OperationOutcome(issues=issues)
 
 
-class _Retryable(Exception):  # noqa: N818 - internal signal, never escapes Transport.request
+class _Retryable(Exception):
     """A network-level failure worth another attempt."""
 
 
