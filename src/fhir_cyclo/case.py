@@ -105,10 +105,15 @@ class Identifier(Model):
 
 
 class Patient(Model):
+    """Demographics. Names, telecom and address are PHI: `export --deidentify` drops them."""
+
     sex: Literal["female", "male", "other", "unknown"]
     birth_date: PartialDate | None = None
     deceased: bool | PartialDate | None = None
     synthetic: bool = False
+    name: str | None = None
+    telecom: tuple[str, ...] = ()  # phone numbers or e-mail addresses as written
+    address: str | None = None
 
     @field_validator("birth_date")
     @classmethod

@@ -35,6 +35,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         Path(args.out),
         ndjson=args.ndjson,
         validate=not args.no_validate,
+        deidentify_keys=Path(args.key_file) if args.deidentify else None,
         on_error=lambda e: _err(f"error: {e}"),
     )
     print(
@@ -70,6 +71,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--ndjson", action="store_true", help="also write per-type NDJSON (Bulk Data)")
     p.add_argument("--no-validate", action="store_true", help="skip fhir.resources R4B validation")
+    p.add_argument(
+        "--deidentify",
+        action="store_true",
+        help="drop names/telecom/address, keep birth year, shift dates per patient, pseudonymise ids",
+    )
+    p.add_argument(
+        "--key-file",
+        default="fhir-cyclo-deid-key.json",
+        help="secret + date offsets for --deidentify (created if missing; keep it private)",
+    )
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("validate", help="check case files and FHIR Bundles; list every problem")

@@ -101,10 +101,24 @@ def export(
     *,
     ndjson: bool = False,
     validate: bool = True,
+    deidentify_keys: Path | None = None,
     on_error: Callable[[FhirCycloError], None] | None = None,
 ) -> ExportSummary:
-    """Stream every case under `paths` to `out_dir`: one transaction Bundle JSON per case."""
+    """Stream every case under `paths` to `out_dir`: one transaction Bundle JSON per case.
+
+    With `deidentify_keys`, each case is de-identified first (see deidentify.py) using that key
+    file, which is created if missing and must stay out of the exported folder.
+    """
     terms = terminology()
+    keys = None
+    if deidentify_keys is not None:
+        from fhir_cyclo.deidentify import KeyFile
+
+        if deidentify_keys.resolve().is_relative_to(out_dir.resolve()):
+            raise InputError(
+                "the key file must not be inside the output folder", source=str(deidentify_keys)
+            )
+        keys = KeyFile(deidentify_keys)
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = ExportSummary()
     writer = NdjsonWriter(out_dir / "ndjson") if ndjson else None
@@ -114,9 +128,14 @@ def export(
             error: FhirCycloError | None = loaded.error
             if loaded.case is not None:
                 try:
-                    resources = map_case(loaded.case, terms, validate=validate)
-                    data = dumps(transaction_bundle(loaded.case, terms, resources))
-                    target = out_dir / bundle_filename(loaded.case)
+                    case = loaded.case
+                    if keys is not None:
+                        from fhir_cyclo.deidentify import deidentify
+
+                        case = deidentify(case, keys)
+                    resources = map_case(case, terms, validate=validate)
+                    data = dumps(transaction_bundle(case, terms, resources))
+                    target = out_dir / bundle_filename(case)
                     write_atomic(target, data)
                     if writer:
                         writer.write_case(resources)
@@ -135,6 +154,8 @@ def export(
                     on_error(error)
         ok = True
     finally:
+        if keys is not None:
+            keys.save()
         if writer:
             summary.files.extend(writer.close(commit=ok))
     return summary

@@ -87,8 +87,8 @@ BAD = [
     ("dup-id.yaml", GOOD.replace("- id: retic-2011", "- id: hb-2011"), "used twice"),
     (
         "extra.yaml",
-        GOOD.replace("patient:\n", "patient:\n  name: Jane\n"),
-        "patient.name: Extra inputs",
+        GOOD.replace("patient:\n", "patient:\n  nickname: Jane\n"),
+        "patient.nickname: Extra inputs",
     ),
 ]
 

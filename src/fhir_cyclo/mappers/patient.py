@@ -18,6 +18,12 @@ def to_fhir(patient: Patient, ctx: ToContext) -> Resource:
     if patient.synthetic:
         res["meta"] = {"tag": [dict(SYNTHETIC_TAG)]}
     res["identifier"] = [{"system": ctx.case.system, "value": ctx.case.value}]
+    if patient.name:
+        res["name"] = [{"text": patient.name}]
+    if patient.telecom:
+        res["telecom"] = [
+            {"system": "email" if "@" in t else "phone", "value": t} for t in patient.telecom
+        ]
     res["gender"] = patient.sex
     if patient.birth_date:
         res["birthDate"] = patient.birth_date
@@ -25,6 +31,8 @@ def to_fhir(patient: Patient, ctx: ToContext) -> Resource:
         res["deceasedBoolean"] = patient.deceased
     elif patient.deceased is not None:
         res["deceasedDateTime"] = patient.deceased
+    if patient.address:
+        res["address"] = [{"text": patient.address}]
     return res
 
 
@@ -50,5 +58,8 @@ def from_fhir(res: Resource, ctx: FromContext) -> tuple[Identifier, Patient]:
         synthetic=any(
             t.get("system") == LOCAL_SYSTEM and t.get("code") == "synthetic-data" for t in tags
         ),
+        name=(res.get("name") or [{}])[0].get("text"),
+        telecom=tuple(str(t.get("value")) for t in res.get("telecom") or []),
+        address=(res.get("address") or [{}])[0].get("text"),
     )
     return case, patient
