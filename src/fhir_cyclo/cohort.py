@@ -61,7 +61,7 @@ def cohort_cases(folder: Path, terms: Terminology) -> Iterator[Loaded]:
         source = f"{patients_file}:{line}"
         try:
             data = _case_dict(row, by_case.get(row["case_id"], []), meta, labs_file)
-            case = Case.model_validate(data)
+            case = Case.model_validate(_without_lines(data))
         except InputError as exc:
             yield Loaded(source, error=exc)
             continue
@@ -71,7 +71,7 @@ def cohort_cases(folder: Path, terms: Terminology) -> Iterator[Loaded]:
         problems = check_case(case, terms)
         if problems:
             path, message = problems[0]
-            yield Loaded(source, error=InputError(message, source=source, path=path))
+            yield Loaded(source, error=_point_at_lab_row(message, source, path, data, labs_file))
             continue
         yield Loaded(source, case=case)
 
@@ -89,6 +89,18 @@ def _csv_error(
         if index < len(ids):
             return InputError(err.message, source=f"{labs_file}:{ids[index][1]}", path=match[2])
     return err
+
+
+def _point_at_lab_row(
+    message: str, source: str, path: str, data: dict[str, Any], labs_file: str
+) -> InputError:
+    """A problem in `labs[<id>].field` is reported at its labs.csv line, where it can be fixed."""
+    match = re.match(r"labs\[([^\]]+)\]\.?(.*)", path)
+    if match:
+        for lab in data.get("labs", []):
+            if lab["id"] == match[1]:
+                return InputError(message, source=f"{labs_file}:{lab['_line']}", path=match[2])
+    return InputError(message, source=source, path=path)
 
 
 def _blank(value: str | None) -> str | None:
@@ -193,6 +205,14 @@ def _case_dict(
         low, high = _number(lab, "ref_low", where), _number(lab, "ref_high", where)
         if low is not None or high is not None:
             item["reference_range"] = {"low": low, "high": high}
+        item["_line"] = line  # where the row came from, for error messages only
         labs.append(item)
     data["labs"] = labs
     return data
+
+
+def _without_lines(data: dict[str, Any]) -> dict[str, Any]:
+    return {
+        **data,
+        "labs": [{k: v for k, v in lab.items() if k != "_line"} for lab in data["labs"]],
+    }

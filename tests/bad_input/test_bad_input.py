@@ -1,0 +1,62 @@
+"""Every file in tests/bad_input/ gets its exact message, a non-zero exit and no traceback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+HERE = Path(__file__).parent
+EXPECTED = yaml.safe_load((HERE / "expected.yaml").read_text(encoding="utf-8"))
+
+
+def export(*paths: Path, out: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "fhir_cyclo.cli", "export", *map(str, paths), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def test_the_corpus_is_complete() -> None:
+    on_disk = {p.name for p in (HERE / "cases").iterdir()} | {
+        p.name for p in (HERE / "cohorts").iterdir()
+    }
+    assert on_disk == set(EXPECTED["cases"]) | set(EXPECTED["cohorts"])
+    assert len(on_disk) >= 30
+
+
+@pytest.mark.parametrize("name", sorted(k for k, v in EXPECTED["cases"].items() if v))
+def test_bad_case_file(name: str, tmp_path: Path) -> None:
+    # A duplicate case id is only bad next to its first occurrence.
+    first = [HERE / "cases" / "dup-case-a.yaml"] if name == "dup-case-b.yaml" else []
+    result = export(*first, HERE / "cases" / name, out=tmp_path)
+    assert result.returncode == 1
+    assert EXPECTED["cases"][name] in result.stderr, result.stderr
+    assert name in result.stderr  # the message names the file
+    assert "Traceback" not in result.stderr + result.stdout
+    assert len(list(tmp_path.glob("*.json"))) == len(first)  # nothing half-written
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED["cohorts"]))
+def test_bad_cohort(name: str, tmp_path: Path) -> None:
+    result = export(HERE / "cohorts" / name, out=tmp_path)
+    assert result.returncode == 1
+    assert EXPECTED["cohorts"][name] in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_whole_corpus_in_one_run_keeps_the_valid_cases(tmp_path: Path) -> None:
+    result = export(HERE / "cases", HERE / "cohorts", out=tmp_path)
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("fhir-cyclo: error:")]
+    bad = sum(1 for v in EXPECTED["cases"].values() if v) + len(EXPECTED["cohorts"])
+    assert len(errors) == bad, result.stderr
+    # valid companions still went through: dup-case-a and, in cohorts, patients whose rows are fine
+    assert "exported" in result.stdout
+    assert len(list(tmp_path.glob("*.json"))) >= 1
+    assert "Traceback" not in result.stderr
