@@ -1,0 +1,91 @@
+"""The `fhir-cyclo score` command body: read, score, then print/plot/write back as asked."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from fhir_cyclo.errors import InputError
+from fhir_cyclo.scoring.extract import extract
+from fhir_cyclo.scoring.report import plot, to_json, to_table
+from fhir_cyclo.scoring.rules import CohortScore, score
+from fhir_cyclo.scoring.sources import SourceItem, iter_from_server, read_paths
+from fhir_cyclo.scoring.writeback import to_bundle
+
+
+def _keep(cohort: CohortScore, patient: str | None, identifier: str | None) -> CohortScore:
+    """File mode: --patient/--identifier narrow the scored patients instead of the search."""
+    if patient is None and identifier is None:
+        return cohort
+    wanted_ref = f"Patient/{patient.removeprefix('Patient/')}" if patient else None
+    kept = [
+        p
+        for p in cohort.patients
+        if (wanted_ref and p.inputs.reference == wanted_ref) or (identifier and p.key == identifier)
+    ]
+    if not kept:
+        raise InputError(f"no scored patient matches {patient or identifier!r}", source="score")
+    return CohortScore(patients=kept, notes=cohort.notes, config=cohort.config)
+
+
+def run(args: argparse.Namespace, client: Any | None) -> int:
+    """Run `score` with parsed CLI arguments; `client` is a FhirClient in server mode, else None.
+
+    Files win over the server when both are given (the server is then used for --write-back
+    only). Warnings go to stderr; --json/--table to stdout (or the --json FILE).
+    """
+    paths: list[str] = list(getattr(args, "paths", None) or [])
+    patient, identifier = getattr(args, "patient", None), getattr(args, "identifier", None)
+    items: Iterable[SourceItem]
+    if paths:
+        items = read_paths(paths)
+    elif client is not None:
+        items = iter_from_server(client, patient=patient, identifier=identifier)
+    else:
+        raise InputError("give FHIR files or folders, or --server", source="score")
+    cohort = score(extract(items, strict=bool(getattr(args, "strict", False))))
+    if paths:
+        cohort = _keep(cohort, patient, identifier)
+
+    for note in cohort.notes:
+        print(f"fhir-cyclo: warning: {note}", file=sys.stderr)
+    json_target = getattr(args, "json", None)
+    table = bool(getattr(args, "table", False))
+    plot_dir = getattr(args, "plot", None)
+    write_back = bool(getattr(args, "write_back", False))
+    if not (json_target or table or plot_dir or write_back):
+        table = True  # a bare `fhir-cyclo score x.json` should show something readable
+
+    if json_target:
+        data = orjson.dumps(to_json(cohort), option=orjson.OPT_INDENT_2) + b"\n"
+        if json_target == "-":
+            sys.stdout.write(data.decode())
+        else:
+            Path(json_target).write_bytes(data)
+    if table:
+        sys.stdout.write(to_table(cohort))
+    if plot_dir:
+        written = plot(cohort, plot_dir)
+        print(f"wrote {len(written)} plot(s) to {plot_dir}", file=sys.stderr)
+    if write_back:
+        if client is None:
+            raise InputError("--write-back needs a server (--server)", source="score")
+        bundle = to_bundle(cohort)
+        if bundle["entry"]:
+            result = client.transaction(bundle)
+            print(
+                f"wrote back {len(bundle['entry'])} response Observation(s): "
+                f"{getattr(result, 'created', '?')} created, {getattr(result, 'updated', '?')} "
+                "updated",
+                file=sys.stderr,
+            )
+        else:
+            print("nothing to write back: no patient could be scored", file=sys.stderr)
+    if not cohort.patients:
+        print("fhir-cyclo: warning: no patient could be scored", file=sys.stderr)
+    return 0

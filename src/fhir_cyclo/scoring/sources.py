@@ -1,0 +1,195 @@
+"""Read FHIR resources for scoring from files, folders, NDJSON or a FHIR server (paged searches)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any, NamedTuple, Protocol
+
+import orjson
+
+from fhir_cyclo.errors import InputError
+from fhir_cyclo.scoring.config import ScoringConfig, load_config
+
+SUFFIXES = (".json", ".ndjson")
+_BOM = b"\xef\xbb\xbf"
+# Medication ids per `_id` search: keeps the query string well under common URL limits.
+_ID_CHUNK = 50
+
+
+class SourceItem(NamedTuple):
+    """One resource as read, with the Bundle entry's fullUrl (if any) and where it came from."""
+
+    resource: dict[str, Any]
+    full_url: str | None
+    origin: str
+
+
+class SearchClient(Protocol):
+    """The one client method scoring needs: a paged search yielding resources (or page Bundles)."""
+
+    def search(self, resource_type: str, params: dict[str, str]) -> Iterator[dict[str, Any]]: ...
+
+
+def iter_document(doc: Any, origin: str) -> Iterator[SourceItem]:
+    """Resources in a parsed JSON document: any Bundle type (nested too), a resource, or a list."""
+    if isinstance(doc, list):
+        for item in doc:
+            yield from iter_document(item, origin)
+        return
+    if not isinstance(doc, dict) or not isinstance(doc.get("resourceType"), str):
+        raise InputError("not a FHIR resource (no resourceType)", source=origin)
+    if doc["resourceType"] != "Bundle":
+        yield SourceItem(doc, None, origin)
+        return
+    entries = doc.get("entry")
+    if entries is None:  # an empty search page has no entry at all
+        return
+    if not isinstance(entries, list):
+        raise InputError("must be a list", source=origin, path="Bundle.entry")
+    for i, entry in enumerate(entries):
+        # Entries without a resource (DELETE in a transaction, history tombstones) carry nothing.
+        resource = entry.get("resource") if isinstance(entry, dict) else None
+        if resource is None:
+            continue
+        if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
+            raise InputError("not a FHIR resource", source=origin, path=f"entry[{i}].resource")
+        if resource["resourceType"] == "Bundle":
+            yield from iter_document(resource, origin)
+        else:
+            yield SourceItem(resource, entry.get("fullUrl"), origin)
+
+
+def _json_file(path: Path) -> Iterator[SourceItem]:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InputError(f"cannot read: {exc.strerror or exc}", source=str(path)) from exc
+    if data.startswith(_BOM):  # Windows editors write one; orjson rejects it
+        data = data[len(_BOM) :]
+    try:
+        doc = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise InputError(f"not valid JSON: {exc}", source=str(path)) from exc
+    yield from iter_document(doc, str(path))
+
+
+def _ndjson_file(path: Path) -> Iterator[SourceItem]:
+    try:
+        handle = path.open("rb")
+    except OSError as exc:
+        raise InputError(f"cannot read: {exc.strerror or exc}", source=str(path)) from exc
+    with handle:
+        for number, raw in enumerate(handle, 1):
+            line = raw[len(_BOM) :] if number == 1 and raw.startswith(_BOM) else raw
+            if not line.strip():
+                continue
+            try:
+                doc = orjson.loads(line)
+            except orjson.JSONDecodeError as exc:
+                raise InputError(
+                    f"not valid JSON: {exc}", source=str(path), path=f"line {number}"
+                ) from exc
+            yield from iter_document(doc, f"{path}:{number}")
+
+
+def read_paths(paths: Iterable[str | Path]) -> Iterator[SourceItem]:
+    """Resources from files and folders (recursively: *.json and *.ndjson, in sorted order).
+
+    A named file is read whatever its suffix (NDJSON when it ends in .ndjson, else JSON).
+    Raises InputError naming the file (and line for NDJSON) for missing files and bad JSON.
+    """
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            files = sorted(
+                p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in SUFFIXES
+            )
+        elif path.exists():
+            files = [path]
+        else:
+            raise InputError("no such file or folder", source=str(path))
+        for file in files:
+            if file.suffix.lower() == ".ndjson":
+                yield from _ndjson_file(file)
+            else:
+                yield from _json_file(file)
+
+
+def _search(
+    client: SearchClient, resource_type: str, params: dict[str, str]
+) -> Iterator[SourceItem]:
+    origin = f"server {resource_type}?" + "&".join(f"{k}={v}" for k, v in params.items())
+    for item in client.search(resource_type, params):
+        # Tolerate a client that yields whole searchset pages instead of their resources.
+        if item.get("resourceType") == "Bundle":
+            for found in iter_document(item, origin):
+                if found.resource.get("resourceType") != "OperationOutcome":
+                    yield found
+        else:
+            yield SourceItem(item, None, origin)
+
+
+def _medication_ids(resource: dict[str, Any]) -> Iterator[str]:
+    ref = (resource.get("medicationReference") or {}).get("reference")
+    if isinstance(ref, str) and not ref.startswith("#"):
+        head, _, tail = ref.split("/_history/")[0].rpartition("/")
+        if head.endswith("Medication") and tail:
+            yield tail
+
+
+def _for_patients(
+    client: SearchClient, subject: dict[str, str], lab_codes: str
+) -> Iterator[SourceItem]:
+    medication_ids: set[str] = set()
+    yield from _search(client, "Condition", subject)
+    for resource_type in ("MedicationStatement", "MedicationRequest"):
+        for item in _search(client, resource_type, subject):
+            medication_ids.update(_medication_ids(item.resource))
+            yield item
+    # Filtering labs by code on the server keeps a cohort-wide search from pulling every result.
+    yield from _search(client, "Observation", {**subject, "code": lab_codes})
+    yield from _search(client, "Procedure", subject)
+    ids = sorted(medication_ids)
+    for i in range(0, len(ids), _ID_CHUNK):
+        yield from _search(client, "Medication", {"_id": ",".join(ids[i : i + _ID_CHUNK])})
+
+
+def iter_from_server(
+    client: SearchClient,
+    *,
+    patient: str | None = None,
+    identifier: str | None = None,
+    config: ScoringConfig | None = None,
+) -> Iterator[SourceItem]:
+    """Resources for scoring from a FHIR server through `client.search` (paged by the client).
+
+    `patient` is a Patient id (or "Patient/<id>"), `identifier` a token ("system|value"); with
+    neither, every Patient and every relevant resource is read. Searched: Patient, Condition,
+    MedicationStatement, MedicationRequest, Observation (only the scored LOINC codes), Procedure,
+    then the Medications the medication resources reference. Raises InputError when the patient
+    or identifier matches no Patient.
+    """
+    cfg = config or load_config()
+    lab_codes = ",".join(
+        f"{cfg.loinc}|{code}" for analyte in cfg.analytes.values() for code in analyte.loinc
+    )
+    if patient is None and identifier is None:
+        yield from _search(client, "Patient", {})
+        yield from _for_patients(client, {}, lab_codes)
+        return
+    if patient is not None:
+        params = {"_id": patient.removeprefix("Patient/")}
+        wanted = f"patient {patient!r}"
+    else:
+        params = {"identifier": str(identifier)}
+        wanted = f"identifier {identifier!r}"
+    ids: list[str] = []
+    for item in _search(client, "Patient", params):
+        if item.resource.get("resourceType") == "Patient" and item.resource.get("id"):
+            ids.append(str(item.resource["id"]))
+            yield item
+    if not ids:
+        raise InputError(f"no Patient found for {wanted}", source="server")
+    for pid in ids:
+        yield from _for_patients(client, {"subject": f"Patient/{pid}"}, lab_codes)
