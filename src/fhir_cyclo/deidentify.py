@@ -1,16 +1,19 @@
-"""De-identification for export: drop direct identifiers, keep birth year, shift dates per patient.
+"""De-identification for export: drop direct identifiers, pseudonymise ids, shift dates per patient.
 
-One random offset (days) per patient, kept with a secret in a local key file, shifts every full
-date, so intervals, and therefore response scoring, are unchanged. A partial date ("2011-12") is
-shifted at its first day and re-truncated to its precision, so it can move by less than one unit of
-that precision (documented in the README). Ages and relative times are not dates and stay as they
-are. The case identifier becomes an HMAC pseudonym: stable across runs with the same key file, so
-re-exporting still updates instead of duplicating, and useless without the key.
+Each patient gets one random offset, kept with a secret in a local key file, and every date of the
+patient moves by it. The offset is a whole number of 4-year leap cycles (4 to 40 years back), not a
+number of days: response scoring counts calendar months (start + 3/6/12 months, clamped to month
+end) and a day shift changes month lengths under the dates, moving windows by up to 3 days (it
+flipped a day-32 lab into a window in our tests). Shifting by leap cycles keeps every interval,
+every calendar-month target, and the precision of partial dates ("2011-12") exactly. The birth date
+is cut to its year and shifted by the same offset, so ages stay right. Ages and relative times are
+not dates and stay as they are. The case identifier becomes an HMAC pseudonym: stable with the same
+key file, so re-exports update instead of duplicating, and meaningless without the key.
 """
 
 from __future__ import annotations
 
-import datetime as dt
+import calendar
 import hashlib
 import hmac
 import json
@@ -19,16 +22,17 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-from fhir_cyclo.case import Case, date_lower_bound
+from fhir_cyclo.case import Case
 from fhir_cyclo.errors import InputError
 from fhir_cyclo.terminology import LOCAL_BASE
 
 PSEUDONYM_SYSTEM = f"{LOCAL_BASE}/sid/deidentified-case"
-MAX_SHIFT_DAYS = 365  # offsets are drawn from [-365, -1] U [1, 365]
+LEAP_CYCLE_YEARS = 4
+MAX_CYCLES = 10  # offsets are -4, -8, ..., -40 years
 
 
 class KeyFile:
-    """{"secret": hex, "offsets": {pseudonym: days}}; created on first use, written atomically."""
+    """{"secret": hex, "offsets": {pseudonym: years}}; created on first use, written atomically."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -50,8 +54,8 @@ class KeyFile:
 
     def offset(self, pseudonym: str) -> int:
         if pseudonym not in self.offsets:
-            days = secrets.randbelow(MAX_SHIFT_DAYS) + 1
-            self.offsets[pseudonym] = days if secrets.randbelow(2) else -days
+            cycles = secrets.randbelow(MAX_CYCLES) + 1
+            self.offsets[pseudonym] = -LEAP_CYCLE_YEARS * cycles
             self._dirty = True
         return self.offsets[pseudonym]
 
@@ -68,24 +72,27 @@ class KeyFile:
         self._dirty = False
 
 
-def shift_date(value: str, days: int) -> str:
-    """Shift a FHIR date/dateTime by `days`, keeping its precision (and time of day)."""
-    first = date_lower_bound(value) + dt.timedelta(days=days)
-    if len(value) == 4:
-        return f"{first.year:04d}"
-    if len(value) == 7:
-        return f"{first.year:04d}-{first.month:02d}"
-    return first.isoformat() + value[10:]
+def shift_date(value: str, years: int) -> str:
+    """Move a FHIR date/dateTime by whole years, keeping its precision and time of day.
+
+    A 4-year multiple keeps 29 February valid except across 1900/2100 (not leap years): that one
+    day becomes 28 February.
+    """
+    year = int(value[:4]) + years
+    rest = value[4:]
+    if rest.startswith("-02-29") and not calendar.isleap(year):
+        rest = "-02-28" + rest[6:]
+    return f"{year:04d}{rest}"
 
 
-def _shift(node: Any, days: int, key: str = "") -> Any:
+def _shift(node: Any, years: int, key: str = "") -> Any:
     """Walk the case's plain data and shift every date-valued field."""
     if isinstance(node, dict):
-        return {k: _shift(v, days, k) for k, v in node.items()}
+        return {k: _shift(v, years, k) for k, v in node.items()}
     if isinstance(node, list):
-        return [_shift(v, days, key) for v in node]
+        return [_shift(v, years, key) for v in node]
     if isinstance(node, str) and key in _DATE_FIELDS:
-        return shift_date(node, days)
+        return shift_date(node, years)
     return node
 
 
@@ -98,17 +105,17 @@ _DATE_FIELDS = {
 def deidentify(case: Case, keys: KeyFile) -> Case:
     """A copy of `case` without direct identifiers and with every date shifted by one offset."""
     pseudonym = keys.pseudonym(case)
-    days = keys.offset(pseudonym)
+    years = keys.offset(pseudonym)
     data = case.model_dump(mode="json", exclude_none=True)
     patient = data["patient"]
     for field in ("name", "telecom", "address"):
         patient.pop(field, None)
     if "birth_date" in patient:
-        patient["birth_date"] = patient["birth_date"][:4]
+        patient["birth_date"] = shift_date(patient["birth_date"][:4], years)
     if isinstance(patient.get("deceased"), str):
-        patient["deceased"] = shift_date(patient["deceased"], days)
+        patient["deceased"] = shift_date(patient["deceased"], years)
     for group in ("diagnoses", "treatments", "labs", "imaging", "marrow", "procedures",
                   "adverse_events"):  # fmt: skip
-        data[group] = _shift(data.get(group, []), days)
+        data[group] = _shift(data.get(group, []), years)
     data["identifier"] = {"system": PSEUDONYM_SYSTEM, "value": pseudonym}
     return Case.model_validate(data)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 from pathlib import Path
 
@@ -21,50 +20,40 @@ def _dates(case: Case) -> list[str]:
 
 
 @pytest.mark.parametrize(
-    ("value", "days", "expected"),
+    ("value", "years", "expected"),
     [
-        ("2020-02-28", 1, "2020-02-29"),
-        ("2020-12-31T23:30:00+01:00", 1, "2021-01-01T23:30:00+01:00"),
-        ("2011-12", 45, "2012-01"),
-        ("2011", -1, "2010"),
+        ("2020-02-29", -8, "2012-02-29"),
+        ("1904-02-29", -4, "1900-02-28"),  # 1900 is not a leap year
+        ("2020-12-31T23:30:00+01:00", -4, "2016-12-31T23:30:00+01:00"),
+        ("2011-12", -40, "1971-12"),
+        ("2011", -4, "2007"),
     ],
 )
-def test_shift_date_keeps_precision(value: str, days: int, expected: str) -> None:
-    assert shift_date(value, days) == expected
+def test_shift_date_keeps_precision(value: str, years: int, expected: str) -> None:
+    assert shift_date(value, years) == expected
 
 
 def test_every_date_moves_by_the_same_offset(tmp_path: Path) -> None:
     keys = KeyFile(tmp_path / "k.json")
+    phi = {"name": "Mario Rossi", "telecom": ("+39 02 555",), "address": "via F. Sforza 35"}
     for case in load_cases(COHORT):
-        deid = deidentify(
-            case.model_copy(
-                update={
-                    "patient": case.patient.model_copy(
-                        update={
-                            "name": "Mario Rossi",
-                            "telecom": ("+39 02 555",),
-                            "address": "via F. Sforza 35",
-                        }
-                    )
-                }
-            ),
-            keys,
-        )
+        with_phi = case.model_copy(update={"patient": case.patient.model_copy(update=phi)})
+        deid = deidentify(with_phi, keys)
         offset = keys.offsets[deid.identifier.value]
-        assert offset != 0
+        assert offset < 0 and offset % 4 == 0
         before, after = _dates(case), _dates(deid)
         assert len(before) == len(after) > 0
         for a, b in zip(before, after, strict=True):
-            assert (date_lower_bound(b) - date_lower_bound(a)) == dt.timedelta(days=offset)
-        assert (
-            deid.patient.name is None
-            and deid.patient.telecom == ()
-            and deid.patient.address is None
-        )
-        assert (
-            deid.patient.birth_date == (case.patient.birth_date or "")[:4]
-            or deid.patient.birth_date is None
-        )
+            assert int(b[:4]) - int(a[:4]) == offset and a[4:] == b[4:]
+        # intervals in days between any two dates are unchanged
+        first_a, first_b = date_lower_bound(before[0]), date_lower_bound(after[0])
+        assert [date_lower_bound(x) - first_a for x in before] == [
+            date_lower_bound(x) - first_b for x in after
+        ]
+        assert deid.patient.name is None and deid.patient.telecom == ()
+        assert deid.patient.address is None
+        if case.patient.birth_date:
+            assert deid.patient.birth_date == str(int(case.patient.birth_date[:4]) + offset)
         assert case.identifier.value not in deid.identifier.value
 
 

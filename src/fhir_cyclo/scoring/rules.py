@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date, timedelta
+from typing import Any
 
 from fhir_cyclo.scoring.config import Criteria, ScoringConfig, Test, load_config
 from fhir_cyclo.scoring.dates import Span, add_months, clamp
@@ -80,6 +82,15 @@ class CohortScore:
     patients: list[PatientScore]
     notes: list[Note]
     config: ScoringConfig
+
+
+def log_name(inputs: Any) -> str:
+    """How warnings name a patient: Patient/id, else a hash; identifier values are PHI."""
+    reference = getattr(inputs, "reference", None)
+    if reference:
+        return str(reference)
+    digest = hashlib.sha256(str(getattr(inputs, "key", "")).encode()).hexdigest()[:10]
+    return f"patient#{digest}"
 
 
 def _later_key(pick: Pick) -> tuple[date, bool, str, str]:
@@ -241,7 +252,7 @@ def score_patient(
     if baseline is None:
         notes.append(
             Note(
-                inputs.key,
+                log_name(inputs),
                 criteria.analyte,
                 f"no baseline within {cfg.baseline_days} days before {start.isoformat()}: "
                 "every timepoint NE",
@@ -279,7 +290,7 @@ def score_patient(
     if defaulted:
         notes.append(
             Note(
-                inputs.key,
+                log_name(inputs),
                 "Patient.gender",
                 f"{inputs.gender or 'missing'}: lower limit of normal Hb "
                 f"{cfg.normal_low['other']} g/dL used (months {', '.join(map(str, defaulted))})",
@@ -305,7 +316,7 @@ def score(inputs: ScoringInputs, config: ScoringConfig | None = None) -> CohortS
         if len(p.diseases) > 1:
             notes.append(
                 Note(
-                    p.key,
+                    log_name(p),
                     "Condition",
                     f"codes for {', '.join(p.diseases)}; scored as {p.diseases[0]} "
                     f"(precedence {' > '.join(cfg.precedence)})",
@@ -315,10 +326,12 @@ def score(inputs: ScoringInputs, config: ScoringConfig | None = None) -> CohortS
             # Patients with neither are simply outside the cohort; half-documented ones are news.
             if p.disease is not None:
                 notes.append(
-                    Note(p.key, "MedicationStatement", "no cyclosporine start; not scored")
+                    Note(log_name(p), "MedicationStatement", "no cyclosporine start; not scored")
                 )
             elif p.start is not None:
-                notes.append(Note(p.key, "Condition", "no ITP/AIHA/PRCA Condition; not scored"))
+                notes.append(
+                    Note(log_name(p), "Condition", "no ITP/AIHA/PRCA Condition; not scored")
+                )
             continue
         scored, more = score_patient(p, cfg)
         patients.append(scored)
