@@ -1,8 +1,9 @@
 #!/usr/bin/env node
 // fhir-cyclo test sandbox: an in-memory FHIR R4 server on 127.0.0.1, built on @medplum/fhir-router's
 // MemoryRepository and FhirRouter with a small node:http front.
-// Usage: node server.mjs --port N [--verbose] [--exit-with-parent]
-// (port 0 = any free port; --exit-with-parent = exit when stdin reaches EOF, i.e. the launcher died)
+// Usage: node server.mjs --port N [--verbose] [--exit-with-parent] [--data DIR]
+// (port 0 = any free port; --exit-with-parent = exit when stdin reaches EOF, i.e. the launcher died;
+// --data DIR = keep an fsynced log of committed writes in DIR/store.ndjson and replay it on start)
 import { FhirRouter } from '@medplum/fhir-router';
 import { isNotFound, isOk } from '@medplum/core';
 import { randomUUID } from 'node:crypto';
@@ -11,6 +12,7 @@ import http from 'node:http';
 import { promisify } from 'node:util';
 import zlib from 'node:zlib';
 import { WriteEngine } from './lib/bundle.mjs';
+import { WriteLog } from './lib/persist.mjs';
 import { RESOURCE_TYPES, buildCapabilityStatement } from './lib/definitions.mjs';
 import { FhirError, errorToOutcome, operationOutcome } from './lib/errors.mjs';
 import { DEFAULT_COUNT, MAX_COUNT, executeSearch, parseSearch } from './lib/search.mjs';
@@ -24,7 +26,7 @@ const gzip = promisify(zlib.gzip);
 const gunzip = promisify(zlib.gunzip);
 
 function parseArgs(argv) {
-  const args = { port: 8080, verbose: false, exitWithParent: false };
+  const args = { port: 8080, verbose: false, exitWithParent: false, data: undefined };
   for (let i = 0; i < argv.length; i++) {
     if (argv[i] === '--port') {
       args.port = Number(argv[++i]);
@@ -34,8 +36,14 @@ function parseArgs(argv) {
       args.verbose = true;
     } else if (argv[i] === '--exit-with-parent') {
       args.exitWithParent = true;
+    } else if (argv[i] === '--data' && i + 1 < argv.length) {
+      args.data = argv[++i];
+    } else if (argv[i].startsWith('--data=')) {
+      args.data = argv[i].slice(7);
     } else {
-      process.stderr.write(`unknown argument: ${argv[i]}\nusage: node server.mjs --port N [--verbose] [--exit-with-parent]\n`);
+      process.stderr.write(
+        `unknown argument: ${argv[i]}\nusage: node server.mjs --port N [--verbose] [--exit-with-parent] [--data DIR]\n`
+      );
       process.exit(2);
     }
   }
@@ -52,7 +60,21 @@ const routerVersion = JSON.parse(
 ).version;
 
 const repo = new SandboxRepository();
-const engine = new WriteEngine(repo);
+const writeLog = args.data ? new WriteLog(args.data) : undefined;
+if (writeLog) {
+  try {
+    const { transactions, tornBytes } = await writeLog.replay(repo);
+    process.stderr.write(
+      `replayed ${transactions} committed unit(s) from ${writeLog.file}` +
+        (tornBytes ? `; dropped a torn last line (${tornBytes} bytes, never acknowledged)` : '') +
+        '\n'
+    );
+  } catch (err) {
+    process.stderr.write(`cannot load --data ${args.data}: ${err?.message ?? err}\n`);
+    process.exit(1);
+  }
+}
+const engine = new WriteEngine(repo, { onCommit: writeLog ? (ops) => writeLog.commit(ops) : undefined });
 const router = new FhirRouter();
 const pages = new Map(); // _getpages id -> { type, ids, created, total }
 let capabilityJson; // built lazily once the port (base URL) is known
@@ -433,6 +455,7 @@ async function dispatch(req, port) {
   }
   if (segments.length === 1 && segments[0] === '$reset' && method === 'POST') {
     return serialized(() => {
+      writeLog?.clear();
       repo.clear();
       pages.clear();
       return outcomeReply(200, 'SANDBOX: store reset, all resources deleted', 'informational');

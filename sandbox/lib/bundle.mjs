@@ -187,9 +187,24 @@ function conditionalKey(type, pairs) {
   return `${type}?${pairs.map(([k, v]) => `${k}=${v}`).join('&')}`;
 }
 
+/** What a committed unit changed, for the persistence log: stored versions and deletions, in apply order. */
+function committedOps(order) {
+  const ops = [];
+  for (const it of order) {
+    if (it.action === 'delete' && it.outcomeCode === 'SUCCESSFUL_DELETE') {
+      ops.push({ op: 'del', type: it.type, id: it.targetId });
+    } else if ((it.action === 'create' || it.action === 'update') && !it.noChange) {
+      ops.push({ op: 'put', resource: it.stored });
+    }
+  }
+  return ops;
+}
+
 export class WriteEngine {
-  constructor(repo) {
+  /** `onCommit(ops)`, when given, runs synchronously once a unit is applied; if it throws, the unit is undone. */
+  constructor(repo, { onCommit } = {}) {
     this.repo = repo;
+    this.onCommit = onCommit;
   }
 
   /**
@@ -449,6 +464,13 @@ export class WriteEngine {
             journal.push(repo.snapshot(it.type, it.targetId));
             it.stored = await repo.updateResource(it.resource);
           }
+        }
+      }
+      if (this.onCommit) {
+        // Inside the try: a unit that cannot be made durable is rolled back, never acknowledged.
+        const ops = committedOps(order);
+        if (ops.length) {
+          this.onCommit(ops);
         }
       }
     } catch (err) {

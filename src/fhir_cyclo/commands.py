@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import sys
 import tomllib
@@ -100,32 +101,62 @@ def _bundles(paths: list[str], failures: list[str]) -> Iterator[tuple[str, bytes
             failures.append(f"{loaded.source}: {exc}")
             _err(f"error: {loaded.source}: {exc}")
             continue
-        label = f"{loaded.case.identifier.token} ({loaded.source})"
+        # Logs name the file and a hash, never the identifier value (PHI, e.g. an MRN).
+        digest = hashlib.sha256(loaded.case.identifier.token.encode()).hexdigest()[:10]
+        label = f"{loaded.source} [case #{digest}]"
         yield label, dumps(transaction_bundle(loaded.case, terms, resources), pretty=False)
 
 
 def cmd_push(args: argparse.Namespace) -> int:
+    from fhir_cyclo.journal import DEFAULT_JOURNAL, PushJournal
     from fhir_cyclo.push import push_bundles
 
+    if args.resume and args.no_journal:
+        raise InputError("--resume reads the journal, so it cannot be combined with --no-journal")
+    journal_path = Path(args.journal) if args.journal else DEFAULT_JOURNAL
     input_failures: list[str] = []
     client = None if args.dry_run else make_client(args)
     if client is not None:
-        client.capabilities()  # fail fast: unreachable, not FHIR, not R4
-    summary = push_bundles(
-        client,  # type: ignore[arg-type]
-        _bundles(args.paths, input_failures),
-        workers=args.workers,
-        dry_run=args.dry_run,
-        progress=not args.no_progress,
-        on_result=lambda r: None if r.ok else _err(f"failed: {r.error}"),
-    )
+        client.capabilities()  # fail fast (exit 3) before anything is sent or journaled
+    journal = None
+    if client is not None and not args.no_journal:
+        journal = PushJournal(journal_path, client.base_url)
+    try:
+        summary = push_bundles(
+            client,  # type: ignore[arg-type]
+            _bundles(args.paths, input_failures),
+            workers=args.workers,
+            dry_run=args.dry_run,
+            progress=not args.no_progress,
+            journal=journal,
+            resume=args.resume,
+        )
+    finally:
+        if journal is not None:
+            journal.close()
+    for case in summary.failures:
+        print(f"failed: {case.error}")
+    for problem in input_failures:
+        print(f"failed: invalid input: {problem}")
+    if summary.gave_up:
+        print(f"gave up: {summary.gave_up}")
+    failed = summary.failed + len(input_failures)
+    if summary.failed and journal is not None:
+        print(f"journal: {journal_path}; run the same command with --resume to send the rest")
+    parts = []
+    if summary.failed - summary.not_sent:
+        parts.append(f"{summary.failed - summary.not_sent} rejected or unreachable")
+    if summary.not_sent:
+        parts.append(f"{summary.not_sent} not sent")
+    if input_failures:
+        parts.append(f"{len(input_failures)} invalid input")
     verb = "would push" if args.dry_run else "pushed"
     print(
-        f"{verb} {summary.pushed} case(s): {summary.created} resource(s) created, "
-        f"{summary.updated} updated; {summary.failed} failed to push; "
-        f"{len(input_failures)} invalid input(s)"
+        f"{verb} {summary.pushed} case(s), skipped {summary.skipped} (already there), "
+        f"failed {failed}" + (f" ({', '.join(parts)})" if parts else "") + "; "
+        f"{summary.created} resource(s) created, {summary.updated} updated"
     )
-    return 1 if summary.failed or input_failures else 0
+    return 1 if failed else 0
 
 
 # --- score --------------------------------------------------------------------------------------
@@ -164,6 +195,19 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--workers", type=int, default=1, help="parallel transactions (default 1)")
     p.add_argument("--dry-run", action="store_true", help="map and count, send nothing")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--journal",
+        metavar="FILE",
+        help="record each case the server acknowledged here (JSONL, fsynced per line; default "
+        ".fhir-cyclo/push-journal.jsonl in the current folder)",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="skip cases the journal holds for this server with the same Bundle (an edited case "
+        "is pushed again); use after a failed or interrupted run",
+    )
+    p.add_argument("--no-journal", action="store_true", help="do not read or write a journal")
     p.set_defaults(func=cmd_push)
 
     p = sub.add_parser("score", help="score cyclosporine response from FHIR files or a server")

@@ -1,11 +1,16 @@
-"""Push one transaction Bundle per case, in parallel; one failing case never stops the others."""
+"""Push one transaction Bundle per case, in parallel; one failing case never stops the others.
+
+With a PushJournal every acknowledged case is recorded as it arrives, and `resume` skips the
+cases the journal already holds for this server and this exact Bundle.
+"""
 
 from __future__ import annotations
 
 import logging
 import random
 import sys
-from collections.abc import Callable, Iterable, Mapping, Sized
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sized
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, as_completed, wait
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,7 +20,14 @@ from tqdm import tqdm
 
 from fhir_cyclo.client.fhir import FhirClient
 from fhir_cyclo.client.results import TransactionResult
-from fhir_cyclo.errors import Conflict, FhirCycloError, InputError, ServerError
+from fhir_cyclo.errors import (
+    Conflict,
+    FhirCycloError,
+    InputError,
+    ServerError,
+    TemporaryTransportError,
+)
+from fhir_cyclo.journal import PushJournal, bundle_digest, case_key
 
 log = logging.getLogger("fhir_cyclo.push")
 
@@ -27,10 +39,22 @@ Bundle = Mapping[str, Any] | bytes
 # Only once: a second 409 is a real conflict (e.g. an If-Match version) and needs a human.
 CONFLICT_BACKOFF = 1.0
 
+# When this many cases in a row (at least one per worker) fail because the server is unreachable
+# or overloaded, each after its own full retry cycle, the server is taken to be down: the cases
+# not yet sent are reported "not sent" at once instead of each waiting out its retries against a
+# dead server, and `push --resume` sends them later.
+GIVE_UP_AFTER = 3
+# Statuses that describe the server's state, not the case: 502/503/504 outage, 429 rate limit.
+_UNAVAILABLE = frozenset({429, 502, 503, 504})
+
 
 @dataclass(frozen=True)
 class CaseResult:
-    """The outcome of pushing one case; `entries` is the number of Bundle entries."""
+    """The outcome of pushing one case; `entries` is the number of Bundle entries.
+
+    `skipped`: already acknowledged (journal), not sent again. `unreachable`: failed because the
+    server was down or overloaded. `not_sent`: never sent because the server had gone away.
+    """
 
     label: str
     ok: bool
@@ -40,34 +64,46 @@ class CaseResult:
     created: int = 0
     updated: int = 0
     result: TransactionResult | None = field(default=None, repr=False, compare=False)
+    skipped: bool = False
+    unreachable: bool = False
+    not_sent: bool = False
 
 
 @dataclass
 class PushSummary:
-    """Counts over all cases plus the failed ones (in completion order)."""
+    """Counts over all cases plus the failed ones (in completion order).
+
+    `failed` includes `not_sent` (cases held back after the server went away).
+    """
 
     pushed: int = 0
+    skipped: int = 0
     failed: int = 0
+    not_sent: int = 0
     created: int = 0
     updated: int = 0
     failures: list[CaseResult] = field(default_factory=list)
     dry_run: bool = False
+    gave_up: str | None = None
 
     @property
     def total(self) -> int:
-        return self.pushed + self.failed
+        return self.pushed + self.skipped + self.failed
 
     @property
     def ok(self) -> bool:
         return self.failed == 0
 
     def add(self, case: CaseResult) -> None:
-        if case.ok:
+        if case.skipped:
+            self.skipped += 1
+        elif case.ok:
             self.pushed += 1
             self.created += case.created
             self.updated += case.updated
         else:
             self.failed += 1
+            self.not_sent += case.not_sent
             self.failures.append(case)
 
 
@@ -113,7 +149,51 @@ def _transaction(
         return client.transaction(bundle)
 
 
-def _push_one(client: FhirClient, label: str, bundle: Bundle, rng: random.Random) -> CaseResult:
+def _is_unreachable(exc: BaseException) -> bool:
+    return isinstance(exc, TemporaryTransportError) or (
+        isinstance(exc, ServerError) and exc.status in _UNAVAILABLE
+    )
+
+
+class _GiveUp:
+    """Counts unreachable failures in a row (completion order); trips once at the threshold."""
+
+    def __init__(self, threshold: int) -> None:
+        self.threshold = threshold
+        self.streak = 0
+        self.reason = ""
+        # Read by the worker threads before each send; only the calling thread sets it.
+        self.tripped = threading.Event()
+
+    def observe(self, case: CaseResult) -> bool:
+        """Update with one result; True when this result trips it."""
+        if case.skipped or case.not_sent or self.tripped.is_set():
+            return False
+        self.streak = self.streak + 1 if case.unreachable else 0
+        if self.threshold > 0 and self.streak >= self.threshold:
+            self.reason = f"the server failed {self.streak} cases in a row ({case.error})"
+            self.tripped.set()
+            return True
+        return False
+
+
+def _not_sent(label: str, bundle: Bundle) -> CaseResult:
+    # The reason (the failures that tripped _GiveUp) is reported once, in PushSummary.gave_up.
+    return CaseResult(
+        label=label,
+        ok=False,
+        status=None,
+        entries=_safe_count(bundle),
+        error=f"case {label}: not sent: the server had stopped answering",
+        not_sent=True,
+    )
+
+
+def _push_one(
+    client: FhirClient, label: str, bundle: Bundle, rng: random.Random, give_up: _GiveUp
+) -> CaseResult:
+    if give_up.tripped.is_set():
+        return _not_sent(label, bundle)
     try:
         result = _transaction(client, label, bundle, rng)
     except Exception as exc:  # one bad case, even a bug, must not stop the others
@@ -125,6 +205,7 @@ def _push_one(client: FhirClient, label: str, bundle: Bundle, rng: random.Random
             status=getattr(exc, "status", None),
             entries=_safe_count(bundle),
             error=_describe(label, exc),
+            unreachable=_is_unreachable(exc),
         )
     return CaseResult(
         label=label,
@@ -161,14 +242,24 @@ def push_bundles(
     dry_run: bool = False,
     progress: bool = False,
     on_result: Callable[[CaseResult], None] | None = None,
+    journal: PushJournal | None = None,
+    resume: bool = False,
+    give_up_after: int | None = None,
 ) -> PushSummary:
     """POST each (label, transaction Bundle) as its own transaction and summarise.
 
     `on_result` runs on the calling thread, in completion order. Items are pulled lazily, at
     most 2 x workers at a time, so a generator of bundles is never held in memory whole.
+
+    `journal` records each acknowledged case (on the calling thread, fsynced, before
+    `on_result`); with `resume`, cases it already holds for this exact Bundle are skipped.
+    `give_up_after`: unreachable failures in a row after which the remaining cases are not sent
+    (default max(GIVE_UP_AFTER, workers); 0 never gives up).
     """
     if workers < 1:
         raise InputError(f"workers must be >= 1, got {workers}", source="push_bundles")
+    if resume and journal is None:
+        raise InputError("resume needs a journal", source="push_bundles")
     summary = PushSummary(dry_run=dry_run)
     total = len(items) if isinstance(items, Sized) else None
     bar = tqdm(
@@ -179,36 +270,67 @@ def push_bundles(
         disable=not (progress and sys.stderr.isatty()),
     )
     rng = random.Random()  # noqa: S311 - jitter only, not security
+    give_up = _GiveUp(max(GIVE_UP_AFTER, workers) if give_up_after is None else give_up_after)
+    # (case key, bundle digest) of each case in flight, by job number, for the journal.
+    keys: dict[int, tuple[str, str]] = {}
 
-    def record(case: CaseResult) -> None:
+    def record(case: CaseResult, job: int | None = None) -> None:
+        key = keys.pop(job, None) if job is not None else None
+        if case.ok and not case.skipped and key is not None and journal is not None:
+            journal.record(*key, entries=case.entries)
         summary.add(case)
-        if not case.ok:
+        if not case.ok and not case.not_sent:
             log.error("%s", case.error)
+        if give_up.observe(case):
+            summary.gave_up = give_up.reason
+            log.error("giving up on the cases not sent yet: %s", give_up.reason)
         bar.update(1)
         if summary.failed:
             bar.set_postfix(failed=summary.failed, refresh=False)
         if on_result is not None:
             on_result(case)
 
+    def jobs() -> Iterator[tuple[int, str, Bundle]]:
+        """(job number, label, bundle) for each case to send; skipped ones are recorded here."""
+        for job, (label, bundle) in enumerate(items):
+            if journal is not None and not dry_run:
+                data = bundle if isinstance(bundle, bytes) else orjson.dumps(bundle)
+                key = (case_key(label, data), bundle_digest(data))
+                if resume and journal.acknowledged(*key):
+                    record(
+                        CaseResult(
+                            label=label,
+                            ok=True,
+                            status=None,
+                            entries=_safe_count(data),
+                            skipped=True,
+                        )
+                    )
+                    continue
+                keys[job] = key
+                yield job, label, data  # send exactly the bytes that were hashed
+            else:
+                yield job, label, bundle
+
     try:
         if dry_run:
-            for label, bundle in items:
+            for _, label, bundle in jobs():
                 record(_dry_one(label, bundle))
         elif workers == 1:
-            for label, bundle in items:
-                record(_push_one(client, label, bundle, rng))
+            for job, label, bundle in jobs():
+                record(_push_one(client, label, bundle, rng, give_up), job)
         else:
             client.ensure_pool_size(workers)
             with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fhir-push") as pool:
-                pending: set[Future[CaseResult]] = set()
-                for label, bundle in items:
-                    pending.add(pool.submit(_push_one, client, label, bundle, rng))
+                pending: dict[Future[CaseResult], int] = {}
+                for job, label, bundle in jobs():
+                    pending[pool.submit(_push_one, client, label, bundle, rng, give_up)] = job
                     if len(pending) >= 2 * workers:
-                        done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                        done, _ = wait(pending, return_when=FIRST_COMPLETED)
                         for future in done:
-                            record(future.result())
-                for future in as_completed(pending):
-                    record(future.result())
+                            record(future.result(), pending.pop(future))
+                for future in as_completed(list(pending)):
+                    record(future.result(), pending.pop(future))
     finally:
         bar.close()
     return summary

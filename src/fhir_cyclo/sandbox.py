@@ -1,4 +1,4 @@
-"""Start and stop the bundled in-memory FHIR R4 test server (sandbox/server.mjs, Medplum)."""
+"""Start, stop, kill and restart the bundled FHIR R4 test server (sandbox/server.mjs, Medplum)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 from typing import IO
+from urllib.parse import urlsplit
 
 import requests
 
@@ -38,12 +39,24 @@ class Sandbox:
 
     >>> with Sandbox() as sbx:  # doctest: +SKIP
     ...     requests.get(f"{sbx.base_url}/metadata")
+
+    The store lives in memory unless `data_dir` is given: then every committed write is logged
+    and fsynced there before it is acknowledged, and replayed on start, so `kill()` followed by
+    `restart()` (same port, same base URL) keeps everything a client was told was stored.
     """
 
-    def __init__(self, port: int = 0, node: str = "node", sandbox_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        port: int = 0,
+        node: str = "node",
+        sandbox_dir: Path | None = None,
+        data_dir: Path | None = None,
+    ) -> None:
         self.port = port
         self.node = node
         self.sandbox_dir = sandbox_dir.resolve() if sandbox_dir else default_sandbox_dir()
+        self.data_dir = data_dir.resolve() if data_dir else None
+        self._bound_port: int | None = None
         self._process: subprocess.Popen[str] | None = None
         self._stderr: IO[str] | None = None
         self._base_url: str | None = None
@@ -83,7 +96,10 @@ class Sandbox:
                 f"sandbox dependencies are not installed in {self.sandbox_dir / 'node_modules'}; "
                 "run: npm ci --prefix sandbox"
             )
-        return [node, str(server), "--port", str(self.port), "--exit-with-parent"]
+        argv = [node, str(server), "--port", str(self.port), "--exit-with-parent"]
+        if self.data_dir is not None:
+            argv += ["--data", str(self.data_dir)]
+        return argv
 
     def _stderr_tail(self, limit: int = 4000) -> str:
         if self._stderr is None:
@@ -92,11 +108,31 @@ class Sandbox:
         self._stderr.seek(0)
         return self._stderr.read()[-limit:].strip()
 
+    @property
+    def pid(self) -> int | None:
+        """Process id of the running server, None when it is not running."""
+        return self._process.pid if self._process is not None else None
+
     def start(self, timeout: float = 30.0) -> str:
         """Start the server and wait for its LISTENING line; returns the base URL."""
+        return self._start(timeout, self.port)
+
+    def restart(self, timeout: float = 30.0) -> str:
+        """Start again on the port of the previous run, so clients keep the same base URL.
+
+        Stops the server first if it is still running. With `data_dir`, the store comes back
+        as it was at the last acknowledged write.
+        """
+        if self._bound_port is None:
+            raise SandboxError("restart() needs a previous start()")
+        self.stop()
+        return self._start(timeout, self._bound_port)
+
+    def _start(self, timeout: float, port: int) -> str:
         if self._process is not None and self._process.poll() is None:
             return self.base_url
         argv = self._check_install()
+        argv[argv.index("--port") + 1] = str(port)
         # stderr goes to a temp file: an unread pipe could fill up and block the server.
         self._stderr = tempfile.TemporaryFile(mode="w+", encoding="utf-8")  # noqa: SIM115
         try:
@@ -147,17 +183,29 @@ class Sandbox:
                 )
             if line.startswith(_LISTENING):
                 self._base_url = line[len(_LISTENING) :].strip()
+                self._bound_port = urlsplit(self._base_url).port
                 self._session = requests.Session()
                 return self._base_url
 
     def stop(self) -> None:
         """Terminate the server (SIGTERM, then SIGKILL after 5 s); safe to call twice."""
+        self._shutdown(graceful=True)
+
+    def kill(self) -> None:
+        """SIGKILL the server, as a crash would: no shutdown code runs. Safe to call twice."""
+        self._shutdown(graceful=False)
+
+    def _shutdown(self, *, graceful: bool) -> None:
         process, self._process = self._process, None
         if process is not None and process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
+            if graceful:
+                process.terminate()
+                try:
+                    process.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait(timeout=5)
+            else:
                 process.kill()
                 process.wait(timeout=5)
         if self._pump is not None:

@@ -21,7 +21,9 @@ PUBLIC = os.environ.get("FHIR_LIVE_HAPI_URL", "https://hapi.fhir.org/baseR4")
 
 def test_round_trip_and_idempotency_on_public_hapi(case_report: Case) -> None:
     # A fresh identifier per run: the public server is shared and purged irregularly.
-    run = Identifier(system="http://fhir-cyclo.example.org/fhir/sid/live-test", value=str(uuid.uuid4()))
+    run = Identifier(
+        system="http://fhir-cyclo.example.org/fhir/sid/live-test", value=str(uuid.uuid4())
+    )
     case = case_report.model_copy(update={"identifier": run})
     with FhirClient(PUBLIC) as client:
         assert client.capabilities()["fhirVersion"].startswith("4.0")

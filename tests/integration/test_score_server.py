@@ -33,7 +33,9 @@ def score(*args: str) -> dict[str, Any]:
 
 def test_server_scoring_equals_file_scoring(server: Server, tmp_path: Path) -> None:
     assert main(["export", str(FIXTURES), "--out", str(tmp_path)]) == 0
-    pushed = cli("push", str(tmp_path), "--server", server.base_url, "--no-progress")
+    pushed = cli(
+        "push", str(tmp_path), "--server", server.base_url, "--no-progress", "--no-journal"
+    )
     assert pushed.returncode == 0, pushed.stderr
     from_files = score(str(tmp_path))
     from_server = score("--server", server.base_url)
@@ -42,7 +44,12 @@ def test_server_scoring_equals_file_scoring(server: Server, tmp_path: Path) -> N
 
 
 def test_score_one_patient_by_identifier(server: Server) -> None:
-    assert cli("push", str(FIXTURES), "--server", server.base_url, "--no-progress").returncode == 0
+    assert (
+        cli(
+            "push", str(FIXTURES), "--server", server.base_url, "--no-progress", "--no-journal"
+        ).returncode
+        == 0
+    )
     token = "http://fhir-cyclo.example.org/fhir/sid/synthetic-cohort|itp-05"
     (patient,) = score("--server", server.base_url, "--identifier", token)["patients"]
     assert patient["patient"] == token
@@ -50,7 +57,12 @@ def test_score_one_patient_by_identifier(server: Server) -> None:
 
 
 def test_write_back_is_idempotent(server: Server) -> None:
-    assert cli("push", str(FIXTURES), "--server", server.base_url, "--no-progress").returncode == 0
+    assert (
+        cli(
+            "push", str(FIXTURES), "--server", server.base_url, "--no-progress", "--no-journal"
+        ).returncode
+        == 0
+    )
     for _ in range(2):
         result = cli("score", "--server", server.base_url, "--write-back")
         assert result.returncode == 0, result.stderr

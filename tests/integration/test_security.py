@@ -21,14 +21,18 @@ TOKEN = "s3cr3t-bearer-token-value"
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "fhir_cyclo.cli", *args],
-        capture_output=True, text=True, check=False, env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, **(env or {})},
     )
 
 
 def phi_cases(folder: Path) -> None:
     text = CASE_REPORT.read_text(encoding="utf-8")
     good = text.replace("value: isshiki-thymoma-prca", f"value: {MRN}").replace(
-        "  sex: female\n", f"  sex: female\n  name: {NAME}\n  birth_date: \"{BIRTH}\"\n  telecom: [\"+39 02 5555 0101\"]\n  address: via F. Sforza 35, Milano\n"
+        "  sex: female\n",
+        f'  sex: female\n  name: {NAME}\n  birth_date: "{BIRTH}"\n  telecom: ["+39 02 5555 0101"]\n  address: via F. Sforza 35, Milano\n',
     )
     (folder / "phi.yaml").write_text(good, encoding="utf-8")
     # a second, broken case with PHI, so error lines are printed too
@@ -43,7 +47,7 @@ def test_no_phi_in_logs_of_a_full_run(server: Server, tmp_path: Path) -> None:
     runs = [
         cli("export", str(src), "--out", str(tmp_path / "out")),
         cli("validate", str(src)),
-        cli("push", str(src), "--server", server.base_url, "--no-progress"),
+        cli("push", str(src), "--server", server.base_url, "--no-progress", "--no-journal"),
         cli("score", "--server", server.base_url, "--table"),
         cli("score", str(tmp_path / "out"), "--table"),
     ]
@@ -58,8 +62,28 @@ def test_bearer_token_never_printed(server: Server, tmp_path: Path) -> None:
     token_file.write_text(TOKEN)
     token_file.chmod(0o600)
     runs = [
-        cli("-v", "push", str(CASE_REPORT), "--server", server.base_url, "--no-progress", env={"FHIR_CYCLO_TOKEN": TOKEN}),
-        cli("-v", "push", str(CASE_REPORT), "--server", "http://127.0.0.1:9/fhir", "--timeout", "1", "--token-file", str(token_file)),
+        cli(
+            "-v",
+            "push",
+            str(CASE_REPORT),
+            "--server",
+            server.base_url,
+            "--no-progress",
+            "--no-journal",
+            env={"FHIR_CYCLO_TOKEN": TOKEN},
+        ),
+        cli(
+            "-v",
+            "push",
+            str(CASE_REPORT),
+            "--server",
+            "http://127.0.0.1:9/fhir",
+            "--timeout",
+            "1",
+            "--token-file",
+            str(token_file),
+            "--no-journal",
+        ),
         cli("-v", "score", "--server", server.base_url, "--json", env={"FHIR_CYCLO_TOKEN": TOKEN}),
     ]
     assert runs[0].returncode == 0, runs[0].stderr
@@ -69,8 +93,25 @@ def test_bearer_token_never_printed(server: Server, tmp_path: Path) -> None:
 
 
 def test_plain_http_needs_allow_http() -> None:
-    refused = cli("push", str(CASE_REPORT), "--server", "http://fhir.example.invalid/fhir", "--no-progress")
+    refused = cli(
+        "push",
+        str(CASE_REPORT),
+        "--server",
+        "http://fhir.example.invalid/fhir",
+        "--no-progress",
+        "--no-journal",
+    )
     assert refused.returncode == 3 and "refusing plain http" in refused.stderr
-    allowed = cli("push", str(CASE_REPORT), "--server", "http://fhir.example.invalid/fhir", "--allow-http", "--timeout", "1", "--no-progress")
+    allowed = cli(
+        "push",
+        str(CASE_REPORT),
+        "--server",
+        "http://fhir.example.invalid/fhir",
+        "--allow-http",
+        "--timeout",
+        "1",
+        "--no-progress",
+        "--no-journal",
+    )
     assert "refusing plain http" not in allowed.stderr  # now it tries (and cannot resolve the host)
     assert allowed.returncode == 3

@@ -16,7 +16,7 @@ from fhir_cyclo.scoring.extract import (
     StartDate,
     TransfusionEvent,
 )
-from fhir_cyclo.scoring.rules import score, score_patient
+from fhir_cyclo.scoring.rules import log_name, score, score_patient
 
 START = date(2021, 1, 31)
 M3 = date(2021, 4, 30)  # Jan 31 + 3 months, clamped
@@ -305,9 +305,11 @@ def test_score_skips_and_notes_half_documented_patients() -> None:
     cohort = score(ScoringInputs([scorable, no_start, no_disease, bystander], []))
     assert [p.key for p in cohort.patients] == ["urn:test|p1"]
     messages = {n.source: n.message for n in cohort.notes}
-    assert messages["k2"] == "no cyclosporine start; not scored"
-    assert messages["k3"] == "no ITP/AIHA/PRCA Condition; not scored"
-    assert "k4" not in messages
+    # Warnings name patients by Patient/id or a hash, never by identifier value (PHI).
+    assert messages[log_name(no_start)] == "no cyclosporine start; not scored"
+    assert messages[log_name(no_disease)] == "no ITP/AIHA/PRCA Condition; not scored"
+    assert log_name(bystander) not in messages
+    assert not any(k in str(n) for n in cohort.notes for k in ("k2", "k3", "k4"))
 
 
 def test_several_diseases_scored_by_precedence_with_note() -> None:

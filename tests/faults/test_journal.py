@@ -1,0 +1,97 @@
+"""The push journal under damage: torn last line, junk lines, edited cases, other servers, a second writer."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+
+from fhir_cyclo.bundle import dumps, transaction_bundle
+from fhir_cyclo.case import Case
+from fhir_cyclo.journal import JournalError, PushJournal, bundle_digest, case_key
+
+pytestmark = pytest.mark.faults
+
+SERVER = "http://127.0.0.1:8080/fhir"
+
+
+def bundle_bytes(case: Case) -> bytes:
+    return dumps(transaction_bundle(case), pretty=False)
+
+
+def test_torn_last_line_is_ignored_and_cut_before_the_next_append(tmp_path: Path) -> None:
+    path = tmp_path / "j.jsonl"
+    with PushJournal(path, SERVER) as journal:
+        journal.record("a", "1", entries=3)
+        journal.record("b", "2", entries=3)
+    intact = path.read_bytes()
+    path.write_bytes(intact + b'{"v":1,"server":"' + SERVER.encode() + b'","case":"c","bun')
+    with PushJournal(path, SERVER) as journal:
+        assert len(journal) == 2 and journal.acknowledged("a", "1")
+        assert path.read_bytes() == intact  # repaired on open
+        journal.record("c", "3", entries=1)
+    with PushJournal(path, SERVER) as journal:
+        assert [journal.acknowledged(k, d) for k, d in (("a", "1"), ("b", "2"), ("c", "3"))] == [
+            True,
+            True,
+            True,
+        ]
+    assert path.read_bytes().count(b"\n") == 3
+
+
+def test_a_junk_line_only_costs_a_re_push(tmp_path: Path) -> None:
+    path = tmp_path / "j.jsonl"
+    with PushJournal(path, SERVER) as journal:
+        journal.record("a", "1", entries=1)
+    path.write_bytes(path.read_bytes() + b"\x00\x00 not json\n")
+    with PushJournal(path, SERVER) as journal:
+        journal.record("b", "2", entries=1)
+    with PushJournal(path, SERVER) as journal:
+        assert journal.acknowledged("a", "1") and journal.acknowledged("b", "2")
+        assert len(journal) == 2
+
+
+def test_only_the_same_server_and_the_same_bundle_count_as_already_there(
+    tmp_path: Path, case_report: Case
+) -> None:
+    data = bundle_bytes(case_report)
+    edited = transaction_bundle(case_report)
+    lab = next(e for e in edited["entry"] if "valueQuantity" in e["resource"])
+    lab["resource"]["valueQuantity"]["value"] += 1  # a corrected lab value
+    edited_data = dumps(edited, pretty=False)
+    key = case_key("label", data)
+    path = tmp_path / "j.jsonl"
+    with PushJournal(path, SERVER) as journal:
+        journal.record(key, bundle_digest(data), entries=1)
+    with PushJournal(path, SERVER) as journal:
+        assert journal.acknowledged(key, bundle_digest(data))
+        assert case_key("other label", edited_data) == key  # the same case ...
+        assert not journal.acknowledged(key, bundle_digest(edited_data))  # ... edited: re-push
+    with PushJournal(path, "http://127.0.0.1:9999/fhir") as other:
+        assert len(other) == 0
+
+
+def test_case_key_hides_the_identifier_and_ignores_where_the_bundle_came_from(
+    case_report: Case,
+) -> None:
+    data = bundle_bytes(case_report)
+    key = case_key("case-file label", data)
+    assert case_report.identifier.value not in key and len(key) == 64
+    # An exported Bundle without the conditional URL still names the same case.
+    bundle = transaction_bundle(case_report)
+    for entry in bundle["entry"]:
+        if entry["resource"]["resourceType"] == "Patient":
+            entry["request"] = {"method": "POST", "url": "Patient"}
+    assert case_key("out/bundles/x.json", dumps(bundle, pretty=False)) == key
+    assert case_key("a.json", b'{"resourceType":"Bundle"}') != case_key("b.json", b"{}")
+
+
+def test_a_second_writer_is_refused_and_the_file_is_private(tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "j.jsonl"
+    with PushJournal(path, SERVER):
+        with pytest.raises(JournalError, match="in use"):
+            PushJournal(path, SERVER)
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    with PushJournal(path, SERVER) as again:  # the lock went with the first one
+        assert len(again) == 0
