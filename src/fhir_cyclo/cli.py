@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--deidentify",
         action="store_true",
-        help="drop names/telecom/address, keep birth year, shift dates per patient, pseudonymise ids",
+        help="drop names/telecom/address, keep birth year, shift dates, pseudonymise ids",
     )
     p.add_argument(
         "--key-file",

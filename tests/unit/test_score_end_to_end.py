@@ -91,11 +91,14 @@ def test_deidentified_export_scores_the_same(tmp_path: Path, exported: Path) -> 
     )
     plain = score_json(*sorted(exported.glob("*.json")))["patients"]
     deid = score_json(tmp_path / "deid")["patients"]
-    strip = lambda p: (
-        p["disease"],
-        p["baseline"] and p["baseline"]["value"],
-        tuple((a["month"], a["response"], a["value"]) for a in p["assessments"]),
-    )  # noqa: E731
+
+    def strip(p: dict[str, Any]) -> tuple[object, ...]:
+        return (
+            p["disease"],
+            p["baseline"] and p["baseline"]["value"],
+            tuple((a["month"], a["response"], a["value"]) for a in p["assessments"]),
+        )
+
     cohort_plain = sorted(strip(p) for p in plain if "synthetic-cohort" in p["patient"])
     assert sorted(strip(p) for p in deid) == cohort_plain
     assert len(cohort_plain) == 13

@@ -99,4 +99,4 @@ def resources_to_case(
             raise MappingError(exc.message, source=source, path=f"{path}: {exc.path}") from None
         except ValueError as exc:
             raise MappingError(str(exc), source=source, path=path) from None
-    return Case(identifier=identifier, patient=demographics, **groups)  # type: ignore[arg-type]
+    return Case(identifier=identifier, patient=demographics, **groups)

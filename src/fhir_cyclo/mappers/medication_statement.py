@@ -132,7 +132,7 @@ def from_fhir(res: Resource, ctx: FromContext, item_id: str) -> Treatment:
         rng = trough.get("valueRange") or {}
         low, unit = quantity_value(rng.get("low"), "extension[target-trough].low")
         high, _ = quantity_value(rng.get("high"), "extension[target-trough].high")
-        target = TroughTarget(low=low, high=high, unit=unit)  # type: ignore[arg-type]
+        target = TroughTarget(low=low, high=high, unit=unit)
     period = res.get("effectivePeriod") or {}
     start = period.get("start") or time_from_extension(res, "start", "MedicationStatement")
     end = period.get("end") or time_from_extension(res, "end", "MedicationStatement")
@@ -153,7 +153,7 @@ def from_fhir(res: Resource, ctx: FromContext, item_id: str) -> Treatment:
                     raise MappingError(f"dose unit {unit!r} not mg or mg/kg", path="dosage")
                 per_day = repeat.get("frequency")
                 daily = round(value * (per_day or 1), 9)
-                dose = Dose(value=daily, unit=_DAILY_UNIT[unit], doses_per_day=per_day)  # type: ignore[arg-type]
+                dose = Dose(value=daily, unit=_DAILY_UNIT[unit], doses_per_day=per_day)
     return Treatment(
         id=item_id,
         drug=drug,
