@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -27,7 +28,9 @@ def test_the_corpus_is_complete() -> None:
         p.name for p in (HERE / "cohorts").iterdir()
     }
     assert on_disk == set(EXPECTED["cases"]) | set(EXPECTED["cohorts"])
-    assert len(on_disk) >= 30
+    fhir = {p.name for p in (HERE / "fhir").iterdir()}
+    assert fhir == set(EXPECTED["fhir"])
+    assert len(on_disk) + len(fhir) >= 30
 
 
 @pytest.mark.parametrize("name", sorted(k for k, v in EXPECTED["cases"].items() if v))
@@ -60,3 +63,44 @@ def test_whole_corpus_in_one_run_keeps_the_valid_cases(tmp_path: Path) -> None:
     assert "exported" in result.stdout
     assert len(list(tmp_path.glob("*.json"))) >= 1
     assert "Traceback" not in result.stderr
+
+
+def score(*paths: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "fhir_cyclo.cli", "score", *map(str, paths), "--json"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED["fhir"]))
+def test_bad_fhir_input_to_score(name: str, tmp_path: Path) -> None:
+    kind, message = EXPECTED["fhir"][name]
+    # A good export beside the bad file: it must still be scored.
+    good = tmp_path / "good"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fhir_cyclo.cli",
+            "export",
+            str(HERE.parents[1] / "fixtures" / "cases"),
+            "--out",
+            str(good),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    result = score(HERE / "fhir" / name, good)
+    assert message in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    scored = __import__("json").loads(result.stdout)["patients"]
+    assert any("isshiki-thymoma-prca" in p["patient"] for p in scored)
+    if kind == "error":
+        assert result.returncode == 1
+    else:
+        assert result.returncode == 0
+        baseline = re.search(r"(\d+) resource\(s\) skipped", score(good).stderr)
+        assert baseline
+        assert f"{int(baseline[1]) + 1} resource(s) skipped" in result.stderr  # counted

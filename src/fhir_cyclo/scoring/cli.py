@@ -42,8 +42,14 @@ def run(args: argparse.Namespace, client: Any | None) -> int:
     paths: list[str] = list(getattr(args, "paths", None) or [])
     patient, identifier = getattr(args, "patient", None), getattr(args, "identifier", None)
     items: Iterable[SourceItem]
+    bad_files: list[InputError] = []
+
+    def bad(error: InputError) -> None:
+        bad_files.append(error)
+        print(f"fhir-cyclo: error: {error}", file=sys.stderr)
+
     if paths:
-        items = read_paths(paths)
+        items = read_paths(paths, on_error=bad)
     elif client is not None:
         items = iter_from_server(client, patient=patient, identifier=identifier)
     else:
@@ -54,6 +60,12 @@ def run(args: argparse.Namespace, client: Any | None) -> int:
 
     for note in cohort.notes:
         print(f"fhir-cyclo: warning: {note}", file=sys.stderr)
+    skipped = sum(1 for n in cohort.notes if "skipped" in n.message)
+    print(
+        f"scored {len(cohort.patients)} patient(s); {skipped} resource(s) skipped, "
+        f"{len(cohort.notes)} warning(s)",
+        file=sys.stderr,
+    )
     json_target = getattr(args, "json", None)
     table = bool(getattr(args, "table", False))
     plot_dir = getattr(args, "plot", None)
@@ -88,4 +100,4 @@ def run(args: argparse.Namespace, client: Any | None) -> int:
             print("nothing to write back: no patient could be scored", file=sys.stderr)
     if not cohort.patients:
         print("fhir-cyclo: warning: no patient could be scored", file=sys.stderr)
-    return 0
+    return 1 if bad_files else 0  # bad files were reported; the rest was scored

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
@@ -31,6 +31,9 @@ class SearchClient(Protocol):
     def search(self, resource_type: str, params: dict[str, str]) -> Iterator[dict[str, Any]]: ...
 
 
+OnError = Callable[[InputError], None]
+
+
 def iter_document(doc: Any, origin: str) -> Iterator[SourceItem]:
     """Resources in a parsed JSON document: any Bundle type (nested too), a resource, or a list."""
     if isinstance(doc, list):
@@ -39,6 +42,11 @@ def iter_document(doc: Any, origin: str) -> Iterator[SourceItem]:
         return
     if not isinstance(doc, dict) or not isinstance(doc.get("resourceType"), str):
         raise InputError("not a FHIR resource (no resourceType)", source=origin)
+    if doc["resourceType"] == "OperationOutcome":
+        # A saved error response where data was expected: say what the server said.
+        issues = doc.get("issue") or [{}]
+        text = "; ".join(str(i.get("diagnostics") or i.get("code") or "") for i in issues)
+        raise InputError(f"an OperationOutcome, not FHIR data: {text}", source=origin)
     if doc["resourceType"] != "Bundle":
         yield SourceItem(doc, None, origin)
         return
@@ -74,7 +82,7 @@ def _json_file(path: Path) -> Iterator[SourceItem]:
     yield from iter_document(doc, str(path))
 
 
-def _ndjson_file(path: Path) -> Iterator[SourceItem]:
+def _ndjson_file(path: Path, on_error: OnError | None = None) -> Iterator[SourceItem]:
     try:
         handle = path.open("rb")
     except OSError as exc:
@@ -86,18 +94,32 @@ def _ndjson_file(path: Path) -> Iterator[SourceItem]:
                 continue
             try:
                 doc = orjson.loads(line)
+                items = list(iter_document(doc, f"{path}:{number}"))
             except orjson.JSONDecodeError as exc:
-                raise InputError(
+                error = InputError(
                     f"not valid JSON: {exc}", source=str(path), path=f"line {number}"
-                ) from exc
-            yield from iter_document(doc, f"{path}:{number}")
+                )
+                if on_error is None:
+                    raise error from exc
+                on_error(error)  # one bad line loses that line only
+                continue
+            except InputError as exc:
+                if on_error is None:
+                    raise
+                on_error(exc)
+                continue
+            yield from items
 
 
-def read_paths(paths: Iterable[str | Path]) -> Iterator[SourceItem]:
+def read_paths(
+    paths: Iterable[str | Path], on_error: OnError | None = None
+) -> Iterator[SourceItem]:
     """Resources from files and folders (recursively: *.json and *.ndjson, in sorted order).
 
     A named file is read whatever its suffix (NDJSON when it ends in .ndjson, else JSON).
-    Raises InputError naming the file (and line for NDJSON) for missing files and bad JSON.
+    Raises InputError naming the file (and line for NDJSON) for missing files and bad JSON; with
+    `on_error`, reports it there instead and goes on with the next file (or NDJSON line), so the
+    valid data in the same run is still scored.
     """
     for raw in paths:
         path = Path(raw)
@@ -111,9 +133,17 @@ def read_paths(paths: Iterable[str | Path]) -> Iterator[SourceItem]:
             raise InputError("no such file or folder", source=str(path))
         for file in files:
             if file.suffix.lower() == ".ndjson":
-                yield from _ndjson_file(file)
-            else:
-                yield from _json_file(file)
+                yield from _ndjson_file(file, on_error)
+                continue
+            try:
+                # A JSON file is one document: take all of it or none of it.
+                items = list(_json_file(file))
+            except InputError as exc:
+                if on_error is None:
+                    raise
+                on_error(exc)
+                continue
+            yield from items
 
 
 def _search(
