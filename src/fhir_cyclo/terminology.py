@@ -45,6 +45,8 @@ class Concept(_Strict):
 
     text: Annotated[str, Field(min_length=1)]
     codings: tuple[CodingEntry, ...]
+    # Other codes for the same concept that other systems send: read on import, never written.
+    alternative_codings: tuple[CodingEntry, ...] = ()
     unverified: str | None = None
     # analytes only
     unit: str | None = None
@@ -177,6 +179,7 @@ class Terminology:
 
     def _concept(self, concept: Concept, kind: str, key: str) -> Concept:
         codings = tuple(self._resolve(c) for c in concept.codings)
+        alternatives = tuple(self._resolve(c) for c in concept.alternative_codings)
         if not codings:
             # Text-only concept: a project-local code carries the concept key so the round trip
             # can find it again; the unverified external candidate code is never sent.
@@ -188,7 +191,7 @@ class Terminology:
                     source=f"project code; {concept.unverified}",
                 ),
             )
-        return concept.model_copy(update={"codings": codings})
+        return concept.model_copy(update={"codings": codings, "alternative_codings": alternatives})
 
     # --- queries ------------------------------------------------------------------------------
 
@@ -221,7 +224,7 @@ class Terminology:
         """(system, code) -> concept key for one group; the first coding of a concept wins ties."""
         out: dict[tuple[str, str], str] = {}
         for key, concept in group.items():
-            for coding in concept.codings:
+            for coding in (*concept.codings, *concept.alternative_codings):
                 out.setdefault((coding.system, coding.code), key)
         return out
 
