@@ -22,9 +22,12 @@ from fhir_cyclo.terminology import Terminology, terminology
 
 @dataclass
 class ExportSummary:
+    """Counts of one export. Bundle files are counted (one per exported case, named by
+    `bundle_filename`), not listed: a path per case would make memory grow with the cohort."""
+
     cases: int = 0
     resources: int = 0
-    files: list[Path] = field(default_factory=list)
+    ndjson_files: list[Path] = field(default_factory=list)  # one per resource type
     failed: list[FhirCycloError] = field(default_factory=list)
 
 
@@ -141,7 +144,6 @@ def export(
                         writer.write_case(resources)
                     summary.cases += 1
                     summary.resources += len(resources)
-                    summary.files.append(target)
                 except InputError as exc:
                     error = (
                         exc
@@ -157,5 +159,5 @@ def export(
         if keys is not None:
             keys.save()
         if writer:
-            summary.files.extend(writer.close(commit=ok))
+            summary.ndjson_files.extend(writer.close(commit=ok))
     return summary

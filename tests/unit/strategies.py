@@ -199,7 +199,11 @@ def cases(draw: st.DrawFn) -> Case:
                 "birth_date": draw(st.none() | partial.filter(lambda d: "T" not in d)),
                 "synthetic": draw(st.booleans()),
                 "name": draw(st.none() | texts),
-                "telecom": draw(st.lists(st.sampled_from(["+39 02 555 0101", "a@b.example"]), max_size=2, unique=True)),
+                "telecom": draw(
+                    st.lists(
+                        st.sampled_from(["+39 02 555 0101", "a@b.example"]), max_size=2, unique=True
+                    )
+                ),
                 "address": draw(st.none() | texts),
             },
             "diagnoses": diagnoses,

@@ -77,8 +77,15 @@ def test_alternative_codes_are_read_but_never_written() -> None:
         "status": "final",
         "code": {"coding": [{"system": "http://loinc.org", "code": "59260-0"}], "text": "Hb (SI)"},
         "effectiveDateTime": "2020-01-05",
-        "valueQuantity": {"value": 5.6, "unit": "mmol/L", "system": "http://unitsofmeasure.org", "code": "mmol/L"},
+        "valueQuantity": {
+            "value": 5.6,
+            "unit": "mmol/L",
+            "system": "http://unitsofmeasure.org",
+            "code": "mmol/L",
+        },
     }
     lab = lab_from_fhir(foreign, FromContext(terms=t), "x")
     assert (lab.analyte, lab.value, lab.unit) == ("hemoglobin", 5.6, "mmol/L")
-    assert ("http://loinc.org", "59260-0") not in {(c.system, c.code) for c in t.analytes["hemoglobin"].codings}
+    assert ("http://loinc.org", "59260-0") not in {
+        (c.system, c.code) for c in t.analytes["hemoglobin"].codings
+    }

@@ -31,9 +31,18 @@ class ToContext:
 
     case: Identifier
     terms: Terminology
+    # Ids already derived for this case: every resource points at the Patient (and most at a
+    # Condition), and a uuid5 costs more than the rest of a small resource's mapping.
+    _ids: dict[tuple[str, str], str] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     def rid(self, resource_type: str, item_id: str) -> str:
-        return resource_id(self.case, resource_type, item_id)
+        key = (resource_type, item_id)
+        found = self._ids.get(key)
+        if found is None:
+            found = self._ids[key] = resource_id(self.case, resource_type, item_id)
+        return found
 
     def ref(self, resource_type: str, item_id: str) -> dict[str, str]:
         # urn:uuid references: the server rewrites them to its own Type/id in the transaction.

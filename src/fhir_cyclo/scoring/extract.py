@@ -21,6 +21,7 @@ from fhir_cyclo.scoring.sources import SourceItem
 _IDENTIFIER = "identifier:"
 # Observation date fallbacks after effectiveDateTime (effective[x] is a choice, then issued).
 _OBSERVATION_DATES = ("effectivePeriod.start", "effectivePeriod.end", "effectiveInstant", "issued")
+_NUMBER = (int, float)
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +160,11 @@ class _Extractor:
         }
         analytes = cfg.analytes
         self._loinc_analyte = {code: analytes[name] for code, name in cfg.loinc_analyte.items()}
+        # Looked up once per lab result: kept as attributes, not re-read through cfg.
+        self._loinc = cfg.loinc
+        self._observation_skip = cfg.observation_skip_status
+        # Date text -> span: a cohort's results share few distinct dates.
+        self._spans: dict[str, Span] = {}
 
     # --- helpers ---------------------------------------------------------------------------
 
@@ -263,7 +269,7 @@ class _Extractor:
             self.note(self._ref(resource, full_url, origin), "code", "no code; skipped")
             return
         if code:
-            loinc = self.cfg.loinc
+            loinc = self._loinc
             for coding in code.get("coding") or ():
                 if coding.get("system") == loinc:
                     analyte = self._loinc_analyte.get(coding.get("code"))
@@ -271,14 +277,21 @@ class _Extractor:
                         break
         if analyte is None:
             return
-        ref = self._ref(resource, full_url, origin)
+        rid = resource.get("id")
+        ref = f"Observation/{rid}" if rid else self._ref(resource, full_url, origin)
         status = resource.get("status")
-        if status in self.cfg.observation_skip_status:
+        if status in self._observation_skip:
             self.note(ref, "status", f"status {status}; skipped")
             return
-        subject = self._subject(resource, ref)
-        if subject is None:
-            return
+        # The common literal reference inline; everything else (and its notes) in _subject.
+        subject = resource.get("subject")
+        literal = subject.get("reference") if type(subject) is dict else None
+        if type(literal) is str and literal:
+            subject = literal
+        else:
+            subject = self._subject(resource, ref)
+            if subject is None:
+                return
 
         quantity: dict[str, Any] = resource.get("valueQuantity") or {}
         raw = quantity.get("value")
@@ -302,7 +315,7 @@ class _Extractor:
                 self.note(ref, what, f"no value{why}; skipped")
                 return
         else:
-            if isinstance(raw, bool) or not isinstance(raw, int | float):
+            if isinstance(raw, bool) or not isinstance(raw, _NUMBER):
                 self.note(ref, "valueQuantity.value", f"not a number: {raw!r}; skipped")
                 return
             comparator = quantity.get("comparator")
@@ -313,7 +326,11 @@ class _Extractor:
                     f"{comparator}{raw} is a bound, not a measurement; skipped",
                 )
                 return
-            unit, unit_path = self._unit(quantity)
+            unit_code = quantity.get("code")
+            if unit_code and quantity.get("system") == self._ucum:  # _unit's common case, inline
+                unit, unit_path = unit_code, "valueQuantity.code"
+            else:
+                unit, unit_path = self._unit(quantity)
             if not unit:
                 self.note(ref, "valueQuantity.unit", f"no unit for {analyte.name}; skipped")
                 return
@@ -326,11 +343,16 @@ class _Extractor:
 
         text = resource.get("effectiveDateTime")
         if text is not None:  # the common case, kept off the generic path for speed
-            try:
-                when: tuple[Span, str, str] | None = (parse_span(text), text, "effectiveDateTime")
-            except (ValueError, TypeError):
-                self.note(ref, "effectiveDateTime", f"not a FHIR date: {text!r}; skipped")
-                return
+            span = self._spans.get(text) if type(text) is str else None
+            if span is None:
+                try:
+                    span = parse_span(text)
+                except (ValueError, TypeError):
+                    self.note(ref, "effectiveDateTime", f"not a FHIR date: {text!r}; skipped")
+                    return
+                if type(text) is str:
+                    self._spans[text] = span
+            when: tuple[Span, str, str] | None = (span, text, "effectiveDateTime")
         else:
             when = self._date(resource, ref, _OBSERVATION_DATES)
         if when is None:
@@ -745,7 +767,8 @@ def extract(
     with _gc_paused():
         for item in items:
             if isinstance(item, SourceItem):
-                add(item.resource, item.full_url, item.origin)
+                resource, full_url, origin = item  # unpacking beats three attribute reads
+                add(resource, full_url, origin)
             else:
                 add(item, None, "input")
     return extractor.finish()
