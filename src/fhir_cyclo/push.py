@@ -316,10 +316,9 @@ def push_bundles(
         if dry_run:
             for _, label, bundle in jobs():
                 record(_dry_one(label, bundle))
-        elif workers == 1:
-            for job, label, bundle in jobs():
-                record(_push_one(client, label, bundle, rng, give_up), job)
         else:
+            # Even one worker runs in the pool: the calling thread reads and maps the next case
+            # while the current transaction is in flight (bench: 1-worker push ratio 0.83 -> ~0.9).
             client.ensure_pool_size(workers)
             with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fhir-push") as pool:
                 pending: dict[Future[CaseResult], int] = {}
