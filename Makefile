@@ -29,8 +29,8 @@ test: install
 	$(PY) -m pytest -q
 
 lint: install
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench fixtures
+	$(BIN)/ruff format --check src tests bench fixtures
 	$(BIN)/mypy
 
 bench: install

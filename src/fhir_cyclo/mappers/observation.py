@@ -55,6 +55,31 @@ def _effective_from(res: Resource, path: str) -> Any:
     return time_from_extension(res, "effective", path)
 
 
+def _head(
+    ctx: ToContext,
+    item_id: str,
+    when: object,
+    category: str,
+    code: dict[str, Any],
+    *,
+    focus: str | None = None,
+) -> Resource:
+    """The elements every Observation we write starts with, in one fixed order."""
+    res: Resource = {"resourceType": "Observation", "id": ctx.rid("Observation", item_id)}
+    eff = _effective(when)
+    if "extension" in eff:
+        res["extension"] = eff.pop("extension")
+    res["identifier"] = ctx.identifier(item_id)
+    res["status"] = "final"
+    res["category"] = _category(category)
+    res["code"] = code
+    res["subject"] = ctx.patient_ref()
+    if focus:
+        res["focus"] = [ctx.ref("Condition", focus)]
+    res.update(eff)
+    return res
+
+
 # --- labs ---------------------------------------------------------------------------------------
 
 
@@ -71,16 +96,7 @@ def lab_to_fhir(lab: Lab, ctx: ToContext) -> Resource:
             + ")",
             path="unit",
         )
-    res: Resource = {"resourceType": "Observation", "id": ctx.rid("Observation", lab.id)}
-    eff = _effective(lab.date)
-    if "extension" in eff:
-        res["extension"] = eff.pop("extension")
-    res["identifier"] = ctx.identifier(lab.id)
-    res["status"] = "final"
-    res["category"] = _category("laboratory")
-    res["code"] = concept_cc(concept, lab.text)
-    res["subject"] = ctx.patient_ref()
-    res.update(eff)
+    res = _head(ctx, lab.id, lab.date, "laboratory", concept_cc(concept, lab.text))
     if lab.value is not None and lab.unit is not None:
         res["valueQuantity"] = quantity(lab.value, lab.unit)
     elif concept.qualitative and lab.interpretation in ("POS", "NEG"):
@@ -173,19 +189,8 @@ def when_as_effective(when: object) -> dict[str, Any]:
 
 def imaging_to_fhir(img: Imaging, ctx: ToContext) -> Resource:
     terms = ctx.terms
-    res: Resource = {"resourceType": "Observation", "id": ctx.rid("Observation", img.id)}
-    eff = _effective(img.date)
-    if "extension" in eff:
-        res["extension"] = eff.pop("extension")
-    res["identifier"] = ctx.identifier(img.id)
-    res["status"] = "final"
-    res["category"] = _category("imaging")
     key = "disease_status_code" if img.response else "finding_code"
-    res["code"] = coding_cc(terms.imaging[key])
-    res["subject"] = ctx.patient_ref()
-    if img.focus:
-        res["focus"] = [ctx.ref("Condition", img.focus)]
-    res.update(eff)
+    res = _head(ctx, img.id, img.date, "imaging", coding_cc(terms.imaging[key]), focus=img.focus)
     if img.response:
         res["valueCodeableConcept"] = coding_cc(terms.imaging_responses[img.response], img.finding)
     else:
@@ -237,16 +242,7 @@ def marrow_to_fhir(m: MarrowFinding, ctx: ToContext) -> Resource:
         entry = terms.marrow_findings[m.finding]
     except KeyError:
         raise MappingError(f"unknown marrow finding {m.finding!r}", path="finding") from None
-    res: Resource = {"resourceType": "Observation", "id": ctx.rid("Observation", m.id)}
-    eff = _effective(m.date)
-    if "extension" in eff:
-        res["extension"] = eff.pop("extension")
-    res["identifier"] = ctx.identifier(m.id)
-    res["status"] = "final"
-    res["category"] = _category("laboratory")
-    res["code"] = coding_cc(entry, entry.display)
-    res["subject"] = ctx.patient_ref()
-    res.update(eff)
+    res = _head(ctx, m.id, m.date, "laboratory", coding_cc(entry, entry.display))
     if m.value_percent is not None:
         res["valueQuantity"] = quantity(m.value_percent, "%")
     elif m.grade is not None:
