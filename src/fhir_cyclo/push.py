@@ -11,7 +11,7 @@ import random
 import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sized
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, as_completed, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -326,10 +326,13 @@ def push_bundles(
                     pending[pool.submit(_push_one, client, label, bundle, rng, give_up)] = job
                     if len(pending) >= 2 * workers:
                         done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                        for future in done:
+                        # Several may finish together: record them in input order (stable logs).
+                        for future in sorted(done, key=pending.__getitem__):
                             record(future.result(), pending.pop(future))
-                for future in as_completed(list(pending)):
-                    record(future.result(), pending.pop(future))
+                while pending:
+                    done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                    for future in sorted(done, key=pending.__getitem__):
+                        record(future.result(), pending.pop(future))
     finally:
         bar.close()
     return summary
