@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from collections.abc import Sequence
@@ -125,10 +124,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         return EXIT_INTERNAL
     return code
-
-
-def _json_out(data: object) -> None:
-    print(json.dumps(data, indent=2))
 
 
 if __name__ == "__main__":
