@@ -341,7 +341,8 @@ def _plot_patient(p: PatientScore, cfg: ScoringConfig, path: Path) -> None:
         fontsize=8,
         frameon=False,
     )
-    ax.set_title(f"{p.key}: {p.disease}, cyclosporine from {p.start}", fontsize=11)
+    # Two lines: identifier keys (system|value) are long enough to be clipped on one.
+    ax.set_title(f"{p.key}\n{p.disease}, cyclosporine from {p.start}", fontsize=10)
 
     if ax2 is not None:
         ratios = [1.5]  # keeps the limit line off the top edge when there is no data
