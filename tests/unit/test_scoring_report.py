@@ -246,4 +246,6 @@ def test_writeback_validates_as_fhir(cohort: CohortScore, case: CohortScore) -> 
     from fhir.resources.R4B.bundle import Bundle
 
     for scored in (cohort, case):
-        Bundle.model_validate(to_bundle(scored))
+        bundle = to_bundle(scored)
+        assert len(bundle["entry"]) == 3 * len(scored.patients) > 0  # one per patient and month
+        Bundle.model_validate(bundle)  # raises on any invalid resource
