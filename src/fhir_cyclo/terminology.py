@@ -196,14 +196,14 @@ class Terminology:
     # --- queries ------------------------------------------------------------------------------
 
     @functools.cached_property
-    def known_codings(self) -> set[tuple[str, str]]:
-        """Every (system, code) an exported resource may carry: the bundle rule check uses it."""
-        out: set[tuple[str, str]] = set()
+    def coding_entries(self) -> tuple[CodingEntry, ...]:
+        """Every coding an exported resource may carry from the concept tables (with display)."""
+        out: list[CodingEntry] = []
         for group in (self.analytes, self.diagnoses, self.drugs, self.procedures):
             for concept in group.values():
-                out.update((c.system, c.code) for c in concept.codings)
+                out.extend(concept.codings)
         for ae in self.adverse_events.values():
-            out.update((c.system, c.code) for c in ae.codings)
+            out.extend(ae.codings)
         for entries in (
             self.qualitative_values,
             self.histology,
@@ -213,9 +213,15 @@ class Terminology:
             self.marrow_findings,
             self.imaging,
             self.imaging_responses,
+            self.ae_grades,
         ):
-            out.update((c.system, c.code) for c in entries.values())
-        out.update((c.system, c.code) for c in self.ae_grades.values())
+            out.extend(entries.values())
+        return tuple(out)
+
+    @functools.cached_property
+    def known_codings(self) -> set[tuple[str, str]]:
+        """Every (system, code) an exported resource may carry: the bundle rule check uses it."""
+        out = {(c.system, c.code) for c in self.coding_entries}
         for system, codes in self.fhir_codes.items():
             out.update((system, code) for code in codes)
         return out

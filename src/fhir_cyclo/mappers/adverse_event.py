@@ -57,7 +57,7 @@ def to_fhir(ae: AdverseEvent, ctx: ToContext) -> Resource:
     if isinstance(ae.date, str):
         res["date"] = ae.date
     res["seriousness"] = {
-        "coding": [{"system": SERIOUSNESS, "code": "serious" if ae.serious else "non-serious"}]
+        "coding": [{"system": SERIOUSNESS, "code": "Serious" if ae.serious else "Non-serious"}]
     }
     if ae.outcome:
         res["outcome"] = {"coding": [{"system": OUTCOME, "code": ae.outcome}]}
@@ -91,7 +91,8 @@ def from_fhir(res: Resource, ctx: FromContext, item_id: str) -> AdverseEvent:
         text=text,
         date=res.get("date") or time_from_extension(res, "effective", "AdverseEvent"),
         grade=grade,
-        serious="serious" in seriousness,
+        # R4 codes: Serious, Serious<criterion> (SeriousResultsInDeath, ...), Non-serious.
+        serious=any(str(code).startswith("Serious") for code in seriousness),
         suspect=tuple(
             ctx.item_of(s.get("instance"), "MedicationStatement", "AdverseEvent.suspectEntity")
             for s in res.get("suspectEntity") or []

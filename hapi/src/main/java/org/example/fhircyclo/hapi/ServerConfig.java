@@ -1,0 +1,225 @@
+package org.example.fhircyclo.hapi;
+
+import ca.uhn.fhir.batch2.jobs.export.BulkDataExportProvider;
+import ca.uhn.fhir.context.FhirContext;
+import ca.uhn.fhir.context.support.IValidationSupport;
+import ca.uhn.fhir.interceptor.api.IInterceptorBroadcaster;
+import ca.uhn.fhir.jpa.api.IDaoRegistry;
+import ca.uhn.fhir.jpa.api.dao.DaoRegistry;
+import ca.uhn.fhir.jpa.delete.ThreadSafeResourceDeleterSvc;
+import ca.uhn.fhir.jpa.interceptor.CascadingDeleteInterceptor;
+import ca.uhn.fhir.jpa.api.config.JpaStorageSettings;
+import ca.uhn.fhir.jpa.api.config.ThreadPoolFactoryConfig;
+import ca.uhn.fhir.jpa.api.dao.IFhirSystemDao;
+import ca.uhn.fhir.jpa.binstore.DatabaseBinaryContentStorageSvcImpl;
+import ca.uhn.fhir.jpa.config.HibernatePropertiesProvider;
+import ca.uhn.fhir.jpa.config.util.HapiEntityManagerFactoryUtil;
+import ca.uhn.fhir.jpa.config.util.ResourceCountCacheUtil;
+import ca.uhn.fhir.jpa.dao.FulltextSearchSvcImpl;
+import ca.uhn.fhir.jpa.dao.IFulltextSearchSvc;
+import ca.uhn.fhir.jpa.dao.search.HSearchSortHelperImpl;
+import ca.uhn.fhir.jpa.dao.search.IHSearchSortHelper;
+import ca.uhn.fhir.jpa.model.config.PartitionSettings;
+import ca.uhn.fhir.jpa.model.config.SubscriptionSettings;
+import ca.uhn.fhir.jpa.model.dialect.HapiFhirH2Dialect;
+import ca.uhn.fhir.jpa.provider.DaoRegistryResourceSupportedSvc;
+import ca.uhn.fhir.jpa.provider.JpaCapabilityStatementProvider;
+import ca.uhn.fhir.jpa.provider.JpaSystemProvider;
+import ca.uhn.fhir.jpa.provider.ValueSetOperationProvider;
+import ca.uhn.fhir.jpa.search.DatabaseBackedPagingProvider;
+import ca.uhn.fhir.jpa.search.IStaleSearchDeletingSvc;
+import ca.uhn.fhir.jpa.search.StaleSearchDeletingSvcImpl;
+import ca.uhn.fhir.jpa.util.ResourceCountCache;
+import ca.uhn.fhir.narrative2.NullNarrativeGenerator;
+import ca.uhn.fhir.rest.api.IResourceSupportedSvc;
+import ca.uhn.fhir.rest.server.RestfulServer;
+import ca.uhn.fhir.rest.server.interceptor.RequestValidatingInterceptor;
+import ca.uhn.fhir.rest.server.provider.ResourceProviderFactory;
+import ca.uhn.fhir.rest.server.util.ISearchParamRegistry;
+import ca.uhn.fhir.validation.IValidatorModule;
+import ca.uhn.fhir.validation.ResultSeverityEnum;
+import jakarta.persistence.EntityManagerFactory;
+import org.hl7.fhir.common.hapi.validation.validator.FhirInstanceValidator;
+import java.util.List;
+import javax.sql.DataSource;
+import org.hibernate.dialect.Dialect;
+import org.springframework.beans.factory.annotation.Value;
+import org.springframework.beans.factory.config.ConfigurableListableBeanFactory;
+import org.springframework.boot.autoconfigure.orm.jpa.JpaProperties;
+import org.springframework.context.annotation.Bean;
+import org.springframework.context.annotation.Configuration;
+import org.springframework.context.annotation.Import;
+import org.springframework.context.annotation.Primary;
+import org.springframework.orm.jpa.JpaTransactionManager;
+import org.springframework.orm.jpa.LocalContainerEntityManagerFactoryBean;
+
+/**
+ * The beans a HAPI JPA server expects its host application to provide, and the RestfulServer.
+ *
+ * <p>Every setting keeps HAPI's default (the public server's behaviour: cached identical searches,
+ * no Bundle.total, sequential numeric server ids, 20 per page) except the ones named in the README:
+ * validation of every write, $expunge (reset), Bulk Data export.
+ */
+@Configuration
+@Import(ThreadPoolFactoryConfig.class)
+public class ServerConfig {
+
+	@Bean
+	public JpaStorageSettings jpaStorageSettings() {
+		JpaStorageSettings settings = new JpaStorageSettings();
+		// Changed from HAPI's default, for the tests: a reset between test groups ($expunge).
+		settings.setExpungeEnabled(true);
+		settings.setDeleteExpungeEnabled(true);
+		settings.setAllowMultipleDelete(true);
+		// Changed: nothing pre-expands value sets in the background (start-up time, CPU).
+		settings.setPreExpandValueSets(false);
+		settings.setEnableTaskPreExpandValueSets(false);
+		// Bulk Data export runs as a batch job; files kept 2 h like the starter.
+		settings.setEnableTaskBulkExportJobExecution(true);
+		settings.setBulkExportFileRetentionPeriodHours(2);
+		return settings;
+	}
+
+	@Bean
+	public PartitionSettings partitionSettings() {
+		return new PartitionSettings();
+	}
+
+	@Bean
+	public SubscriptionSettings subscriptionSettings() {
+		return new SubscriptionSettings();
+	}
+
+	@Primary
+	@Bean
+	public LocalContainerEntityManagerFactoryBean entityManagerFactory(
+			ConfigurableListableBeanFactory beanFactory,
+			FhirContext fhirContext,
+			JpaStorageSettings storageSettings,
+			JpaProperties jpaProperties,
+			DataSource dataSource) {
+		LocalContainerEntityManagerFactoryBean factory =
+				HapiEntityManagerFactoryUtil.newEntityManagerFactory(beanFactory, fhirContext, storageSettings);
+		factory.setPersistenceUnitName("HAPI_PU");
+		factory.setJpaPropertyMap(jpaProperties.getProperties());
+		factory.setDataSource(dataSource);
+		return factory;
+	}
+
+	@Primary
+	@Bean
+	public JpaTransactionManager transactionManager(EntityManagerFactory entityManagerFactory) {
+		JpaTransactionManager manager = new JpaTransactionManager();
+		manager.setEntityManagerFactory(entityManagerFactory);
+		return manager;
+	}
+
+	/** Only H2 is used, so the dialect is fixed rather than read from the connection. */
+	@Primary
+	@Bean
+	public HibernatePropertiesProvider hibernatePropertiesProvider() {
+		return new HibernatePropertiesProvider() {
+			private final Dialect dialect = new HapiFhirH2Dialect();
+
+			@Override
+			public Dialect getDialect() {
+				return dialect;
+			}
+		};
+	}
+
+	@Bean
+	public IFulltextSearchSvc fulltextSearchSvc() {
+		return new FulltextSearchSvcImpl();
+	}
+
+	@Bean
+	public IHSearchSortHelper hSearchSortHelper(ISearchParamRegistry searchParamRegistry) {
+		return new HSearchSortHelperImpl(searchParamRegistry);
+	}
+
+	@Bean
+	public IStaleSearchDeletingSvc staleSearchDeletingSvc() {
+		return new StaleSearchDeletingSvcImpl();
+	}
+
+	@Bean
+	public DatabaseBackedPagingProvider databaseBackedPagingProvider() {
+		// HAPI's defaults: 20 per page, at most 200.
+		return new DatabaseBackedPagingProvider();
+	}
+
+	@Bean
+	public IResourceSupportedSvc resourceSupportedSvc(IDaoRegistry daoRegistry) {
+		return new DaoRegistryResourceSupportedSvc(daoRegistry);
+	}
+
+	@Bean(name = "myResourceCountsCache")
+	public ResourceCountCache resourceCountsCache(IFhirSystemDao<?, ?> systemDao) {
+		return ResourceCountCacheUtil.newResourceCountCache(systemDao);
+	}
+
+	/** Bulk export files (Binary resources) are kept in the database. */
+	@Bean
+	public DatabaseBinaryContentStorageSvcImpl binaryStorageSvc() {
+		return new DatabaseBinaryContentStorageSvcImpl();
+	}
+
+	@Bean
+	public ReadyGate readyGate() {
+		return new ReadyGate();
+	}
+
+	@Bean
+	public RestfulServer restfulServer(
+			IFhirSystemDao<?, ?> systemDao,
+			ResourceProviderFactory resourceProviders,
+			JpaSystemProvider<?, ?> systemProvider,
+			JpaStorageSettings storageSettings,
+			ISearchParamRegistry searchParamRegistry,
+			IValidationSupport validationSupport,
+			IValidatorModule validatorModule,
+			DatabaseBackedPagingProvider pagingProvider,
+			BulkDataExportProvider bulkDataExportProvider,
+			ValueSetOperationProvider valueSetOperationProvider,
+			ReadyGate readyGate,
+			DaoRegistry daoRegistry,
+			IInterceptorBroadcaster broadcaster,
+			ThreadSafeResourceDeleterSvc deleter,
+			@Value("${fhircyclo.validate-writes:true}") boolean validateWrites,
+			@Value("${fhircyclo.external-extension-domains}") String externalExtensionDomains) {
+		FhirContext ctx = systemDao.getContext();
+		ctx.setNarrativeGenerator(new NullNarrativeGenerator());
+		RestfulServer server = new RestfulServer(ctx);
+		server.registerProviders(resourceProviders.createProviders());
+		server.registerProvider(systemProvider);
+		server.registerProvider(valueSetOperationProvider);
+		// Changed from the starter's default (off): Bulk Data export for the import tests.
+		server.registerProvider(bulkDataExportProvider);
+		server.setServerConformanceProvider(new JpaCapabilityStatementProvider(
+				server, systemDao, storageSettings, searchParamRegistry, validationSupport));
+		server.setPagingProvider(pagingProvider);
+		server.setDefaultPrettyPrint(false);
+		server.registerInterceptor(readyGate);
+		// As on the public server: DELETE with _cascade=delete (the tests' reset uses it); without
+		// that parameter deletes keep HAPI's referential-integrity checks.
+		server.registerInterceptor(new CascadingDeleteInterceptor(ctx, daoRegistry, broadcaster, deleter));
+		if (validatorModule instanceof FhirInstanceValidator validator) {
+			// Changed from HAPI's default (any extension allowed, reported as information): an
+			// extension without a definition is an error, except those of the two published IGs
+			// whose packages cannot be loaded offline (mCODE histology, AE research ae-grade).
+			validator.setAnyExtensionsAllowed(false);
+			validator.setCustomExtensionDomains(externalExtensionDomains.split(","));
+		}
+		if (validateWrites) {
+			// Changed from HAPI's default (no validation): the HL7 validator on every write,
+			// refusing the request on ERROR with the validator's OperationOutcome.
+			RequestValidatingInterceptor validating = new ValidatingWrites();
+			validating.setFailOnSeverity(ResultSeverityEnum.ERROR);
+			validating.setAddResponseHeaderOnSeverity(null);
+			validating.setValidatorModules(List.of(validatorModule));
+			server.registerInterceptor(validating);
+		}
+		return server;
+	}
+}
