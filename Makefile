@@ -4,7 +4,19 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench clean hapi
+
+# The HAPI FHIR JPA test server (hapi/), built from Maven Central; offline once ~/.m2 has it.
+HAPI_JAR := hapi/target/fhir-cyclo-hapi.jar
+HAPI_SOURCES := hapi/pom.xml $(shell find hapi/src -type f 2>/dev/null)
+MVN_FLAGS := -B -q -Denforcer.skip=true -DskipTests
+
+$(HAPI_JAR): $(HAPI_SOURCES)
+	@command -v java >/dev/null || { echo "make hapi: Java not found: install a JDK 17+ (Debian: apt-get install openjdk-17-jdk-headless)" >&2; exit 1; }
+	@command -v mvn >/dev/null || { echo "make hapi: Maven not found: install Maven 3.8+ (Debian: apt-get install maven)" >&2; exit 1; }
+	mvn $(MVN_FLAGS) -f hapi/pom.xml package || { echo "make hapi: the Maven build failed (see above; the first build needs Maven Central)" >&2; exit 1; }
+
+hapi: $(HAPI_JAR)
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)

@@ -10,6 +10,7 @@ import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
+from urllib.parse import urlsplit
 
 import requests
 
@@ -81,6 +82,16 @@ class HapiServer:
         self._bound_port: int | None = None
         self.started_in: float | None = None  # seconds the last start took
         self._peak_rss_kb = 0
+
+    @classmethod
+    def attach(cls, base_url: str) -> HapiServer:
+        """A handle on a test server started elsewhere (reset and counts work; start does not)."""
+        port = urlsplit(base_url).port
+        if port is None:
+            raise HapiError(f"{base_url}: no port")
+        server = cls(port=port)
+        server._bound_port = port
+        return server
 
     # --- lifecycle ----------------------------------------------------------------------------
 

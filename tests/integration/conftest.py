@@ -35,7 +35,15 @@ class Server:
 
 @pytest.fixture(scope="session")
 def hapi_server() -> Iterator[HapiServer]:
-    """The project's HAPI server, started once per session (log in out/test-artifacts/)."""
+    """The project's HAPI server, started once per session (log in out/test-artifacts/).
+
+    $FHIR_CYCLO_TEST_HAPI=URL reuses a test server already started by `fhir-cyclo sandbox`
+    (its data is deleted between tests): saves the start-up minute while developing.
+    """
+    reuse = os.environ.get("FHIR_CYCLO_TEST_HAPI")
+    if reuse:
+        yield HapiServer.attach(reuse)
+        return
     with HapiServer(log_path=LOG_DIR / "hapi-integration.log") as hapi:
         print(f"\nHAPI test server ready in {hapi.started_in:.0f}s at {hapi.base_url}")
         yield hapi

@@ -97,7 +97,8 @@ def test_rejected_resource_is_a_clear_error_and_stores_nothing(
         summary = push_bundles(client, [("isshiki (bad status)", bundle)])
         assert summary.failed == 1 and summary.pushed == 0
         message = summary.failures[0].error or ""
-        assert "isshiki (bad status)" in message and "400" in message
+        # HAPI refuses a resource its validator finds an error in with 422 + OperationOutcome.
+        assert "isshiki (bad status)" in message and "422" in message
         assert "status" in message.lower()
         # atomic: nothing of that bundle is stored, not even the Patient
         assert find_patients(client, case_report.identifier.token) == []

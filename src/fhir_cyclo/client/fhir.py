@@ -240,7 +240,7 @@ class FhirClient:
                 )
             expected = len(bundle.get("entry") or [])
         body = _dumps(bundle, "transaction Bundle")
-        response = self._request("POST", self.base_url, body=body)
+        response = self._request("POST", self.base_url, body=body, retry_conflicts=True)
         return parse_transaction_response(
             self._json(response, "POST"), url=self.base_url, expected_entries=expected
         )

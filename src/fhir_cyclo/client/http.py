@@ -243,8 +243,15 @@ class Transport:
         params: Params | None = None,
         body: bytes | None = None,
         headers: Mapping[str, str] | None = None,
+        retry_conflicts: bool = False,
     ) -> HttpResponse:
-        """Send with retries; return a 2xx response or raise a FhirCycloError subclass."""
+        """Send with retries; return a 2xx response or raise a FhirCycloError subclass.
+
+        `retry_conflicts`: a 409 is retried too. Only for transactions: a refused transaction
+        committed nothing, and HAPI answers 409 (HAPI-0550/HAPI-2745) when concurrent
+        transactions race on one conditional create, which the next attempt resolves.
+        """
+        statuses = self.policy.statuses | {409} if retry_conflicts else self.policy.statuses
         all_headers = {
             "Accept": FHIR_JSON,
             "Accept-Encoding": "gzip",
@@ -296,7 +303,7 @@ class Transport:
                     url=url,
                     status=status,
                 )
-            if status in self.policy.statuses and not last:
+            if status in statuses and not last:
                 delay = self._status_delay(response, attempt)
                 log.warning(
                     "%s %s -> HTTP %d; retry %d/%d in %.1fs",
