@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from fhir_cyclo.case import Case
+from fhir_cyclo.hapi import HapiServer
 from fhir_cyclo.inputs import load
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "fixtures"
 CASE_REPORT = FIXTURES / "cases" / "thymoma-prca-isshiki.yaml"
 COHORT = FIXTURES / "cohort"
+ARTIFACTS = ROOT / "out" / "test-artifacts"
 
 
 def load_cases(*paths: Path) -> list[Case]:
@@ -33,3 +37,23 @@ def case_report() -> Case:
 @pytest.fixture(scope="session")
 def all_fixture_cases() -> list[Case]:
     return load_cases(FIXTURES)
+
+
+@pytest.fixture(scope="session")
+def hapi_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HapiServer]:
+    """The project's HAPI FHIR JPA server, started once for the whole session.
+
+    On an H2 file database, so the fault tests can SIGKILL and restart it with its data; the log
+    goes to out/test-artifacts/hapi.log (its tail is in the error if it fails to start).
+    $FHIR_CYCLO_TEST_HAPI=URL reuses a test server started by `fhir-cyclo sandbox` instead (its
+    data is deleted between tests): saves the start-up minute while developing.
+    """
+    reuse = os.environ.get("FHIR_CYCLO_TEST_HAPI")
+    if reuse:
+        yield HapiServer.attach(reuse)
+        return
+    data = tmp_path_factory.mktemp("hapi-data")
+    with HapiServer(data_dir=data, log_path=ARTIFACTS / "hapi.log") as hapi:
+        print(f"\nHAPI test server ready in {hapi.started_in:.0f}s at {hapi.base_url}")
+        yield hapi
+        print(f"\nHAPI test server peak RSS {hapi.peak_rss_mb:.0f} MB; log {hapi.log_path}")

@@ -11,21 +11,32 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
-from fhir_cyclo.mappers.patient import SYNTHETIC_TAG
 from fhir_cyclo.mappers.datatypes import EXT_LINE_OF_THERAPY, EXT_TARGET_TROUGH, EXT_TIME
+from fhir_cyclo.mappers.patient import SYNTHETIC_TAG
 from fhir_cyclo.tables import load_table
 from fhir_cyclo.terminology import LOCAL_BASE, LOCAL_SYSTEM, terminology
 
 VERSION = "1.0.0"
 PUBLISHER = "fhir-cyclo"
 
-# (url, name, title, value types, contexts, definition): one entry per extension the mappers write.
-EXTENSIONS: tuple[tuple[str, str, str, tuple[str, ...], tuple[str, ...], str], ...] = (
-    (
+
+class ExtensionSpec(NamedTuple):
+    """One simple extension the mappers write: its value types and the resources it sits on."""
+
+    url: str
+    name: str
+    title: str
+    types: tuple[str, ...]
+    contexts: tuple[str, ...]
+    text: str
+
+
+EXTENSIONS: tuple[ExtensionSpec, ...] = (
+    ExtensionSpec(
         EXT_TIME["effective"],
         "TimeEffective",
         "Effective time as the source gives it (age or words)",
@@ -34,7 +45,7 @@ EXTENSIONS: tuple[tuple[str, str, str, tuple[str, ...], tuple[str, ...], str], .
         "When the observation or event happened, where the source gives an age or a relative"
         " time in words and the element itself takes only a dateTime.",
     ),
-    (
+    ExtensionSpec(
         EXT_TIME["start"],
         "TimeStart",
         "Start of a treatment as the source gives it (age or words)",
@@ -42,7 +53,7 @@ EXTENSIONS: tuple[tuple[str, str, str, tuple[str, ...], tuple[str, ...], str], .
         ("MedicationStatement",),
         "When the treatment started, where the source gives an age or a relative time in words.",
     ),
-    (
+    ExtensionSpec(
         EXT_TIME["end"],
         "TimeEnd",
         "End of a treatment as the source gives it (age or words)",
@@ -50,7 +61,7 @@ EXTENSIONS: tuple[tuple[str, str, str, tuple[str, ...], tuple[str, ...], str], .
         ("MedicationStatement",),
         "When the treatment ended, where the source gives an age or a relative time in words.",
     ),
-    (
+    ExtensionSpec(
         EXT_LINE_OF_THERAPY,
         "LineOfTherapy",
         "Line of therapy",
@@ -58,7 +69,7 @@ EXTENSIONS: tuple[tuple[str, str, str, tuple[str, ...], tuple[str, ...], str], .
         ("MedicationStatement",),
         "The treatment's line (1 = first line) as the source reports it.",
     ),
-    (
+    ExtensionSpec(
         EXT_TARGET_TROUGH,
         "TargetTrough",
         "Target trough concentration range",
@@ -71,10 +82,9 @@ EXTENSIONS: tuple[tuple[str, str, str, tuple[str, ...], tuple[str, ...], str], .
 RESPONSE_SYSTEM_KEY = "writeback"
 
 
-def extension_definition(
-    url: str, name: str, title: str, types: tuple[str, ...], contexts: tuple[str, ...], text: str
-) -> dict[str, Any]:
+def extension_definition(spec: ExtensionSpec) -> dict[str, Any]:
     """A simple (non-nested) extension: one value of the given types, on the given resources."""
+    url, name, title, types, contexts, text = spec
     sd_id = url.rsplit("/", 1)[1]
     return {
         "resourceType": "StructureDefinition",
@@ -148,7 +158,7 @@ def code_system(
 
 def local_code_system() -> dict[str, Any]:
     terms = terminology()
-    pairs = [(SYNTHETIC_TAG["code"], SYNTHETIC_TAG["display"])]
+    pairs: list[tuple[str, str | None]] = [(SYNTHETIC_TAG["code"], SYNTHETIC_TAG["display"])]
     pairs += [(c.code, c.display) for c in terms.coding_entries if c.system == LOCAL_SYSTEM]
     pairs += [(code, None) for code in sorted(terms.fhir_codes.get(LOCAL_SYSTEM, ()))]
     return code_system(
@@ -178,7 +188,7 @@ def response_code_system() -> dict[str, Any]:
 
 
 def all_definitions() -> list[dict[str, Any]]:
-    out = [extension_definition(*spec) for spec in EXTENSIONS]
+    out = [extension_definition(spec) for spec in EXTENSIONS]
     out += [local_code_system(), response_code_system()]
     return out
 
@@ -202,7 +212,7 @@ def write(folder: Path) -> list[Path]:
 
 
 def defined_extension_urls() -> set[str]:
-    return {spec[0] for spec in EXTENSIONS}
+    return {spec.url for spec in EXTENSIONS}
 
 
 def project_base() -> str:

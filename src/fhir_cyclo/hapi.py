@@ -161,7 +161,9 @@ class HapiServer:
     def start(self, timeout: float = START_TIMEOUT) -> str:
         """Start the server and wait until it is ready; returns the base URL."""
         if self.port is not None and _port_busy(self.port):
-            raise HapiError(f"port {self.port} on 127.0.0.1 is busy: stop what uses it or pick --port")
+            raise HapiError(
+                f"port {self.port} on 127.0.0.1 is busy: stop what uses it or pick --port"
+            )
         return self._start(self.port or _free_port(), timeout)
 
     def restart(self, timeout: float = START_TIMEOUT) -> str:
@@ -213,7 +215,8 @@ class HapiServer:
                 tail = self.log_tail()
                 self.stop()
                 raise HapiError(
-                    f"HAPI test server not ready within {timeout:.0f}s; log {self.log_path}:\n{tail}"
+                    f"HAPI test server not ready within {timeout:.0f}s;"
+                    f" log {self.log_path}:\n{tail}"
                 )
             self._sample_rss()
             time.sleep(1.0)

@@ -1,4 +1,4 @@
-"""Fault tests: the sandbox, the fault proxy, end-state checks, and a session fault ledger."""
+"""Fault tests: the HAPI test server, the fault proxy, end-state checks, and a session fault ledger."""
 
 from __future__ import annotations
 
@@ -15,12 +15,11 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
-import requests
 
 from fhir_cyclo.bundle import dumps, transaction_bundle
 from fhir_cyclo.case import Case
 from fhir_cyclo.client import FhirClient
-from fhir_cyclo.sandbox import Sandbox
+from fhir_cyclo.hapi import HapiServer, resource_counts
 from tests.faults.proxy import FaultProxy
 
 REPORT_ENV = "FHIR_CYCLO_FAULT_REPORT"  # optional: where to write the ledger as JSON
@@ -61,9 +60,7 @@ class EndState:
 
 
 def server_counts(base_url: str) -> dict[str, int]:
-    response = requests.get(f"{base_url}/_admin/count", timeout=30)
-    response.raise_for_status()
-    return {str(k): int(v) for k, v in response.json().items()}
+    return resource_counts(base_url)
 
 
 def patients_by_identifier(base_url: str) -> Counter[str]:
@@ -181,13 +178,6 @@ def ledger(request: pytest.FixtureRequest) -> FaultLedger:
 
 
 @pytest.fixture(scope="session")
-def sandbox() -> Iterator[Sandbox]:
-    """An in-memory sandbox for the HTTP fault tests (the kill tests start their own)."""
-    with Sandbox() as sbx:
-        yield sbx
-
-
-@pytest.fixture(scope="session")
 def fixture_bundles(all_fixture_cases: list[Case]) -> list[tuple[str, bytes]]:
     return [
         (c.identifier.token, dumps(transaction_bundle(c), pretty=False)) for c in all_fixture_cases
@@ -200,44 +190,46 @@ def fixture_tokens(all_fixture_cases: list[Case]) -> list[str]:
 
 
 @pytest.fixture(scope="session")
-def clean_counts(sandbox: Sandbox, fixture_bundles: list[tuple[str, bytes]]) -> dict[str, int]:
+def clean_counts(
+    hapi_server: HapiServer, fixture_bundles: list[tuple[str, bytes]]
+) -> dict[str, int]:
     """Resource counts after a clean push of the fixture cases (no proxy, no faults)."""
-    sandbox.reset()
-    with FhirClient(sandbox.base_url) as client:
+    hapi_server.reset()
+    with FhirClient(hapi_server.base_url) as client:
         for _, bundle in fixture_bundles:
             client.transaction(bundle)
-    counts = sandbox.counts()
-    sandbox.reset()
+    counts = hapi_server.counts()
+    hapi_server.reset()
     return counts
 
 
 @dataclass(frozen=True)
 class Scene:
-    """The fixture cases, the sandbox they go to, and the counts of a clean push of them."""
+    """The fixture cases, the server they go to, and the counts of a clean push of them."""
 
-    sandbox: Sandbox
+    server: HapiServer
     bundles: list[tuple[str, bytes]]
     tokens: list[str]
     clean_counts: dict[str, int]
 
     def state(self) -> EndState:
-        return end_state(self.sandbox.base_url, self.tokens, self.clean_counts)
+        return end_state(self.server.base_url, self.tokens, self.clean_counts)
 
 
 @pytest.fixture
 def scene(
-    sandbox: Sandbox,
+    hapi_server: HapiServer,
     fixture_bundles: list[tuple[str, bytes]],
     fixture_tokens: list[str],
     clean_counts: dict[str, int],
 ) -> Scene:
-    return Scene(sandbox, fixture_bundles, fixture_tokens, clean_counts)
+    return Scene(hapi_server, fixture_bundles, fixture_tokens, clean_counts)
 
 
 @pytest.fixture
-def proxy(sandbox: Sandbox) -> Iterator[FaultProxy]:
-    sandbox.reset()
-    with FaultProxy(sandbox.base_url, slow_seconds=1.0, retry_after=1) as fp:
+def proxy(hapi_server: HapiServer) -> Iterator[FaultProxy]:
+    hapi_server.reset()
+    with FaultProxy(hapi_server.base_url, slow_seconds=4.0, retry_after=1) as fp:
         yield fp
 
 

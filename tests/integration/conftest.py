@@ -1,19 +1,15 @@
 """The FHIR server under test: $FHIR_BASE_URL if set (the public server, another HAPI), else the
-project's HAPI FHIR JPA server (hapi/, built by `make hapi`) started once for the session."""
+project's HAPI FHIR JPA server (hapi/, built by `make hapi`; `hapi_server` in tests/conftest.py)."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from fhir_cyclo.client import FhirClient
 from fhir_cyclo.hapi import HapiServer
-
-ROOT = Path(__file__).resolve().parents[2]
-LOG_DIR = ROOT / "out" / "test-artifacts"
 
 
 class Server:
@@ -31,23 +27,6 @@ class Server:
 
     def client(self, **kw: object) -> FhirClient:
         return FhirClient(self.base_url, **kw)  # type: ignore[arg-type]
-
-
-@pytest.fixture(scope="session")
-def hapi_server() -> Iterator[HapiServer]:
-    """The project's HAPI server, started once per session (log in out/test-artifacts/).
-
-    $FHIR_CYCLO_TEST_HAPI=URL reuses a test server already started by `fhir-cyclo sandbox`
-    (its data is deleted between tests): saves the start-up minute while developing.
-    """
-    reuse = os.environ.get("FHIR_CYCLO_TEST_HAPI")
-    if reuse:
-        yield HapiServer.attach(reuse)
-        return
-    with HapiServer(log_path=LOG_DIR / "hapi-integration.log") as hapi:
-        print(f"\nHAPI test server ready in {hapi.started_in:.0f}s at {hapi.base_url}")
-        yield hapi
-        print(f"\nHAPI test server peak RSS {hapi.peak_rss_mb:.0f} MB")
 
 
 @pytest.fixture(scope="session")
