@@ -24,20 +24,16 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
 
-# The sandbox FHIR server (Node, Medplum fhir-router) pinned by its lock file.
-sandbox/node_modules/.installed: sandbox/package.json sandbox/package-lock.json
-	npm ci --prefix sandbox --no-audit --no-fund --loglevel=error
-	touch $@
-
-install: $(VENV)/.installed sandbox/node_modules/.installed
+install: $(VENV)/.installed
 
 # Main job on the bundled fixtures, no server needed: export Bundles + NDJSON, then score them.
 demo: install
 	$(BIN)/fhir-cyclo export fixtures --out out/bundles --ndjson
 	$(BIN)/fhir-cyclo score out/bundles --table --json out/scores.json --plot out/plots
 
-# Whole test suite: unit, contract (recorded HAPI responses) and integration (sandbox server).
-test: install
+# Whole test suite: unit, contract (recorded HAPI responses), faults and integration on the HAPI
+# test server (started by the tests themselves; built here first).
+test: install $(HAPI_JAR)
 	$(PY) -m pytest -q
 
 lint: install

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from fhir_cyclo.case import Case
-from fhir_cyclo.hapi import HapiServer
+from fhir_cyclo.hapi import HapiError, HapiServer
 from fhir_cyclo.inputs import load
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,7 +53,12 @@ def hapi_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HapiServer
         yield HapiServer.attach(reuse)
         return
     data = tmp_path_factory.mktemp("hapi-data")
-    with HapiServer(data_dir=data, log_path=ARTIFACTS / "hapi.log") as hapi:
+    hapi = HapiServer(data_dir=data, log_path=ARTIFACTS / "hapi.log")
+    try:
+        hapi.start()
+    except HapiError as exc:
+        pytest.fail(f"{exc}\n--- end of the server log ---\n{exc.log_tail}", pytrace=False)
+    with hapi:
         print(f"\nHAPI test server ready in {hapi.started_in:.0f}s at {hapi.base_url}")
         yield hapi
         print(f"\nHAPI test server peak RSS {hapi.peak_rss_mb:.0f} MB; log {hapi.log_path}")

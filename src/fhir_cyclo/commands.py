@@ -173,12 +173,20 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 def cmd_sandbox(args: argparse.Namespace) -> int:
+    """Run the project's HAPI FHIR JPA test server in the foreground until Ctrl-C."""
     import time
 
-    from fhir_cyclo.sandbox import Sandbox
+    from fhir_cyclo.hapi import HapiServer
 
-    with Sandbox(port=args.port) as sandbox:
-        print(f"sandbox FHIR R4 server at {sandbox.base_url} (Ctrl-C stops it)", flush=True)
+    data = Path(args.data) if args.data else None
+    log = Path(args.log) if args.log else None
+    with HapiServer(port=args.port, data_dir=data, log_path=log) as hapi:
+        print(
+            f"HAPI FHIR R4 test server at {hapi.base_url} (started in {hapi.started_in:.0f}s; "
+            f"{'data in ' + str(data) if data else 'in memory'}; log {hapi.log_path}; "
+            "Ctrl-C stops it)",
+            flush=True,
+        )
         try:
             while True:
                 time.sleep(3600)
@@ -222,6 +230,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--strict", action="store_true", help="validate input with fhir.resources R4B")
     p.set_defaults(func=cmd_score)
 
-    p = sub.add_parser("sandbox", help="run the bundled sandbox FHIR server for demos")
-    p.add_argument("--port", type=int, default=8080)
+    p = sub.add_parser(
+        "sandbox",
+        help="run the project's HAPI FHIR JPA R4 test server (built by `make hapi`) on 127.0.0.1",
+    )
+    p.add_argument("--port", type=int, default=8080, help="port on 127.0.0.1 (default 8080)")
+    p.add_argument(
+        "--data",
+        metavar="DIR",
+        help="keep the data in an H2 file database in DIR (default: in memory, lost on exit)",
+    )
+    p.add_argument("--log", metavar="FILE", help="server log file (default: a temporary folder)")
     p.set_defaults(func=cmd_sandbox)

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 import requests
 
-from fhir_cyclo.errors import FhirCycloError
+from fhir_cyclo.errors import TransportError
 
 REPO = Path(__file__).resolve().parents[2]
 JAR_ENV = "FHIR_CYCLO_HAPI_JAR"
@@ -27,8 +27,15 @@ START_TIMEOUT = 300.0
 HEAP = "1g"
 
 
-class HapiError(FhirCycloError):
-    """The HAPI test server could not be built, started, stopped or reached."""
+class HapiError(TransportError):
+    """The HAPI test server could not be started, stopped or reached (CLI exit 3).
+
+    The message is one line; `log_tail` holds the end of the server's log when there is one.
+    """
+
+    def __init__(self, message: str, *, log_tail: str = "") -> None:
+        super().__init__(message)
+        self.log_tail = log_tail
 
 
 def jar_path() -> Path:
@@ -203,8 +210,9 @@ class HapiServer:
                 code = self._process.returncode
                 self._process = None
                 raise HapiError(
-                    f"HAPI test server exited with code {code} while starting; log {self.log_path}:"
-                    f"\n{self.log_tail()}"
+                    f"HAPI test server exited with code {code} while starting"
+                    f" (log {self.log_path})",
+                    log_tail=self.log_tail(),
                 )
             try:
                 if requests.get(url, timeout=5).status_code == 200:
@@ -215,8 +223,8 @@ class HapiServer:
                 tail = self.log_tail()
                 self.stop()
                 raise HapiError(
-                    f"HAPI test server not ready within {timeout:.0f}s;"
-                    f" log {self.log_path}:\n{tail}"
+                    f"HAPI test server not ready within {timeout:.0f}s (log {self.log_path})",
+                    log_tail=tail,
                 )
             self._sample_rss()
             time.sleep(1.0)

@@ -118,7 +118,9 @@ def test_server_killed_mid_export_then_resume_completes_the_rest(
     cohort: Cohort, ledger: FaultLedger, tmp_path: Path, hapi_server: HapiServer
 ) -> None:
     if hapi_server.pid is None:
-        pytest.skip("kills the server: needs the one this session started (FHIR_CYCLO_TEST_HAPI set)")
+        pytest.skip(
+            "kills the server: needs the one this session started (FHIR_CYCLO_TEST_HAPI set)"
+        )
     journal = tmp_path / "journal.jsonl"
     sbx = hapi_server
     sbx.reset()

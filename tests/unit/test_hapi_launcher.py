@@ -1,0 +1,99 @@
+"""The HAPI launcher's failures are one clear line each (no Java, not built, busy port, a server
+that does not come up), and `make hapi` names a missing Java or Maven."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fhir_cyclo.hapi import HapiError, HapiServer
+from tests.conftest import ROOT
+
+
+def test_no_java_is_one_line() -> None:
+    with pytest.raises(HapiError) as info:
+        HapiServer(java="no-such-java-here").start()
+    message = str(info.value)
+    assert "Java not found" in message and "\n" not in message
+
+
+def test_not_built_says_make_hapi(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("FHIR_CYCLO_HAPI_JAR", str(tmp_path / "missing.jar"))
+    with pytest.raises(HapiError) as info:
+        HapiServer().start()
+    assert "run `make hapi`" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_busy_port_is_refused_before_starting() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        with pytest.raises(HapiError) as info:
+            HapiServer(port=port).start()
+    assert f"port {port}" in str(info.value) and "busy" in str(info.value)
+
+
+def test_a_server_that_exits_shows_the_log_tail(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # Any file that is not a jar: the JVM starts, fails to open it and exits non-zero.
+    bogus = tmp_path / "bogus.jar"
+    bogus.write_text("not a jar")
+    monkeypatch.setenv("FHIR_CYCLO_HAPI_JAR", str(bogus))
+    if shutil.which("java") is None:
+        pytest.skip("needs a Java runtime to start")
+    server = HapiServer(log_path=tmp_path / "hapi.log")
+    with pytest.raises(HapiError) as info:
+        server.start(timeout=60)
+    assert "exited with code" in str(info.value) and "\n" not in str(info.value)
+    assert "jarfile" in info.value.log_tail.lower()  # the JVM's own words, from the log
+    assert server.pid is None
+
+
+def test_cli_sandbox_on_a_busy_port_exits_3_with_one_line() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "fhir_cyclo.cli", "sandbox", "--port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert result.returncode == 3
+    assert result.stderr.count("\n") == 1 and "busy" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("missing", ["mvn", "java"])
+def test_make_hapi_names_a_missing_tool(tmp_path: Path, missing: str) -> None:
+    # A PATH holding only what the recipe needs, minus one tool.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("sh", "find", "mvn", "java"):
+        found = shutil.which(tool)
+        if tool != missing and found:
+            (bin_dir / tool).symlink_to(found)
+    make = shutil.which("make")
+    assert make is not None
+    result = subprocess.run(
+        [make, "--always-make", "-s", "hapi"],
+        cwd=ROOT,
+        env={**os.environ, "PATH": str(bin_dir)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode != 0
+    name = {"mvn": "Maven not found", "java": "Java not found"}[missing]
+    assert name in result.stderr
