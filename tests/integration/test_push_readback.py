@@ -7,7 +7,9 @@ import subprocess
 import sys
 import threading
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -86,20 +88,52 @@ def test_eight_concurrent_pushes_make_one_patient(server: Server, case_report: C
         assert fetch_case(client, case_report.identifier.token) == case_report
 
 
+def _bad_code(obs: dict[str, Any]) -> None:
+    obs["status"] = "not-a-status"  # required binding (observation-status)
+
+
+def _unknown_extension(obs: dict[str, Any]) -> None:
+    obs.setdefault("extension", []).append(
+        {
+            "url": "http://fhir-cyclo.example.org/fhir/StructureDefinition/undefined",
+            "valueString": "x",
+        }
+    )
+
+
+def _broken_invariant(obs: dict[str, Any]) -> None:
+    # obs-6: dataAbsentReason SHALL only be present if Observation.value[x] is not present.
+    obs["dataAbsentReason"] = {"text": "not measured"}
+
+
+@pytest.mark.parametrize(
+    ("mutate", "words"),
+    [
+        (_bad_code, "not-a-status"),
+        (_unknown_extension, "StructureDefinition/undefined"),
+        (_broken_invariant, "obs-6"),
+    ],
+    ids=["required-binding", "unknown-extension", "invariant"],
+)
 def test_rejected_resource_is_a_clear_error_and_stores_nothing(
-    server: Server, case_report: Case
+    server: Server, case_report: Case, mutate: Callable[[dict[str, Any]], None], words: str
 ) -> None:
     bundle = copy.deepcopy(transaction_bundle(case_report))
-    # A resource the mapper would never make: an invalid status code.
-    bad = next(e for e in bundle["entry"] if e["resource"]["resourceType"] == "Observation")
-    bad["resource"]["status"] = "not-a-status"
+    # A resource the mappers would never make, in a case that is otherwise sound.
+    bad = next(
+        e["resource"]
+        for e in bundle["entry"]
+        if e["resource"]["resourceType"] == "Observation" and "valueQuantity" in e["resource"]
+    )
+    mutate(bad)
     with server.client() as client:
-        summary = push_bundles(client, [("isshiki (bad status)", bundle)])
+        summary = push_bundles(client, [("isshiki (mutated)", bundle)])
         assert summary.failed == 1 and summary.pushed == 0
         message = summary.failures[0].error or ""
-        # HAPI refuses a resource its validator finds an error in with 422 + OperationOutcome.
-        assert "isshiki (bad status)" in message and "422" in message
-        assert "status" in message.lower()
+        # HAPI refuses what its validator finds an error in with 422 + OperationOutcome; the
+        # report names the case and carries the validator's own words.
+        assert "isshiki (mutated)" in message and "422" in message
+        assert words in message
         # atomic: nothing of that bundle is stored, not even the Patient
         assert find_patients(client, case_report.identifier.token) == []
 
