@@ -7,7 +7,6 @@ cases the journal already holds for this server and this exact Bundle.
 from __future__ import annotations
 
 import logging
-import random
 import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sized
@@ -21,7 +20,6 @@ from tqdm import tqdm
 from fhir_cyclo.client.fhir import FhirClient
 from fhir_cyclo.client.results import TransactionResult
 from fhir_cyclo.errors import (
-    Conflict,
     FhirCycloError,
     InputError,
     ServerError,
@@ -32,12 +30,6 @@ from fhir_cyclo.journal import PushJournal, bundle_digest, case_key
 log = logging.getLogger("fhir_cyclo.push")
 
 Bundle = Mapping[str, Any] | bytes
-
-# A 409 on a transaction is HAPI-0550: two workers raced the same conditional create on the
-# HFJ_RES_SEARCH_URL unique index. The loser was rolled back whole (transactions are atomic),
-# and re-posting it once makes its ifNoneExist match the winner's resource instead of creating.
-# Only once: a second 409 is a real conflict (e.g. an If-Match version) and needs a human.
-CONFLICT_BACKOFF = 1.0
 
 # When this many cases in a row (at least one per worker) fail because the server is unreachable
 # or overloaded, each after its own full retry cycle, the server is taken to be down: the cases
@@ -135,20 +127,6 @@ def _describe(label: str, exc: BaseException) -> str:
     return f"case {label}: unexpected {type(exc).__name__}: {exc}"
 
 
-def _transaction(
-    client: FhirClient, label: str, bundle: Bundle, rng: random.Random
-) -> TransactionResult:
-    """One transaction, re-posted once after a 409 (see CONFLICT_BACKOFF); other 4xx propagate."""
-    try:
-        return client.transaction(bundle)
-    except Conflict as exc:
-        # The random part spreads the racing workers apart so they do not collide again.
-        delay = CONFLICT_BACKOFF + rng.uniform(0, CONFLICT_BACKOFF)
-        log.info("case %s: HTTP 409 %s; retrying once in %.1fs", label, exc.hapi_codes, delay)
-        client.sleep(delay)
-        return client.transaction(bundle)
-
-
 def _is_unreachable(exc: BaseException) -> bool:
     return isinstance(exc, TemporaryTransportError) or (
         isinstance(exc, ServerError) and exc.status in _UNAVAILABLE
@@ -189,13 +167,12 @@ def _not_sent(label: str, bundle: Bundle) -> CaseResult:
     )
 
 
-def _push_one(
-    client: FhirClient, label: str, bundle: Bundle, rng: random.Random, give_up: _GiveUp
-) -> CaseResult:
+def _push_one(client: FhirClient, label: str, bundle: Bundle, give_up: _GiveUp) -> CaseResult:
     if give_up.tripped.is_set():
         return _not_sent(label, bundle)
     try:
-        result = _transaction(client, label, bundle, rng)
+        # A 409 (workers racing on one conditional create) is retried inside transaction().
+        result = client.transaction(bundle)
     except Exception as exc:  # one bad case, even a bug, must not stop the others
         if not isinstance(exc, FhirCycloError):
             log.exception("case %s: unexpected error", label)
@@ -269,7 +246,6 @@ def push_bundles(
         file=sys.stderr,
         disable=not (progress and sys.stderr.isatty()),
     )
-    rng = random.Random()  # noqa: S311 - jitter only, not security
     give_up = _GiveUp(max(GIVE_UP_AFTER, workers) if give_up_after is None else give_up_after)
     # (case key, bundle digest) of each case in flight, by job number, for the journal.
     keys: dict[int, tuple[str, str]] = {}
@@ -323,7 +299,7 @@ def push_bundles(
             with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fhir-push") as pool:
                 pending: dict[Future[CaseResult], int] = {}
                 for job, label, bundle in jobs():
-                    pending[pool.submit(_push_one, client, label, bundle, rng, give_up)] = job
+                    pending[pool.submit(_push_one, client, label, bundle, give_up)] = job
                     if len(pending) >= 2 * workers:
                         done, _ = wait(pending, return_when=FIRST_COMPLETED)
                         # Several may finish together: record them in input order (stable logs).
