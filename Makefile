@@ -34,7 +34,7 @@ demo: install
 # Whole test suite: unit, contract (recorded HAPI responses), faults and integration on the HAPI
 # test server (started by the tests themselves; built here first).
 test: install $(HAPI_JAR)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 lint: install
 	$(BIN)/ruff check src tests bench fixtures
