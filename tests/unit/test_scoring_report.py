@@ -51,7 +51,8 @@ def test_case_report_json(case: CohortScore) -> None:
                     {"month": 12, "response": "NE", "date": None, "value": None, "unit": None},
                 ],
             }
-        ]
+        ],
+        "accounting": {"patients_read": 1, "scored": 1, "not_scored": {}},
     }
 
 

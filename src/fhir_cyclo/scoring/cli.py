@@ -30,7 +30,9 @@ def _keep(cohort: CohortScore, patient: str | None, identifier: str | None) -> C
     ]
     if not kept:
         raise InputError(f"no scored patient matches {patient or identifier!r}", source="score")
-    return CohortScore(patients=kept, notes=cohort.notes, config=cohort.config)
+    return CohortScore(
+        patients=kept, notes=cohort.notes, config=cohort.config, accounting=cohort.accounting
+    )
 
 
 def run(args: argparse.Namespace, client: Any | None) -> int:
@@ -62,7 +64,7 @@ def run(args: argparse.Namespace, client: Any | None) -> int:
         print(f"fhir-cyclo: warning: {note}", file=sys.stderr)
     skipped = sum(1 for n in cohort.notes if "skipped" in n.message)
     print(
-        f"scored {len(cohort.patients)} patient(s); {skipped} resource(s) skipped, "
+        f"{cohort.accounting.summary()}; {skipped} resource(s) skipped, "
         f"{len(cohort.notes)} warning(s)",
         file=sys.stderr,
     )

@@ -105,6 +105,28 @@ class Transfusion:
 
 
 @dataclass(frozen=True)
+class TextNames:
+    """Drug names matched in text (case-insensitive regular expressions) when no code says it."""
+
+    patterns: tuple[re.Pattern[str], ...]
+    source: str
+
+    def matches(self, text: str) -> bool:
+        """True when the text names the drug."""
+        return any(p.search(text) for p in self.patterns)
+
+
+@dataclass(frozen=True)
+class Derived:
+    """An analyte computed from two others measured in the same window (minuend - subtrahend)."""
+
+    analyte: str
+    minuend: str
+    subtrahend: str
+    source: str
+
+
+@dataclass(frozen=True)
 class ScoringConfig:
     """Everything the scorer reads from mappings/scoring.yaml, checked once."""
 
@@ -120,12 +142,15 @@ class ScoringConfig:
     snomed_disease: dict[str, str]
     icd_disease: dict[str, str]  # icd_key(code) -> disease
     rxnorm: frozenset[str]
+    medication_text: TextNames
     statement_skip_status: frozenset[str]
+    administration_skip_status: frozenset[str]
     request_skip_status: frozenset[str]
     request_skip_intent: frozenset[str]
     observation_skip_status: frozenset[str]
     analytes: dict[str, Analyte]
     loinc_analyte: dict[str, str]
+    derived: dict[str, Derived]  # analyte -> how to compute it when it is not measured
     baseline_days: int
     months: tuple[int, ...]
     window_days: int
@@ -309,6 +334,30 @@ def build_config(data: dict[str, Any]) -> ScoringConfig:
     except re.error as exc:
         raise TerminologyError(f"{_TABLE}: transfusion: bad pattern: {exc}") from exc
 
+    derived: dict[str, Derived] = {}
+    derived_raw = data.get("derived") or {}
+    if not isinstance(derived_raw, dict):
+        raise TerminologyError(f"{_TABLE}: derived: must be a mapping")
+    for name, raw in derived_raw.items():
+        path = f"derived.{name}"
+        parts = {k: _str(raw, k) for k in ("minuend", "subtrahend")}
+        for key in (str(name), *parts.values()):
+            if key not in analytes:
+                raise TerminologyError(f"{_TABLE}: {path}: unknown analyte {key!r}")
+        derived[str(name)] = Derived(
+            analyte=str(name), **parts, source=" ".join(_str(raw, "source").split())
+        )
+
+    try:
+        text_names = TextNames(
+            patterns=tuple(
+                re.compile(p, re.IGNORECASE) for p in _strs(data, "medication.text_names")
+            ),
+            source=" ".join(_str(data, "medication.text_names_source").split()),
+        )
+    except re.error as exc:
+        raise TerminologyError(f"{_TABLE}: medication.text_names: bad pattern: {exc}") from exc
+
     months_raw = _get(data, "timepoints.months")
     if not isinstance(months_raw, list) or not all(
         isinstance(m, int) and not isinstance(m, bool) and m > 0 for m in months_raw
@@ -334,12 +383,15 @@ def build_config(data: dict[str, Any]) -> ScoringConfig:
         snomed_disease=snomed_disease,
         icd_disease=icd_disease,
         rxnorm=frozenset(_strs(data, "medication.rxnorm")),
+        medication_text=text_names,
         statement_skip_status=frozenset(_strs(data, "medication.statement_skip_status")),
+        administration_skip_status=frozenset(_strs(data, "medication.administration_skip_status")),
         request_skip_status=frozenset(_strs(data, "medication.request_skip_status")),
         request_skip_intent=frozenset(_strs(data, "medication.request_skip_intent")),
         observation_skip_status=frozenset(_strs(data, "observation.skip_status")),
         analytes=analytes,
         loinc_analyte=loinc_analyte,
+        derived=derived,
         baseline_days=int(_num(data, "baseline.days_before_start")),
         months=months,
         window_days=int(_num(data, "timepoints.window_days")),

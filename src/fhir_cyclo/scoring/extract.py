@@ -1,195 +1,72 @@
-"""Turn FHIR resources (plain dicts) into per-patient scoring inputs, collecting warnings."""
+"""Turn FHIR resources (plain dicts) into per-patient scoring inputs, collecting warnings.
+
+The readers live by idea: lab results in `labs`, the cyclosporine start in `medication`, the
+data model in `model`; this module dispatches resources to them and links everything to patients.
+"""
 
 from __future__ import annotations
 
 import gc
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
 from fhir_cyclo.errors import InputError
-from fhir_cyclo.scoring.config import Analyte, ScoringConfig, icd_key, load_config
-from fhir_cyclo.scoring.dates import Span, is_partial, parse_span
+from fhir_cyclo.scoring.config import ScoringConfig, icd_key, load_config
+from fhir_cyclo.scoring.dates import Span, parse_span
+from fhir_cyclo.scoring.labs import LabReader
+from fhir_cyclo.scoring.medication import KINDS, MedicationReader
+from fhir_cyclo.scoring.model import (
+    Measurement,
+    Note,
+    PatientInputs,
+    ScoringInputs,
+    StartDate,
+    TransfusionEvent,
+    coding_list,
+    key_hash,
+    type_id,
+)
+from fhir_cyclo.scoring.reader import IDENTIFIER
 from fhir_cyclo.scoring.sources import SourceItem
 
-# This path runs over every lab result of a cohort, so it works on the parsed dicts as they are
-# (no model validation unless strict=True, no copies) and defers everything that needs the whole
-# input (reference resolution, Medication lookups) to the end.
+__all__ = [
+    "Measurement",
+    "Note",
+    "PatientInputs",
+    "ScoringInputs",
+    "StartDate",
+    "TransfusionEvent",
+    "extract",
+]
 
-_IDENTIFIER = "identifier:"
-# Observation date fallbacks after effectiveDateTime (effective[x] is a choice, then issued).
-_OBSERVATION_DATES = ("effectivePeriod.start", "effectivePeriod.end", "effectiveInstant", "issued")
-_NUMBER = (int, float)
-
-
-@dataclass(frozen=True, slots=True)
-class Note:
-    """A warning about input that was skipped or interpreted: where, which field, and why."""
-
-    source: str
-    path: str
-    message: str
-
-    def __str__(self) -> str:
-        where = f"{self.source}: {self.path}" if self.path else self.source
-        return f"{where}: {self.message}" if where else self.message
+# Everything that needs the whole input (reference resolution, Medication lookups) waits for
+# `finish()`: references may point forward in a file and across files.
 
 
-@dataclass(slots=True)
-class Measurement:
-    """One usable lab result, value normalised to the analyte's unit."""
-
-    ref: str  # "Observation/<id>" as read (fullUrl or origin when the resource has no id)
-    analyte: str
-    value: float | None  # None only for a value-less Hb whose interpretation is N
-    span: Span
-    date_text: str
-    date_field: str
-    low: float | None = None  # referenceRange.low, normalised
-    high: float | None = None  # referenceRange.high, normalised
-    normal: bool = False  # interpretation N without a value
-
-    @property
-    def partial(self) -> bool:
-        return is_partial(self.span)
-
-
-@dataclass(slots=True)
-class TransfusionEvent:
-    """A Procedure whose text names a red-cell transfusion (counted or not, by status)."""
-
-    ref: str
-    span: Span
-    status: str
-    counted: bool
-    text: str
-
-
-@dataclass(slots=True)
-class StartDate:
-    """The cyclosporine start and where it was read."""
-
-    ref: str
-    span: Span
-    date_text: str
-    date_field: str
-
-    @property
-    def day(self) -> date:
-        """The start: the first day of the interval."""
-        return self.span[0]
-
-
-@dataclass
-class PatientInputs:
-    """Everything scoring needs for one patient."""
-
-    key: str  # "system|value" of the first identifier, else "Patient/<id>"
-    reference: str | None  # "Patient/<id>" when known (write-back subject)
-    identifier: tuple[str, str] | None  # (system, value) of the first identifier
-    gender: str | None
-    diseases: tuple[str, ...] = ()  # every scored disease coded, in precedence order
-    condition_refs: dict[str, str] = field(default_factory=dict)  # disease -> first Condition
-    start: StartDate | None = None
-    labs: dict[str, list[Measurement]] = field(default_factory=dict)
-    transfusions: list[TransfusionEvent] = field(default_factory=list)
-
-    @property
-    def disease(self) -> str | None:
-        """The disease scored: the first in precedence order."""
-        return self.diseases[0] if self.diseases else None
-
-
-@dataclass
-class ScoringInputs:
-    """Per-patient inputs (sorted by key) and the warnings raised while reading them."""
-
-    patients: list[PatientInputs]
-    notes: list[Note]
-
-
-def _coding_list(concept: Any) -> list[dict[str, Any]]:
-    if isinstance(concept, dict):
-        codings = concept.get("coding")
-        if isinstance(codings, list):
-            return codings
-    return []
-
-
-def _strip_history(ref: str) -> str:
-    cut = ref.find("/_history/")
-    return ref if cut < 0 else ref[:cut]
-
-
-def _type_id(ref: str, resource_type: str) -> str | None:
-    """ "Type/id" of a relative or absolute literal reference to `resource_type`, else None."""
-    head, _, rid = _strip_history(ref).rpartition("/")
-    if rid and (head == resource_type or head.endswith("/" + resource_type)):
-        return f"{resource_type}/{rid}"
-    return None
-
-
-class _Extractor:
+class _Extractor(LabReader, MedicationReader):
     """One pass over the resources, then `finish()` links everything to patients."""
 
     def __init__(self, cfg: ScoringConfig, strict: bool) -> None:
-        self.cfg = cfg
-        self.strict = strict
-        self.notes: list[Note] = []
+        super().__init__(cfg, strict)
         self.patients: dict[str, dict[str, Any]] = {}  # anchor -> Patient
         self.patient_urls: dict[str, str] = {}  # Bundle fullUrl -> anchor
-        self.medications: dict[str, dict[str, Any]] = {}  # "Medication/id" and fullUrl -> res
-        # Everything below is keyed by the raw subject key (reference or identifier token).
-        self.labs: dict[str, list[Measurement]] = {}
         self.conditions: dict[str, list[tuple[tuple[str, ...], str]]] = {}
         self.transfusions: dict[str, list[TransfusionEvent]] = {}
-        self.med_resources: list[tuple[dict[str, Any], str, str]] = []  # (res, ref, subject key)
-        self._ucum = cfg.ucum
         self._validators: dict[str, Any] = {}
         self._by_identifier: dict[str, str] = {}  # "system|value" -> anchor, filled by finish()
         self._handlers = {
             "Observation": self._observation,
+            "DiagnosticReport": self._diagnostic_report,
             "Condition": self._condition,
             "MedicationStatement": self._medication_use,
+            "MedicationAdministration": self._medication_use,
             "MedicationRequest": self._medication_use,
             "Procedure": self._procedure,
             "Patient": self._patient,
             "Medication": self._medication,
         }
-        analytes = cfg.analytes
-        self._loinc_analyte = {code: analytes[name] for code, name in cfg.loinc_analyte.items()}
-        # Looked up once per lab result: kept as attributes, not re-read through cfg.
-        self._loinc = cfg.loinc
-        self._observation_skip = cfg.observation_skip_status
-        # Date text -> span: a cohort's results share few distinct dates.
-        self._spans: dict[str, Span] = {}
-
-    # --- helpers ---------------------------------------------------------------------------
-
-    def note(self, source: str, path: str, message: str) -> None:
-        self.notes.append(Note(source, path, message))
-
-    @staticmethod
-    def _ref(resource: dict[str, Any], full_url: str | None, origin: str) -> str:
-        rid = resource.get("id")
-        if rid:
-            return f"{resource['resourceType']}/{rid}"
-        return full_url or f"{resource['resourceType']} (no id) in {origin}"
-
-    def _subject(self, resource: dict[str, Any], ref: str) -> str | None:
-        """Raw subject key: the literal reference, or an identifier token; None (noted) if none."""
-        subject = resource.get("subject") or resource.get("patient")
-        if isinstance(subject, dict):
-            literal = subject.get("reference")
-            if isinstance(literal, str) and literal:
-                return literal
-            ident = subject.get("identifier")
-            if isinstance(ident, dict) and ident.get("value"):
-                return f"{_IDENTIFIER}{ident.get('system') or ''}|{ident['value']}"
-        self.note(ref, "subject", "no patient reference; skipped")
-        return None
 
     def _validate(self, resource: dict[str, Any], ref: str) -> None:
         resource_type = resource["resourceType"]
@@ -213,25 +90,6 @@ class _Extractor:
         except ValueError as exc:  # pydantic's ValidationError is a ValueError
             raise InputError(f"not valid FHIR (R4B model): {exc}", source=ref) from exc
 
-    def _date(
-        self, resource: dict[str, Any], ref: str, fields: tuple[str, ...]
-    ) -> tuple[Span, str, str] | None:
-        """First present date among dotted `fields`, parsed; None (noted) when absent or bad."""
-        for dotted in fields:
-            name, _, sub = dotted.partition(".")
-            value = resource.get(name)
-            if sub:
-                value = value.get(sub) if isinstance(value, dict) else None
-            if value is None:
-                continue
-            try:
-                return parse_span(value), value, dotted
-            except (ValueError, TypeError):
-                self.note(ref, dotted, f"not a FHIR date: {value!r}; skipped")
-                return None
-        self.note(ref, "/".join(fields), "no date; skipped")
-        return None
-
     # --- resource handlers -------------------------------------------------------------------
 
     def add(self, resource: dict[str, Any], full_url: str | None, origin: str) -> None:
@@ -254,190 +112,10 @@ class _Extractor:
         if full_url:
             self.patient_urls[full_url] = anchor
 
-    def _medication(self, resource: dict[str, Any], full_url: str | None, origin: str) -> None:
-        rid = resource.get("id")
-        if rid:
-            self.medications[f"Medication/{rid}"] = resource
-        if full_url:
-            self.medications[full_url] = resource
-
-    def _observation(self, resource: dict[str, Any], full_url: str | None, origin: str) -> None:
-        analyte = None
-        code = resource.get("code")
-        if not code:
-            # No code at all is malformed (Observation.code is 1..1), unlike a code we do not use.
-            self.note(self._ref(resource, full_url, origin), "code", "no code; skipped")
-            return
-        if code:
-            loinc = self._loinc
-            for coding in code.get("coding") or ():
-                if coding.get("system") == loinc:
-                    analyte = self._loinc_analyte.get(coding.get("code"))
-                    if analyte is not None:
-                        break
-        if analyte is None:
-            return
-        rid = resource.get("id")
-        ref = f"Observation/{rid}" if rid else self._ref(resource, full_url, origin)
-        status = resource.get("status")
-        if status in self._observation_skip:
-            self.note(ref, "status", f"status {status}; skipped")
-            return
-        # The common literal reference inline; everything else (and its notes) in _subject.
-        subject = resource.get("subject")
-        literal = subject.get("reference") if type(subject) is dict else None
-        if type(literal) is str and literal:
-            subject = literal
-        else:
-            subject = self._subject(resource, ref)
-            if subject is None:
-                return
-
-        quantity: dict[str, Any] = resource.get("valueQuantity") or {}
-        raw = quantity.get("value")
-        value: float | None = None
-        factor = 1.0
-        unit: str | None = None
-        normal = False
-        if raw is None:
-            if analyte.name == "hemoglobin" and self._interpretation_normal(resource):
-                normal = True  # PRCA only; dropped with a note for other diseases
-            else:
-                what = "valueQuantity.value" if quantity else "value[x]"
-                other = next((k for k in resource if k.startswith("value") and k != what), None)
-                absent = resource.get("dataAbsentReason")
-                if other:
-                    why = f" ({other} is not a quantity)"
-                elif absent:
-                    why = f" (dataAbsentReason {absent.get('text') or _codes(absent)})"
-                else:
-                    why = ""
-                self.note(ref, what, f"no value{why}; skipped")
-                return
-        else:
-            if isinstance(raw, bool) or not isinstance(raw, _NUMBER):
-                self.note(ref, "valueQuantity.value", f"not a number: {raw!r}; skipped")
-                return
-            comparator = quantity.get("comparator")
-            if comparator:
-                self.note(
-                    ref,
-                    "valueQuantity.comparator",
-                    f"{comparator}{raw} is a bound, not a measurement; skipped",
-                )
-                return
-            unit_code = quantity.get("code")
-            if unit_code and quantity.get("system") == self._ucum:  # _unit's common case, inline
-                unit, unit_path = unit_code, "valueQuantity.code"
-            else:
-                unit, unit_path = self._unit(quantity)
-            if not unit:
-                self.note(ref, "valueQuantity.unit", f"no unit for {analyte.name}; skipped")
-                return
-            found = analyte.factor(unit)
-            if found is None:
-                self.note(ref, unit_path, f"unknown unit {unit!r} for {analyte.name}; skipped")
-                return
-            factor = found
-            value = round(raw * factor, 4)
-
-        text = resource.get("effectiveDateTime")
-        if text is not None:  # the common case, kept off the generic path for speed
-            span = self._spans.get(text) if type(text) is str else None
-            if span is None:
-                try:
-                    span = parse_span(text)
-                except (ValueError, TypeError):
-                    self.note(ref, "effectiveDateTime", f"not a FHIR date: {text!r}; skipped")
-                    return
-                if type(text) is str:
-                    self._spans[text] = span
-            when: tuple[Span, str, str] | None = (span, text, "effectiveDateTime")
-        else:
-            when = self._date(resource, ref, _OBSERVATION_DATES)
-        if when is None:
-            return
-        ranges = resource.get("referenceRange")
-        low, high = (
-            self._reference_range(ranges, analyte, factor, unit, ref) if ranges else (None, None)
-        )
-        measurement = Measurement(
-            ref, analyte.name, value, when[0], when[1], when[2], low, high, normal
-        )
-        bucket = self.labs.get(subject)
-        if bucket is None:
-            self.labs[subject] = [measurement]
-        else:
-            bucket.append(measurement)
-
-    def _unit(self, quantity: dict[str, Any]) -> tuple[str | None, str]:
-        # UCUM code when the system says UCUM; else the display unit; a bare code last.
-        code = quantity.get("code")
-        if code and quantity.get("system") == self.cfg.ucum:
-            return code, "valueQuantity.code"
-        unit = quantity.get("unit")
-        if unit:
-            return unit, "valueQuantity.unit"
-        return code, "valueQuantity.code"
-
-    def _interpretation_normal(self, resource: dict[str, Any]) -> bool:
-        system = self.cfg.interpretation
-        for concept in resource.get("interpretation") or ():
-            for coding in _coding_list(concept):
-                if coding.get("system") == system and coding.get("code") == "N":
-                    return True
-        return False
-
-    def _reference_range(
-        self, ranges: list[Any], analyte: Analyte, factor: float, unit: str | None, ref: str
-    ) -> tuple[float | None, float | None]:
-        """Normalised (low, high) of the range of normal; bounds in the value's unit reuse its
-        factor (the common case, kept cheap because every lab result passes here)."""
-        chosen = ranges[0]
-        if "type" in chosen:
-            # A typed range may be "treatment"/"therapeutic": a target, not the limits of normal.
-            chosen = next((c for c in ranges if _is_normal_range(c)), None)
-            if chosen is None:
-                return None, None
-        return (
-            self._bound(
-                chosen.get("low"), "low", analyte=analyte, factor=factor, value_unit=unit, ref=ref
-            ),
-            self._bound(
-                chosen.get("high"), "high", analyte=analyte, factor=factor, value_unit=unit, ref=ref
-            ),
-        )
-
-    def _bound(
-        self,
-        quantity: Any,
-        name: str,
-        *,
-        analyte: Analyte,
-        factor: float,
-        value_unit: str | None,
-        ref: str,
-    ) -> float | None:
-        if not quantity:
-            return None
-        value = quantity.get("value")
-        if value is None:
-            return None
-        code = quantity.get("code")
-        unit = (
-            code if code and quantity.get("system") == self._ucum else quantity.get("unit") or code
-        )
-        # A bound without a unit is in the value's unit.
-        found = factor if unit is None or unit == value_unit else analyte.factor(unit)
-        if found is None:
-            self.note(ref, f"referenceRange.{name}", f"unknown unit {unit!r}; bound ignored")
-            return None
-        return round(float(value) * found, 4)
-
     def _condition(self, resource: dict[str, Any], full_url: str | None, origin: str) -> None:
         cfg = self.cfg
         found: list[str] = []
-        for coding in _coding_list(resource.get("code")):
+        for coding in coding_list(resource.get("code")):
             code = coding.get("code")
             if not isinstance(code, str):
                 continue
@@ -453,9 +131,7 @@ class _Extractor:
         if not found:
             return
         ref = self._ref(resource, full_url, origin)
-        verification = {
-            str(c.get("code")) for c in _coding_list(resource.get("verificationStatus"))
-        }
+        verification = {str(c.get("code")) for c in coding_list(resource.get("verificationStatus"))}
         skipped = verification & cfg.skip_verification
         if skipped:
             self.note(ref, "verificationStatus", f"{', '.join(sorted(skipped))}; skipped")
@@ -464,22 +140,11 @@ class _Extractor:
         if subject is not None:
             self.conditions.setdefault(subject, []).append((tuple(found), ref))
 
-    def _medication_use(self, resource: dict[str, Any], full_url: str | None, origin: str) -> None:
-        # Referenced Medications may come later in the input: decide at finish().
-        ref = self._ref(resource, full_url, origin)
-        if "medicationCodeableConcept" in resource and not self._has_rxnorm(
-            resource["medicationCodeableConcept"]
-        ):
-            return
-        subject = self._subject(resource, ref)
-        if subject is not None:
-            self.med_resources.append((resource, ref, subject))
-
     def _procedure(self, resource: dict[str, Any], full_url: str | None, origin: str) -> None:
         code = resource.get("code")
         if not isinstance(code, dict):
             return
-        texts = [code.get("text")] + [c.get("display") for c in _coding_list(code)]
+        texts = [code.get("text")] + [c.get("display") for c in coding_list(code)]
         matcher = self.cfg.transfusion.matches
         text = next((t for t in texts if isinstance(t, str) and matcher(t)), None)
         if text is None:
@@ -520,93 +185,6 @@ class _Extractor:
             self.note(ref, "performed[x]", "transfusion without a usable date; skipped")
         return None
 
-    # --- medication ---------------------------------------------------------------------
-
-    def _has_rxnorm(self, concept: Any) -> bool:
-        system, codes = self.cfg.rxnorm_system, self.cfg.rxnorm
-        return any(
-            c.get("system") == system and c.get("code") in codes for c in _coding_list(concept)
-        )
-
-    def _medication_is_cyclosporine(self, medication: dict[str, Any]) -> bool:
-        if self._has_rxnorm(medication.get("code")):
-            return True
-        return any(
-            isinstance(i, dict) and self._has_rxnorm(i.get("itemCodeableConcept"))
-            for i in medication.get("ingredient") or ()
-        )
-
-    def _is_cyclosporine(self, resource: dict[str, Any], ref: str) -> bool:
-        if "medicationCodeableConcept" in resource:
-            return True  # already filtered in _medication_use
-        target = (resource.get("medicationReference") or {}).get("reference")
-        if not isinstance(target, str):
-            return False
-        if target.startswith("#"):
-            medication = next(
-                (
-                    c
-                    for c in resource.get("contained") or ()
-                    if isinstance(c, dict)
-                    and c.get("resourceType") == "Medication"
-                    and c.get("id") == target[1:]
-                ),
-                None,
-            )
-        else:
-            key = _type_id(target, "Medication")
-            medication = self.medications.get(target) or (key and self.medications.get(key)) or None
-        if medication is None:
-            self.note(ref, "medicationReference", f"{target} not found; cannot tell the drug")
-            return False
-        return self._medication_is_cyclosporine(medication)
-
-    def _start(self, resource: dict[str, Any], ref: str) -> StartDate | None:
-        cfg = self.cfg
-        status = resource.get("status")
-        if resource["resourceType"] == "MedicationStatement":
-            if status in cfg.statement_skip_status or resource.get("taken") == "n":
-                self.note(ref, "status", f"status {status or 'taken=n'}; skipped")
-                return None
-            fields: tuple[str, ...] = ("effectivePeriod.start", "effectiveDateTime")
-            when = self._date(resource, ref, fields)
-        else:
-            if status in cfg.request_skip_status:
-                self.note(ref, "status", f"status {status}; skipped")
-                return None
-            if resource.get("intent") in cfg.request_skip_intent:
-                self.note(ref, "intent", f"intent {resource.get('intent')}; skipped")
-                return None
-            when = self._request_date(resource, ref)
-        if when is None:
-            return None
-        return StartDate(ref, when[0], when[1], when[2])
-
-    def _request_date(self, resource: dict[str, Any], ref: str) -> tuple[Span, str, str] | None:
-        candidates: list[tuple[str, str]] = []
-        for i, dosage in enumerate(resource.get("dosageInstruction") or ()):
-            bounds = (((dosage.get("timing") or {}).get("repeat") or {}).get("boundsPeriod")) or {}
-            if bounds.get("start"):
-                path = f"dosageInstruction[{i}].timing.repeat.boundsPeriod.start"
-                candidates.append((bounds["start"], path))
-        validity = (resource.get("dispenseRequest") or {}).get("validityPeriod") or {}
-        if not candidates and validity.get("start"):
-            candidates.append((validity["start"], "dispenseRequest.validityPeriod.start"))
-        if not candidates and resource.get("authoredOn"):
-            candidates.append((resource["authoredOn"], "authoredOn"))
-        best: tuple[Span, str, str] | None = None
-        for text, path in candidates:
-            try:
-                span = parse_span(text)
-            except (ValueError, TypeError):
-                self.note(ref, path, f"not a FHIR date: {text!r}; skipped")
-                continue
-            if best is None or span[0] < best[0][0]:
-                best = (span, text, path)
-        if best is None and not candidates:
-            self.note(ref, "dosageInstruction/dispenseRequest/authoredOn", "no date; skipped")
-        return best
-
     # --- linking ---------------------------------------------------------------------------
 
     def _anchor(self, raw: str) -> str | None:
@@ -614,9 +192,9 @@ class _Extractor:
         found = self.patient_urls.get(raw)
         if found is not None:
             return found
-        if raw.startswith(_IDENTIFIER):
-            return self._by_identifier.get(raw[len(_IDENTIFIER) :])
-        return _type_id(raw, "Patient")
+        if raw.startswith(IDENTIFIER):
+            return self._by_identifier.get(raw[len(IDENTIFIER) :])
+        return type_id(raw, "Patient")
 
     def finish(self) -> ScoringInputs:
         cfg = self.cfg
@@ -686,29 +264,36 @@ class _Extractor:
         for key, coded in found_diseases.items():
             by_key[key].diseases = tuple(d for d in cfg.precedence if d in coded)
 
-        statements: dict[str, list[StartDate]] = {}
-        requests: dict[str, list[StartDate]] = {}
+        starts: dict[str, dict[str, list[StartDate]]] = {}  # key -> kind -> starts
         for resource, ref, raw in self.med_resources:
-            if not self._is_cyclosporine(resource, ref):
+            if not self.is_cyclosporine(resource, ref):
                 continue
             anchor = anchor_of(raw, ref)
             if anchor is None:
                 continue
-            start = self._start(resource, ref)
+            start = self.start(resource, ref)
             if start is None:
                 continue
-            target = statements if resource["resourceType"] == "MedicationStatement" else requests
-            target.setdefault(inputs_for(anchor).key, []).append(start)
-        for key in set(statements) | set(requests):
-            inputs = by_key[key]
-            # MedicationStatement says the drug was taken; a request only that it was ordered.
-            found = statements.get(key)
-            if not found:
-                found = requests[key]
+            if ref in self.by_text:
                 self.note(
-                    key, "cyclosporine start", "no MedicationStatement; MedicationRequest used"
+                    ref,
+                    "medication",
+                    f"no RxNorm code; cyclosporine recognised by its text {self.by_text[ref]!r}",
                 )
-            inputs.start = min(found, key=lambda s: (s.span[0], s.ref))
+            kinds = starts.setdefault(inputs_for(anchor).key, {})
+            kinds.setdefault(start.kind, []).append(start)
+        for key, kinds in starts.items():
+            inputs = by_key[key]
+            # The strongest kind of evidence present wins (medication.KINDS), earliest of it.
+            kind = next(k for k in KINDS if k in kinds)
+            if kind != KINDS[0]:
+                # Named by Patient/id or a hash: the key may be an identifier value (PHI).
+                self.note(
+                    inputs.reference or key_hash(key),
+                    "cyclosporine start",
+                    f"no usable {KINDS[0]}; {kind} used",
+                )
+            inputs.start = min(kinds[kind], key=lambda s: (s.span[0], s.ref))
 
         for raw, events in self.transfusions.items():
             anchor = anchor_of(raw, events[0].ref)
@@ -731,15 +316,6 @@ class _Extractor:
                 inputs.labs["hemoglobin"] = kept
         patients = sorted(by_key.values(), key=lambda p: p.key)
         return ScoringInputs(patients=patients, notes=self.notes)
-
-
-def _is_normal_range(candidate: Any) -> bool:
-    codes = {c.get("code") for c in _coding_list(candidate.get("type"))}
-    return not codes or "normal" in codes
-
-
-def _codes(concept: Any) -> str:
-    return ",".join(str(c.get("code")) for c in _coding_list(concept)) or "?"
 
 
 def _first_identifier(patient: dict[str, Any]) -> tuple[str, str] | None:

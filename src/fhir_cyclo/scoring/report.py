@@ -31,15 +31,17 @@ def to_json(cohort: CohortScore) -> dict[str, Any]:
         assessments = []
         for a in p.assessments:
             value = a.pick.value if a.pick else None
-            assessments.append(
-                {
-                    "month": a.month,
-                    "response": a.response,
-                    "date": _iso(a.date),
-                    "value": value,
-                    "unit": p.unit if value is not None else None,
-                }
-            )
+            assessment: dict[str, Any] = {
+                "month": a.month,
+                "response": a.response,
+                "date": _iso(a.date),
+                "value": value,
+                "unit": p.unit if value is not None else None,
+            }
+            if a.missing_markers:
+                # Why a better response was out of reach: markers without data in the window.
+                assessment["missing_markers"] = list(a.missing_markers)
+            assessments.append(assessment)
         patients.append(
             {
                 "patient": p.key,
@@ -49,7 +51,7 @@ def to_json(cohort: CohortScore) -> dict[str, Any]:
                 "assessments": assessments,
             }
         )
-    return {"patients": patients}
+    return {"patients": patients, "accounting": cohort.accounting.to_json()}
 
 
 # --- table -------------------------------------------------------------------------------------

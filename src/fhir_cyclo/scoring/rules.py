@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Any
 
-from fhir_cyclo.scoring.config import Criteria, ScoringConfig, Test, load_config
+from fhir_cyclo.scoring.config import Criteria, Derived, ScoringConfig, Test, load_config
 from fhir_cyclo.scoring.dates import Span, add_months, clamp
-from fhir_cyclo.scoring.extract import (
+from fhir_cyclo.scoring.model import (
     Measurement,
     Note,
     PatientInputs,
     ScoringInputs,
     TransfusionEvent,
+    log_name,
 )
 
 # All rules are pure functions of their arguments. Dates are day intervals (see dates.py): a
@@ -52,6 +52,8 @@ class Assessment:
     markers: dict[str, Pick | None] = field(default_factory=dict)  # AIHA: analyte -> pick
     transfusions: tuple[TransfusionEvent, ...] = ()  # PRCA: counted ones in the free window
     normal_low: float | None = None  # PRCA: the lower limit of normal applied
+    # Markers a better response needed that had no measurement in the window (AIHA CR).
+    missing_markers: tuple[str, ...] = ()
 
     @property
     def date(self) -> date | None:
@@ -75,6 +77,37 @@ class PatientScore:
         return self.inputs.key
 
 
+# Why a patient read from the input was not scored (keys of Accounting.not_scored).
+NO_START = "no cyclosporine start"
+NO_CONDITION = "no ITP/AIHA/PRCA condition"
+NO_BOTH = "no ITP/AIHA/PRCA condition and no cyclosporine start"
+
+
+@dataclass
+class Accounting:
+    """Patients read, scored, and not scored grouped by reason (summary line and JSON)."""
+
+    read: int = 0
+    scored: int = 0
+    not_scored: dict[str, int] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        """`read N patient(s): scored N, not scored N (reason: n; ...)`."""
+        skipped = sum(self.not_scored.values())
+        text = f"read {self.read} patient(s): scored {self.scored}, not scored {skipped}"
+        if skipped:
+            reasons = "; ".join(f"{r}: {n}" for r, n in sorted(self.not_scored.items()))
+            text += f" ({reasons})"
+        return text
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "patients_read": self.read,
+            "scored": self.scored,
+            "not_scored": dict(sorted(self.not_scored.items())),
+        }
+
+
 @dataclass
 class CohortScore:
     """Scored patients (sorted by key), every warning, and the configuration used."""
@@ -82,15 +115,7 @@ class CohortScore:
     patients: list[PatientScore]
     notes: list[Note]
     config: ScoringConfig
-
-
-def log_name(inputs: Any) -> str:
-    """How warnings name a patient: Patient/id, else a hash; identifier values are PHI."""
-    reference = getattr(inputs, "reference", None)
-    if reference:
-        return str(reference)
-    digest = hashlib.sha256(str(getattr(inputs, "key", "")).encode()).hexdigest()[:10]
-    return f"patient#{digest}"
+    accounting: Accounting = field(default_factory=Accounting)
 
 
 def _later_key(pick: Pick) -> tuple[date, bool, str, str]:
@@ -128,6 +153,40 @@ def pick_closest(measurements: Iterable[Measurement], target: date, days: int) -
         if best_key is None or key > best_key:
             best, best_key = pick, key
     return best
+
+
+def derive(
+    rule: Derived, labs: dict[str, list[Measurement]], target: date, days: int
+) -> Pick | None:
+    """A derived marker (indirect = total - direct bilirubin) from the minuend and subtrahend
+    each closest to the target in the same window; None unless both are there."""
+    first = pick_closest(labs.get(rule.minuend, ()), target, days)
+    second = pick_closest(labs.get(rule.subtrahend, ()), target, days)
+    if first is None or second is None or first.value is None or second.value is None:
+        return None
+    day = max(first.date, second.date)
+    a, b = first.measurement, second.measurement
+    measurement = Measurement(
+        ref=f"{rule.analyte} derived from {a.ref} - {b.ref}",
+        analyte=rule.analyte,
+        # A direct result above the total (rounding, different runs) is not a negative amount.
+        value=max(0.0, round(first.value - second.value, 4)),
+        span=(day, day),
+        date_text=f"{a.date_text} - {b.date_text}",
+        date_field="derived",
+        derived_from=(a.ref, b.ref),
+    )
+    return Pick(measurement, day)
+
+
+def marker_pick(
+    cfg: ScoringConfig, inputs: PatientInputs, analyte: str, target: date
+) -> Pick | None:
+    """The marker closest to the target in its window, else its derived value, else None."""
+    found = pick_closest(inputs.labs.get(analyte, ()), target, cfg.window_days)
+    if found is None and analyte in cfg.derived:
+        found = derive(cfg.derived[analyte], inputs.labs, target, cfg.window_days)
+    return found
 
 
 def counted_transfusions(
@@ -177,9 +236,7 @@ class _Context:
             # Rounded so that 9.1 - 7.1 counts as the 2.0 it is, not 1.9999999999999991.
             return value is not None and _compare(test.op, round(value - base, 4), test.threshold)
         if test.kind == "marker_within_upper_limit":
-            marker = pick_closest(
-                self.inputs.labs.get(test.analyte, ()), a.target, self.cfg.window_days
-            )
+            marker = marker_pick(self.cfg, self.inputs, test.analyte, a.target)
             a.markers[test.analyte] = marker
             if marker is None or marker.value is None:
                 return False
@@ -207,14 +264,29 @@ class _Context:
 def classify(
     criteria: Criteria, cfg: ScoringConfig, inputs: PatientInputs, baseline: Pick, a: Assessment
 ) -> str:
-    """Response for an assessment with a pick: the first rule whose tests hold, else NR."""
+    """Response for an assessment with a pick: the first rule whose tests hold, else NR.
+
+    When a rule fails with a marker test whose marker has no measurement in the window, every
+    marker of that rule without one is listed in `a.missing_markers` (the better response was
+    out of reach for want of data, not ruled out by it).
+    """
     context = _Context(cfg, inputs, baseline, a)
+    missing: list[str] = []
     for rule in criteria.rules:
         # Lazy and in order, like the rule reads: markers are only looked up (and reported as
         # evidence) once the hemoglobin threshold before them holds.
         results = (context.holds(t) for t in rule.tests)
         if all(results) if rule.mode == "all" else any(results):
+            a.missing_markers = tuple(missing)
             return rule.response
+        markers = [t.analyte for t in rule.tests if t.kind == "marker_within_upper_limit"]
+        if any(m in a.markers and a.markers[m] is None for m in markers):
+            missing += [
+                m
+                for m in markers
+                if m not in missing and marker_pick(cfg, inputs, m, a.target) is None
+            ]
+    a.missing_markers = tuple(missing)
     return "NR"
 
 
@@ -224,6 +296,21 @@ def _imputed_note(pick: Pick, role: str) -> Note:
         m.ref,
         m.date_field,
         f"partial date {m.date_text!r} imputed as {pick.date.isoformat()} ({role})",
+    )
+
+
+def _missing_note(inputs: PatientInputs, a: Assessment, cfg: ScoringConfig) -> Note:
+    better = "CR" if a.response != "CR" else "?"
+    names = []
+    for name in a.missing_markers:
+        rule = cfg.derived.get(name)
+        extra = f" (nor {rule.minuend} with {rule.subtrahend} to derive it)" if rule else ""
+        names.append(name + extra)
+    return Note(
+        log_name(inputs),
+        f"month {a.month}",
+        f"{a.response}: {better} not reachable, no {' and no '.join(names)} in the window "
+        f"{a.window[0].isoformat()}..{a.window[1].isoformat()}",
     )
 
 
@@ -275,6 +362,8 @@ def score_patient(
                 a.response = classify(criteria, cfg, inputs, baseline, a)
                 if a.pick.imputed:
                     notes.append(_imputed_note(a.pick, f"month {month}"))
+                if a.missing_markers:
+                    notes.append(_missing_note(inputs, a, cfg))
                 notes.extend(
                     _imputed_note(p, f"month {month} {name}")
                     for name, p in a.markers.items()
@@ -312,6 +401,7 @@ def score(inputs: ScoringInputs, config: ScoringConfig | None = None) -> CohortS
     cfg = config or load_config()
     notes = list(inputs.notes)
     patients = []
+    accounting = Accounting(read=len(inputs.patients))
     for p in inputs.patients:
         if len(p.diseases) > 1:
             notes.append(
@@ -323,6 +413,12 @@ def score(inputs: ScoringInputs, config: ScoringConfig | None = None) -> CohortS
                 )
             )
         if p.disease is None or p.start is None:
+            reason = (
+                NO_BOTH
+                if p.disease is None and p.start is None
+                else (NO_START if p.disease is not None else NO_CONDITION)
+            )
+            accounting.not_scored[reason] = accounting.not_scored.get(reason, 0) + 1
             # Patients with neither are simply outside the cohort; half-documented ones are news.
             if p.disease is not None:
                 notes.append(
@@ -336,4 +432,5 @@ def score(inputs: ScoringInputs, config: ScoringConfig | None = None) -> CohortS
         scored, more = score_patient(p, cfg)
         patients.append(scored)
         notes.extend(more)
-    return CohortScore(patients=patients, notes=notes, config=cfg)
+    accounting.scored = len(patients)
+    return CohortScore(patients=patients, notes=notes, config=cfg, accounting=accounting)

@@ -53,7 +53,10 @@ def _derived_from(p: PatientScore, a: Assessment) -> list[dict[str, str]]:
         refs.append(a.pick.measurement.ref)
         if p.baseline is not None:
             refs.append(p.baseline.measurement.ref)
-    refs += [pick.measurement.ref for pick in a.markers.values() if pick is not None]
+    for pick in a.markers.values():
+        if pick is not None:
+            # A derived marker (indirect bilirubin) points at the results it was computed from.
+            refs += pick.measurement.derived_from or [pick.measurement.ref]
     # Only literal "Observation/<id>" references can be written back; a resource read without
     # an id has nothing a server could resolve.
     unique = dict.fromkeys(r for r in refs if r.startswith("Observation/"))

@@ -1,0 +1,138 @@
+"""The scoring input model: warnings, measurements, starts, transfusions, per-patient inputs."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Any
+
+from fhir_cyclo.scoring.dates import Span, is_partial
+
+
+@dataclass(frozen=True, slots=True)
+class Note:
+    """A warning about input that was skipped or interpreted: where, which field, and why."""
+
+    source: str
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.source}: {self.path}" if self.path else self.source
+        return f"{where}: {self.message}" if where else self.message
+
+
+@dataclass(slots=True)
+class Measurement:
+    """One usable lab result, value normalised to the analyte's unit."""
+
+    ref: str  # "Observation/<id>" as read (fullUrl or origin when the resource has no id)
+    analyte: str
+    value: float | None  # None only for a value-less Hb whose interpretation is N
+    span: Span
+    date_text: str
+    date_field: str
+    low: float | None = None  # referenceRange.low, normalised
+    high: float | None = None  # referenceRange.high, normalised
+    normal: bool = False  # interpretation N without a value
+    derived_from: tuple[str, ...] = ()  # the measurements a derived value was computed from
+
+    @property
+    def partial(self) -> bool:
+        return is_partial(self.span)
+
+
+@dataclass(slots=True)
+class TransfusionEvent:
+    """A Procedure whose text names a red-cell transfusion (counted or not, by status)."""
+
+    ref: str
+    span: Span
+    status: str
+    counted: bool
+    text: str
+
+
+@dataclass(slots=True)
+class StartDate:
+    """The cyclosporine start and where it was read."""
+
+    ref: str
+    span: Span
+    date_text: str
+    date_field: str
+    kind: str = "MedicationStatement"  # the resource type that gave the start
+
+    @property
+    def day(self) -> date:
+        """The start: the first day of the interval."""
+        return self.span[0]
+
+
+@dataclass
+class PatientInputs:
+    """Everything scoring needs for one patient."""
+
+    key: str  # "system|value" of the first identifier, else "Patient/<id>"
+    reference: str | None  # "Patient/<id>" when known (write-back subject)
+    identifier: tuple[str, str] | None  # (system, value) of the first identifier
+    gender: str | None
+    diseases: tuple[str, ...] = ()  # every scored disease coded, in precedence order
+    condition_refs: dict[str, str] = field(default_factory=dict)  # disease -> first Condition
+    start: StartDate | None = None
+    labs: dict[str, list[Measurement]] = field(default_factory=dict)
+    transfusions: list[TransfusionEvent] = field(default_factory=list)
+
+    @property
+    def disease(self) -> str | None:
+        """The disease scored: the first in precedence order."""
+        return self.diseases[0] if self.diseases else None
+
+
+@dataclass
+class ScoringInputs:
+    """Per-patient inputs (sorted by key) and the warnings raised while reading them."""
+
+    patients: list[PatientInputs]
+    notes: list[Note]
+
+
+def log_name(inputs: Any) -> str:
+    """How warnings name a patient: Patient/id, else a hash; identifier values are PHI."""
+    reference = getattr(inputs, "reference", None)
+    if reference:
+        return str(reference)
+    return key_hash(str(getattr(inputs, "key", "")))
+
+
+def key_hash(key: str) -> str:
+    """A patient key ("system|value") as it may appear in logs: a short hash, never the value."""
+    return f"patient#{hashlib.sha256(key.encode()).hexdigest()[:10]}"
+
+
+def coding_list(concept: Any) -> list[dict[str, Any]]:
+    """The `coding` list of a CodeableConcept, or [] for anything else."""
+    if isinstance(concept, dict):
+        codings = concept.get("coding")
+        if isinstance(codings, list):
+            return codings
+    return []
+
+
+def codes_text(concept: Any) -> str:
+    """The codes of a CodeableConcept joined by commas, for messages."""
+    return ",".join(str(c.get("code")) for c in coding_list(concept)) or "?"
+
+
+def strip_history(ref: str) -> str:
+    cut = ref.find("/_history/")
+    return ref if cut < 0 else ref[:cut]
+
+
+def type_id(ref: str, resource_type: str) -> str | None:
+    """ "Type/id" of a relative or absolute literal reference to `resource_type`, else None."""
+    head, _, rid = strip_history(ref).rpartition("/")
+    if rid and (head == resource_type or head.endswith("/" + resource_type)):
+        return f"{resource_type}/{rid}"
+    return None

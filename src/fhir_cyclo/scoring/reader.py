@@ -1,0 +1,69 @@
+"""State and helpers shared by the per-resource readers of extraction (labs, medication, ...)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fhir_cyclo.scoring.config import ScoringConfig
+from fhir_cyclo.scoring.dates import Span, parse_span
+from fhir_cyclo.scoring.model import Measurement, Note
+
+IDENTIFIER = "identifier:"
+
+
+class ReaderBase:
+    """What every resource reader needs: the config, the warnings, subject and date lookups.
+
+    Everything collected is keyed by the raw subject key (a literal reference or an identifier
+    token); `extract._Extractor.finish` links the keys to patients once the whole input is read.
+    """
+
+    def __init__(self, cfg: ScoringConfig, strict: bool) -> None:
+        self.cfg = cfg
+        self.strict = strict
+        self.notes: list[Note] = []
+        self.labs: dict[str, list[Measurement]] = {}
+        self.medications: dict[str, dict[str, Any]] = {}  # "Medication/id" and fullUrl -> res
+        self.med_resources: list[tuple[dict[str, Any], str, str]] = []  # (res, ref, subject key)
+
+    def note(self, source: str, path: str, message: str) -> None:
+        self.notes.append(Note(source, path, message))
+
+    @staticmethod
+    def _ref(resource: dict[str, Any], full_url: str | None, origin: str) -> str:
+        rid = resource.get("id")
+        if rid:
+            return f"{resource['resourceType']}/{rid}"
+        return full_url or f"{resource['resourceType']} (no id) in {origin}"
+
+    def _subject(self, resource: dict[str, Any], ref: str) -> str | None:
+        """Raw subject key: the literal reference, or an identifier token; None (noted) if none."""
+        subject = resource.get("subject") or resource.get("patient")
+        if isinstance(subject, dict):
+            literal = subject.get("reference")
+            if isinstance(literal, str) and literal:
+                return literal
+            ident = subject.get("identifier")
+            if isinstance(ident, dict) and ident.get("value"):
+                return f"{IDENTIFIER}{ident.get('system') or ''}|{ident['value']}"
+        self.note(ref, "subject", "no patient reference; skipped")
+        return None
+
+    def _date(
+        self, resource: dict[str, Any], ref: str, fields: tuple[str, ...]
+    ) -> tuple[Span, str, str] | None:
+        """First present date among dotted `fields`, parsed; None (noted) when absent or bad."""
+        for dotted in fields:
+            name, _, sub = dotted.partition(".")
+            value = resource.get(name)
+            if sub:
+                value = value.get(sub) if isinstance(value, dict) else None
+            if value is None:
+                continue
+            try:
+                return parse_span(value), value, dotted
+            except (ValueError, TypeError):
+                self.note(ref, dotted, f"not a FHIR date: {value!r}; skipped")
+                return None
+        self.note(ref, "/".join(fields), "no date; skipped")
+        return None
