@@ -50,8 +50,11 @@ def run(args: argparse.Namespace, client: Any | None) -> int:
         bad_files.append(error)
         print(f"fhir-cyclo: error: {error}", file=sys.stderr)
 
+    def notice(text: str) -> None:
+        print(f"fhir-cyclo: warning: {text}", file=sys.stderr)
+
     if paths:
-        items = read_paths(paths, on_error=bad)
+        items = read_paths(paths, on_error=bad, on_notice=notice)
     elif client is not None:
         items = iter_from_server(client, patient=patient, identifier=identifier)
     else:

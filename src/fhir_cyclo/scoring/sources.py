@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import gzip
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, NamedTuple, Protocol
+from typing import IO, Any, NamedTuple, Protocol
+from urllib.parse import urlsplit
 
 import orjson
 
@@ -32,6 +34,7 @@ class SearchClient(Protocol):
 
 
 OnError = Callable[[InputError], None]
+OnNotice = Callable[[str], None]  # a warning that does not make the run fail
 
 
 def iter_document(doc: Any, origin: str) -> Iterator[SourceItem]:
@@ -82,57 +85,195 @@ def _json_file(path: Path) -> Iterator[SourceItem]:
     yield from iter_document(doc, str(path))
 
 
+def _open_ndjson(path: Path) -> IO[bytes] | gzip.GzipFile:
+    # Bulk Data servers may hand out gzip files; ".ndjson.gz" is read as the NDJSON inside.
+    if path.name.lower().endswith(".gz"):
+        return gzip.open(path, "rb")
+    return path.open("rb")
+
+
 def _ndjson_file(path: Path, on_error: OnError | None = None) -> Iterator[SourceItem]:
     try:
-        handle = path.open("rb")
+        handle = _open_ndjson(path)
     except OSError as exc:
         raise InputError(f"cannot read: {exc.strerror or exc}", source=str(path)) from exc
     with handle:
+        try:
+            for number, raw in enumerate(handle, 1):
+                line = raw[len(_BOM) :] if number == 1 and raw.startswith(_BOM) else raw
+                if not line.strip():
+                    continue
+                try:
+                    doc = orjson.loads(line)
+                    items = list(iter_document(doc, f"{path}:{number}"))
+                except orjson.JSONDecodeError as exc:
+                    error = InputError(
+                        f"not valid JSON: {exc}", source=str(path), path=f"line {number}"
+                    )
+                    if on_error is None:
+                        raise error from exc
+                    on_error(error)  # one bad line loses that line only
+                    continue
+                except InputError as exc:
+                    if on_error is None:
+                        raise
+                    on_error(exc)
+                    continue
+                yield from items
+        except (OSError, EOFError) as exc:  # a truncated or corrupt .gz
+            error = InputError(f"cannot read: {exc}", source=str(path))
+            if on_error is None:
+                raise error from exc
+            on_error(error)
+
+
+def _is_fhir_file(path: Path) -> bool:
+    name = path.name.lower()
+    return path.suffix.lower() in SUFFIXES or name.endswith(".ndjson.gz")
+
+
+def read_manifest(path: Path) -> tuple[list[Path], list[Path]]:
+    """The (output, error) files a Bulk Data manifest.json names, resolved in its folder.
+
+    A manifest `url` that is a relative name is that file; an absolute URL is matched by the
+    last segment of its path (how downloaders usually name the files). A listed file that is
+    not in the folder is an InputError naming the manifest entry.
+    """
+    try:
+        doc = orjson.loads(path.read_bytes().removeprefix(_BOM))
+    except OSError as exc:
+        raise InputError(f"cannot read: {exc.strerror or exc}", source=str(path)) from exc
+    except orjson.JSONDecodeError as exc:
+        raise InputError(f"not valid JSON: {exc}", source=str(path)) from exc
+    if not is_manifest(doc):
+        raise InputError(
+            "not a Bulk Data manifest (needs transactionTime and an output list)", source=str(path)
+        )
+    found: dict[str, list[Path]] = {"output": [], "error": []}
+    for key, files in found.items():
+        entries = doc.get(key) or []
+        if not isinstance(entries, list):
+            raise InputError("must be a list", source=str(path), path=key)
+        for i, entry in enumerate(entries):
+            url = entry.get("url") if isinstance(entry, dict) else None
+            if not isinstance(url, str) or not url:
+                raise InputError("no url", source=str(path), path=f"{key}[{i}].url")
+            parts = urlsplit(url)
+            name = url if not parts.scheme else parts.path.rstrip("/").rpartition("/")[2]
+            local = path.parent / name
+            if not name or not local.is_file() or local.parent.resolve() != path.parent.resolve():
+                raise InputError(
+                    f"{url} is not in {path.parent} (download it, or fix the manifest)",
+                    source=str(path),
+                    path=f"{key}[{i}].url",
+                )
+            files.append(local)
+    return found["output"], found["error"]
+
+
+def is_manifest(doc: Any) -> bool:
+    """A Bulk Data export manifest: an object with transactionTime and an output list."""
+    return (
+        isinstance(doc, dict)
+        and "resourceType" not in doc
+        and "transactionTime" in doc
+        and isinstance(doc.get("output"), list)
+    )
+
+
+def export_errors(path: Path) -> list[str]:
+    """One line per issue in a Bulk Data error file (NDJSON of OperationOutcomes)."""
+    lines: list[str] = []
+    with _open_ndjson(path) as handle:
         for number, raw in enumerate(handle, 1):
-            line = raw[len(_BOM) :] if number == 1 and raw.startswith(_BOM) else raw
-            if not line.strip():
+            if not raw.strip():
                 continue
             try:
-                doc = orjson.loads(line)
-                items = list(iter_document(doc, f"{path}:{number}"))
-            except orjson.JSONDecodeError as exc:
-                error = InputError(
-                    f"not valid JSON: {exc}", source=str(path), path=f"line {number}"
+                outcome = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                lines.append(f"{path}:{number}: not valid JSON")
+                continue
+            for issue in (outcome.get("issue") if isinstance(outcome, dict) else None) or [{}]:
+                text = issue.get("diagnostics") or (issue.get("details") or {}).get("text")
+                lines.append(
+                    f"{path}:{number}: {issue.get('severity', '?')} {issue.get('code', '?')}"
+                    + (f": {text}" if text else "")
                 )
-                if on_error is None:
-                    raise error from exc
-                on_error(error)  # one bad line loses that line only
-                continue
-            except InputError as exc:
-                if on_error is None:
-                    raise
-                on_error(exc)
-                continue
-            yield from items
+    return lines
+
+
+def _folder(folder: Path, on_error: OnError | None, on_notice: OnNotice | None) -> Iterator[Path]:
+    """The FHIR files of a folder tree in sorted order; manifests decide in their folder."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    listed: set[Path] = set()
+    reported: set[Path] = set()  # error files: reported, never read as data
+    manifest_dirs: set[Path] = set()
+    for manifest in (p for p in files if p.name == "manifest.json"):
+        try:
+            outputs, errors = read_manifest(manifest)
+        except InputError as exc:
+            if on_error is None:
+                raise
+            on_error(exc)
+            continue
+        manifest_dirs.add(manifest.parent)
+        listed.update(outputs)
+        for error_file in errors:
+            reported.add(error_file)
+            if on_notice is not None:
+                issues = export_errors(error_file)
+                on_notice(f"{error_file}: export error file, {len(issues)} issue(s)")
+                for line in issues:
+                    on_notice(line)
+    skipped: list[Path] = []
+    for file in files:
+        if file.name.startswith("."):
+            continue  # hidden files (download state, editor swap files) are nobody's data
+        if file.parent in manifest_dirs:
+            if file in listed:
+                if file.name != "manifest.json" and _is_fhir_file(file):
+                    yield file
+            elif file.name != "manifest.json" and file not in reported:
+                skipped.append(file)
+            continue
+        if _is_fhir_file(file):
+            yield file
+        else:
+            skipped.append(file)
+    if skipped and on_notice is not None:
+        names = ", ".join(str(p.relative_to(folder)) for p in skipped[:10])
+        more = f" and {len(skipped) - 10} more" if len(skipped) > 10 else ""
+        on_notice(f"{folder}: skipped {len(skipped)} non-FHIR file(s): {names}{more}")
 
 
 def read_paths(
-    paths: Iterable[str | Path], on_error: OnError | None = None
+    paths: Iterable[str | Path],
+    on_error: OnError | None = None,
+    on_notice: OnNotice | None = None,
 ) -> Iterator[SourceItem]:
-    """Resources from files and folders (recursively: *.json and *.ndjson, in sorted order).
+    """Resources from files and folders (recursively: *.json, *.ndjson, *.ndjson.gz, sorted).
 
-    A named file is read whatever its suffix (NDJSON when it ends in .ndjson, else JSON).
+    A named file is read whatever its suffix (NDJSON when it ends in .ndjson, else JSON). A
+    folder holding a Bulk Data `manifest.json` is read as the manifest says: its `output` files
+    are read, its `error` files reported through `on_notice`, anything else in that folder is
+    skipped. Other non-FHIR files are listed once through `on_notice`, never an error.
     Raises InputError naming the file (and line for NDJSON) for missing files and bad JSON; with
     `on_error`, reports it there instead and goes on with the next file (or NDJSON line), so the
     valid data in the same run is still scored.
     """
     for raw in paths:
         path = Path(raw)
+        files: Iterable[Path]
         if path.is_dir():
-            files = sorted(
-                p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in SUFFIXES
-            )
+            files = _folder(path, on_error, on_notice)
+        elif path.name == "manifest.json" and path.is_file():
+            files = _folder(path.parent, on_error, on_notice)
         elif path.exists():
             files = [path]
         else:
             raise InputError("no such file or folder", source=str(path))
         for file in files:
-            if file.suffix.lower() == ".ndjson":
+            if file.name.lower().endswith((".ndjson", ".ndjson.gz")):
                 yield from _ndjson_file(file, on_error)
                 continue
             try:
