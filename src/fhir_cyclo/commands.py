@@ -22,22 +22,25 @@ def _err(message: str) -> None:
     print(f"fhir-cyclo: {message}", file=sys.stderr)
 
 
-def default_server() -> str | None:
-    """--server, else $FHIR_CYCLO_SERVER, else `server =` in the config file (TOML)."""
-    if os.environ.get(SERVER_ENV):
-        return os.environ[SERVER_ENV]
+def config_data() -> dict[str, Any]:
+    """The first config file found ($FHIR_CYCLO_CONFIG, ./fhir-cyclo.toml, ~/.config/..)."""
     candidates = [Path(os.environ[CONFIG_ENV])] if os.environ.get(CONFIG_ENV) else []
     candidates += [Path("fhir-cyclo.toml"), Path.home() / ".config" / "fhir-cyclo" / "config.toml"]
     for path in candidates:
         if path.is_file():
             try:
-                data = tomllib.loads(path.read_text(encoding="utf-8"))
+                return tomllib.loads(path.read_text(encoding="utf-8"))
             except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
                 raise InputError(f"not valid TOML: {exc}", source=str(path)) from None
-            server = data.get("server")
-            if isinstance(server, str) and server:
-                return server
-    return None
+    return {}
+
+
+def default_server() -> str | None:
+    """--server, else $FHIR_CYCLO_SERVER, else `server =` in the config file (TOML)."""
+    if os.environ.get(SERVER_ENV):
+        return os.environ[SERVER_ENV]
+    server = config_data().get("server")
+    return server if isinstance(server, str) and server else None
 
 
 def make_client(args: argparse.Namespace) -> Any:
@@ -49,8 +52,20 @@ def make_client(args: argparse.Namespace) -> Any:
             f'no server: give --server URL, set ${SERVER_ENV}, or `server = "..."` in '
             f"fhir-cyclo.toml (public test server: {PUBLIC_HAPI})"
         )
+    from fhir_cyclo.client.smart import resolve_smart
+
+    table = config_data().get("smart")
+    smart = resolve_smart(
+        client_id=getattr(args, "smart_client_id", None),
+        key_file=getattr(args, "smart_key_file", None),
+        kid=getattr(args, "smart_kid", None),
+        scope=getattr(args, "smart_scope", None),
+        token_url=getattr(args, "smart_token_url", None),
+        config=table if isinstance(table, dict) else None,
+    )
     return FhirClient(
         server,
+        smart=smart,
         token_file=Path(args.token_file) if args.token_file else None,
         verify=not args.insecure,
         allow_http=args.allow_http,
@@ -64,6 +79,14 @@ def _server_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--insecure", action="store_true", help="do not verify TLS certificates")
     p.add_argument("--allow-http", action="store_true", help="allow http:// to non-loopback hosts")
     p.add_argument("--timeout", type=float, default=60.0, help="read timeout in seconds")
+    g = p.add_argument_group("SMART Backend Services (instead of a static token; README)")
+    g.add_argument("--smart-client-id", help="client id ($FHIR_CYCLO_SMART_CLIENT_ID, [smart])")
+    g.add_argument(
+        "--smart-key-file", help="private key, PEM or JWK(S) ($FHIR_CYCLO_SMART_KEY_FILE)"
+    )
+    g.add_argument("--smart-kid", help="key id of the registered public key (default: JWK kid)")
+    g.add_argument("--smart-scope", help="scopes (default system/*.rs; v1 servers system/*.read)")
+    g.add_argument("--smart-token-url", help="token endpoint (default: discovered)")
 
 
 # --- push ---------------------------------------------------------------------------------------

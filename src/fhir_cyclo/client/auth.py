@@ -29,6 +29,12 @@ class Redactor:
         # Longest first, so a secret that contains another is removed whole.
         self._secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
 
+    def add(self, secret: str) -> None:
+        """Also redact `secret` from now on (tokens that arrive during a run, e.g. SMART)."""
+        if secret and secret not in self._secrets:
+            # A new list, swapped in whole: other threads keep iterating the old one safely.
+            self._secrets = sorted([*self._secrets, secret], key=len, reverse=True)
+
     def __call__(self, text: str) -> str:
         for secret in self._secrets:
             text = text.replace(secret, REDACTED)

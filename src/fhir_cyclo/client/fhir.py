@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 import requests
 from requests.adapters import HTTPAdapter
+from requests.auth import AuthBase
 
 from fhir_cyclo.client.auth import Redactor, resolve_auth
 from fhir_cyclo.client.http import (
@@ -30,6 +31,7 @@ from fhir_cyclo.client.results import (
     entry_from_headers,
     parse_transaction_response,
 )
+from fhir_cyclo.client.smart import SmartBackendAuth, SmartConfig
 from fhir_cyclo.errors import (
     FatalTransportError,
     InputError,
@@ -90,17 +92,38 @@ class FhirClient:
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         gzip_requests: bool = False,
         pool_size: int = _DEFAULT_POOL,
+        smart: SmartConfig | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         if retries < 0 or backoff < 0 or max_retry_after < 0:
             raise InputError(
                 "retries, backoff and max_retry_after must be >= 0", source="FhirClient"
             )
         self.base_url = check_base_url(base_url, allow_http=allow_http)
-        auth = resolve_auth(token=token, token_file=token_file, basic_auth=basic_auth)
-        self._redact = Redactor(auth.secrets if auth else ())
-        self._auth = auth
         self._owns_session = session is None
         self._session = session if session is not None else requests.Session()
+        auth: AuthBase | None
+        if smart is not None:
+            if token is not None or token_file is not None or basic_auth is not None:
+                raise FatalTransportError(
+                    "give either SMART Backend Services settings or a token/basic auth, not both"
+                )
+            self._redact = Redactor()
+            auth = SmartBackendAuth(
+                smart,
+                base_url=self.base_url,
+                session=self._session,
+                redact=self._redact,
+                verify=verify,
+                timeout=timeout,
+                allow_http=allow_http,
+                clock=clock,
+            )
+        else:
+            static = resolve_auth(token=token, token_file=token_file, basic_auth=basic_auth)
+            self._redact = Redactor(static.secrets if static else ())
+            auth = static
+        self._auth = auth
         self._pool_size = 0
         if self._owns_session:
             self.ensure_pool_size(pool_size)

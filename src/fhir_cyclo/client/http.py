@@ -18,9 +18,10 @@ from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 import requests
+from requests.auth import AuthBase
 from requests.structures import CaseInsensitiveDict
 
-from fhir_cyclo.client.auth import Auth, Redactor
+from fhir_cyclo.client.auth import Redactor
 from fhir_cyclo.errors import (
     FatalTransportError,
     Issue,
@@ -213,7 +214,7 @@ class Transport:
         self,
         session: requests.Session,
         *,
-        auth: Auth | None,
+        auth: AuthBase | None,
         redact: Redactor,
         timeout: Timeout,
         policy: RetryPolicy,
@@ -266,8 +267,11 @@ class Transport:
         all_headers.update(headers or {})
 
         attempts = self.policy.retries + 1
-        for attempt in range(attempts):
+        renewed = False  # a 401 renews a renewable token once, and the request is sent again
+        attempt = 0
+        while attempt < attempts:
             last = attempt == attempts - 1
+            attempt += 1
             try:
                 response = self._send_once(method, url, params, body, all_headers)
             except _Retryable as exc:
@@ -276,13 +280,13 @@ class Transport:
                     raise TemporaryTransportError(
                         f"{method} {url} failed after {attempts} attempts: {cause}", url=url
                     ) from None
-                delay = self.policy.backoff_delay(attempt, self._rng)
+                delay = self.policy.backoff_delay(attempt - 1, self._rng)
                 log.warning(
                     "%s %s: %s; retry %d/%d in %.1fs",
                     method,
                     url,
                     cause,
-                    attempt + 1,
+                    attempt,
                     self.policy.retries,
                     delay,
                 )
@@ -292,6 +296,17 @@ class Transport:
             status = response.status
             if 200 <= status < 300:
                 return response
+            invalidate = getattr(self.auth, "invalidate", None)
+            if status == 401 and invalidate is not None and not renewed:
+                # The token may have been revoked or expired early: one fresh token, one retry
+                # (not counted against the retries, which are for the server's bad moments).
+                renewed = True
+                log.info(
+                    "%s %s -> HTTP 401; renewing the access token and retrying once", method, url
+                )
+                invalidate()
+                attempt -= 1
+                continue
             if 300 <= status < 400:
                 # Redirects are not followed: requests would turn a 301/302 on a POSTed
                 # transaction into a GET and report success on a page that wrote nothing, and a
@@ -304,13 +319,13 @@ class Transport:
                     status=status,
                 )
             if status in statuses and not last:
-                delay = self._status_delay(response, attempt)
+                delay = self._status_delay(response, attempt - 1)
                 log.warning(
                     "%s %s -> HTTP %d; retry %d/%d in %.1fs",
                     method,
                     url,
                     status,
-                    attempt + 1,
+                    attempt,
                     self.policy.retries,
                     delay,
                 )
