@@ -189,6 +189,14 @@ def cmd_score(args: argparse.Namespace) -> int:
     from fhir_cyclo.scoring import cli as scoring_cli
 
     client = make_client(args) if args.server or (not args.paths and default_server()) else None
+    if args.bulk:
+        from fhir_cyclo import bulk_command
+
+        if client is None or args.paths:
+            raise InputError("--bulk reads from a server: give --server and no files")
+        folder = Path(args.bulk_dir)
+        bulk_command.export(args, client, folder)
+        args.paths = [str(folder)]  # then scored like any Bulk Data folder
     return scoring_cli.run(args, client)
 
 
@@ -251,7 +259,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--plot", metavar="DIR", help="one PNG per patient")
     p.add_argument("--write-back", action="store_true", help="server mode: write Observations")
     p.add_argument("--strict", action="store_true", help="validate input with fhir.resources R4B")
+    from fhir_cyclo import bulk_command
+
+    p.add_argument("--bulk", action="store_true", help="server mode: read via Bulk Data $export")
+    p.add_argument(
+        "--bulk-dir",
+        default=str(bulk_command.DEFAULT_BULK_DIR),
+        help="--bulk: export folder (kept; an interrupted export resumes)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="--bulk: no progress display")
+    bulk_command.add_bulk_options(p)
     p.set_defaults(func=cmd_score)
+    bulk_command.register(sub, _server_options)
 
     p = sub.add_parser(
         "sandbox",

@@ -164,6 +164,26 @@ class FhirClient:
     def pool_size(self) -> int:
         return self._pool_size
 
+    @property
+    def transport(self) -> Transport:
+        """The retrying transport (Bulk Data kick-off, polling and job deletion use it)."""
+        return self._transport
+
+    @property
+    def session(self) -> requests.Session:
+        """The pooled session (Bulk Data file downloads stream through it)."""
+        return self._session
+
+    @property
+    def auth(self) -> AuthBase | None:
+        """The credentials attached to requests (None without auth)."""
+        return self._auth
+
+    @property
+    def redact(self) -> Redactor:
+        """Removes the client's secrets from text meant for messages."""
+        return self._redact
+
     def close(self) -> None:
         if self._owns_session:
             self._session.close()
