@@ -29,6 +29,7 @@ from urllib.parse import urljoin
 
 import orjson
 import requests
+import urllib3
 from tqdm import tqdm
 
 from fhir_cyclo.client.http import origin, parse_retry_after
@@ -400,7 +401,12 @@ class BulkExporter:
                 raise BulkExportError(f"download of {url} refused: {text}")
             try:
                 lines, raw_bytes = self._write(response, part, rtype, url)
-            except (requests.exceptions.RequestException, OSError, zlib.error) as exc:
+            except (
+                requests.exceptions.RequestException,
+                urllib3.exceptions.HTTPError,  # raw.stream raises urllib3's own (truncation)
+                OSError,
+                zlib.error,
+            ) as exc:
                 part.unlink(missing_ok=True)
                 raise _RetryFile(f"interrupted ({type(exc).__name__})") from None
             declared = response.headers.get("Content-Length", "")
