@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import hashlib
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -83,6 +84,11 @@ def discover(paths: Iterable[str | Path]) -> Iterator[Path]:
                 yield child
 
 
+def _digest(token: str) -> str:
+    """The short hash that names a case in messages (push labels use the same one)."""
+    return hashlib.sha256(token.encode()).hexdigest()[:10]
+
+
 def load(paths: Iterable[str | Path], terms: Terminology | None = None) -> Iterator[Loaded]:
     """Every case under `paths`; duplicate case identifiers are errors on the later one."""
     terms = terms or terminology()
@@ -96,7 +102,8 @@ def load(paths: Iterable[str | Path], terms: Terminology | None = None) -> Itera
                     yield Loaded(
                         item.source,
                         error=InputError(
-                            f"case id {token} already read from {seen[token]}",
+                            # The case id is an identifier (PHI): named by a hash.
+                            f"case id #{_digest(token)} already read from {seen[token]}",
                             source=item.source,
                             path="identifier",
                         ),

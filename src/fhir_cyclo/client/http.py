@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import orjson
 import requests
@@ -158,6 +158,25 @@ def safe_url(url: str) -> str:
         return url
     host = parts.netloc.rsplit("@", 1)[-1]
     return urlunsplit((parts.scheme, f"***@{host}", parts.path, parts.query, parts.fragment))
+
+
+# Search parameters whose values name a person (identifier, demographics): masked in log lines.
+_PHI_PARAMS = re.compile(
+    r"(identifier|name|family|given|birthdate|phone|telecom|email|address|patient\.|subject\.)",
+    re.IGNORECASE,
+)
+
+
+def loggable_url(url: str) -> str:
+    """The URL with the values of person-identifying search parameters replaced by ***."""
+    parts = urlsplit(url)
+    if not parts.query:
+        return url
+    pairs = []
+    for pair in parts.query.split("&"):
+        name, sep, _value = pair.partition("=")
+        pairs.append(f"{name}{sep}***" if sep and _PHI_PARAMS.search(unquote(name)) else pair)
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, "&".join(pairs), parts.fragment))
 
 
 _TAG = re.compile(r"<[^>]+>")
@@ -369,7 +388,11 @@ class Transport:
             ) as raw:
                 content = self._read_limited(raw, url)
                 log.debug(
-                    "%s %s -> HTTP %d (%d bytes)", method, raw.url, raw.status_code, len(content)
+                    "%s %s -> HTTP %d (%d bytes)",
+                    method,
+                    loggable_url(raw.url),
+                    raw.status_code,
+                    len(content),
                 )
                 return HttpResponse(
                     status=raw.status_code, url=raw.url, content=content, headers=raw.headers

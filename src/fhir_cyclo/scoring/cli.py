@@ -29,7 +29,9 @@ def _keep(cohort: CohortScore, patient: str | None, identifier: str | None) -> C
         if (wanted_ref and p.inputs.reference == wanted_ref) or (identifier and p.key == identifier)
     ]
     if not kept:
-        raise InputError(f"no scored patient matches {patient or identifier!r}", source="score")
+        # The identifier is not echoed: it is PHI (the person who typed it knows it).
+        what = f"--patient {patient}" if patient else "the --identifier given"
+        raise InputError(f"no scored patient matches {what}", source="score")
     return CohortScore(
         patients=kept, notes=cohort.notes, config=cohort.config, accounting=cohort.accounting
     )

@@ -211,7 +211,13 @@ class _Extractor(LabReader, MedicationReader):
                 resolved[raw] = self._anchor(raw)
             anchor = resolved[raw]
             if anchor is None:
-                self.note(ref, "subject", f"{raw!r} is not a known Patient reference; skipped")
+                # An identifier reference names a person: shown as a hash, like patient keys.
+                shown = (
+                    f"identifier reference {key_hash(raw[len(IDENTIFIER) :])}"
+                    if raw.startswith(IDENTIFIER)
+                    else repr(raw)
+                )
+                self.note(ref, "subject", f"{shown} is not a known Patient reference; skipped")
             return anchor
 
         # Several anchors (e.g. the same person from two exports) can share a key: merge them.

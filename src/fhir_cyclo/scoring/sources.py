@@ -354,7 +354,7 @@ def iter_from_server(
         wanted = f"patient {patient!r}"
     else:
         params = {"identifier": str(identifier)}
-        wanted = f"identifier {identifier!r}"
+        wanted = "the identifier given"  # not echoed: identifiers are PHI
     ids: list[str] = []
     for item in _search(client, "Patient", params):
         if item.resource.get("resourceType") == "Patient" and item.resource.get("id"):
