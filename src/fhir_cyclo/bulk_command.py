@@ -38,6 +38,7 @@ def export(args: argparse.Namespace, client: Any, folder: Path) -> Any:
         client,
         folder,
         progress=not getattr(args, "no_progress", False),
+        max_poll_interval=float(getattr(args, "max_poll_wait", 300.0)),
         on_notice=lambda text: print(f"fhir-cyclo: warning: {text}", file=sys.stderr),
     )
     result = exporter.run(bulk_request(args))
@@ -69,6 +70,13 @@ def add_bulk_options(p: argparse.ArgumentParser) -> None:
         action="append",
         metavar="TYPE",
         help="resource type to export (repeatable; default: the types scoring reads)",
+    )
+    p.add_argument(
+        "--max-poll-wait",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="longest wait between status polls, whatever Retry-After asks (default 300)",
     )
     p.add_argument(
         "--no-type-filter",

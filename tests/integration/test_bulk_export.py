@@ -25,6 +25,8 @@ from tests.conftest import FIXTURES
 from tests.integration.conftest import Server
 
 pytestmark = pytest.mark.integration
+# HAPI answers every status poll with Retry-After: 120 while its batch job takes ~1-2 minutes.
+FAST = ("--max-poll-wait", "5")
 
 
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -139,7 +141,12 @@ def pushed_cohort(
     bundles = tmp_path_factory.mktemp("bundles")
     assert main(["export", str(FIXTURES), "--out", str(bundles)]) == 0
     pushed = cli(
-        "push", str(bundles), "--server", fhir_server.base_url, "--no-progress", "--no-journal"
+        "push",
+        str(bundles),
+        "--server",
+        fhir_server.base_url,
+        "--no-progress",
+        "--no-journal",
     )
     assert pushed.returncode == 0, pushed.stderr
     members = [
@@ -166,6 +173,7 @@ def test_bulk_export_scores_like_the_files(
         "--out",
         str(folder),
         "--no-progress",
+        *FAST,
     )
     assert result.returncode == 0, result.stderr
     manifest = json.loads((folder / MANIFEST).read_text())
@@ -186,6 +194,7 @@ def test_bulk_export_scores_like_the_files(
         str(tmp_path / "b2"),
         "--json",
         "--no-progress",
+        *FAST,
     )
     assert one.returncode == 0, one.stderr
     assert json.loads(one.stdout)["patients"] == from_files
@@ -209,6 +218,7 @@ def test_killed_download_resumes_without_refetching(
             "--out",
             str(folder),
             "--no-progress",
+            *FAST,
         ]
         process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         state_path = folder / STATE_FILE
@@ -244,6 +254,7 @@ def test_killed_download_resumes_without_refetching(
             "--out",
             str(folder),
             "--no-progress",
+            *FAST,
         )
         assert again.returncode == 0, again.stderr
         refetched = [
