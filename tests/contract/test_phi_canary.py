@@ -253,6 +253,7 @@ def test_no_phi_in_any_output_or_log(
             "Patient",
             "Condition",
             "MedicationStatement",
+            "MedicationAdministration",
             "MedicationRequest",
             "Observation",
             "Procedure",

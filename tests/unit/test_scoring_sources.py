@@ -220,3 +220,12 @@ def test_server_everything() -> None:
     items = list(iter_from_server(client))
     assert sorted(kinds(items)) == sorted(f"{t}/{r['id']}" for t, rs in STORE.items() for r in rs)
     assert all("subject" not in params for _, params in client.calls)
+
+
+def test_server_reads_medication_administrations() -> None:
+    """EHRs record inpatient doses as MedicationAdministration (issue 10): searched too."""
+    client = FakeClient(STORE)
+    list(iter_from_server(client, patient="p1"))
+    searched = [t for t, _ in client.calls]
+    assert searched.index("MedicationStatement") < searched.index("MedicationAdministration")
+    assert ("MedicationAdministration", {"subject": "Patient/p1"}) in client.calls

@@ -314,7 +314,7 @@ def _for_patients(
 ) -> Iterator[SourceItem]:
     medication_ids: set[str] = set()
     yield from _search(client, "Condition", subject)
-    for resource_type in ("MedicationStatement", "MedicationRequest"):
+    for resource_type in ("MedicationStatement", "MedicationAdministration", "MedicationRequest"):
         for item in _search(client, resource_type, subject):
             medication_ids.update(_medication_ids(item.resource))
             yield item
@@ -337,8 +337,8 @@ def iter_from_server(
 
     `patient` is a Patient id (or "Patient/<id>"), `identifier` a token ("system|value"); with
     neither, every Patient and every relevant resource is read. Searched: Patient, Condition,
-    MedicationStatement, MedicationRequest, Observation (only the scored LOINC codes), Procedure,
-    then the Medications the medication resources reference. Raises InputError when the patient
+    MedicationStatement, MedicationAdministration, MedicationRequest, Observation (only the
+    scored LOINC codes), Procedure, then the Medications the medication resources reference. Raises InputError when the patient
     or identifier matches no Patient.
     """
     cfg = config or load_config()
