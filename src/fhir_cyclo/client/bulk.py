@@ -21,7 +21,7 @@ import re
 import sys
 import time
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -112,12 +112,9 @@ class BulkResult:
     files: list[dict[str, Any]] = field(default_factory=list)  # manifest output entries
     errors: list[dict[str, Any]] = field(default_factory=list)  # manifest error entries
     issues: list[str] = field(default_factory=list)  # one line per error-file issue
+    failed_issues: int = 0  # issues of severity error or fatal among them
     fetched: int = 0  # files downloaded in this run (the others were finished before)
     resources: int = 0
-
-    @property
-    def failed_issues(self) -> int:
-        return sum(1 for i in self.issues if i.split(" ", 1)[0] in ("error", "fatal"))
 
 
 class _State:
@@ -334,7 +331,9 @@ class BulkExporter:
                 local = {"type": rtype, "url": name, "count": finished["lines"]}
                 if kind == "error":
                     result.errors.append(local)
-                    result.issues += _issues(target)
+                    for severity, line in _issues(target):
+                        result.issues.append(line)
+                        result.failed_issues += severity in ("error", "fatal")
                 else:
                     result.files.append(local)
                     result.resources += int(finished["lines"])
@@ -503,19 +502,14 @@ def _check_lines(
     return lines, data[cut + 1 :]
 
 
-def _issues(path: Path) -> list[str]:
-    """`severity code: diagnostics` per issue of an error file (OperationOutcome NDJSON)."""
-    found: list[str] = []
+def _issues(path: Path) -> list[tuple[str, str]]:
+    """(severity, `severity code: diagnostics`) per issue of an error file (OperationOutcomes)."""
+    found: list[tuple[str, str]] = []
     for raw in path.read_bytes().splitlines():
         outcome = OperationOutcome.from_json(_safe_json(raw))
         if outcome is None:
             continue
         for issue in outcome.issues:
-            found.append(f"{issue.severity} {issue.code}: {issue.text[:300]} ({path.name})")
+            line = f"{issue.severity} {issue.code}: {issue.text[:300]} ({path.name})"
+            found.append((issue.severity, line))
     return found
-
-
-def iter_files(result: BulkResult) -> Iterator[Path]:
-    """The output files of a finished export, in manifest order."""
-    for entry in result.files:
-        yield result.folder / entry["url"]

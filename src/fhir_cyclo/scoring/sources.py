@@ -338,8 +338,8 @@ def iter_from_server(
     `patient` is a Patient id (or "Patient/<id>"), `identifier` a token ("system|value"); with
     neither, every Patient and every relevant resource is read. Searched: Patient, Condition,
     MedicationStatement, MedicationAdministration, MedicationRequest, Observation (only the
-    scored LOINC codes), Procedure, then the Medications the medication resources reference. Raises InputError when the patient
-    or identifier matches no Patient.
+    scored LOINC codes), Procedure, then the Medications the medication resources reference.
+    Raises InputError when the patient or identifier matches no Patient.
     """
     cfg = config or load_config()
     lab_codes = ",".join(
