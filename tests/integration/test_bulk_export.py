@@ -4,6 +4,7 @@ fetching its finished files again, with the same result."""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -76,7 +77,6 @@ class SlowFiles:
         proxy = self
         up = self.upstream
         up_origin = f"{up.scheme}://{up.netloc}"
-        own_origin = f"http://127.0.0.1:{self.port}"
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
@@ -85,6 +85,7 @@ class SlowFiles:
                 pass
 
             def _forward(self) -> None:
+                own_origin = f"http://127.0.0.1:{proxy.port}"
                 proxy.paths.append(self.path)
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else None
@@ -99,15 +100,17 @@ class SlowFiles:
                 data = answer.read().replace(up_origin.encode(), own_origin.encode())
                 if "/Binary/" in self.path:
                     time.sleep(proxy.delay)
-                self.send_response(answer.status)
-                for key, value in answer.getheaders():
-                    if key.lower() in ("transfer-encoding", "content-length", "connection"):
-                        continue
-                    self.send_header(key, value.replace(up_origin, own_origin))
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
                 conn.close()
+                # The client may have been killed meanwhile (that is the test): a broken pipe.
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                    self.send_response(answer.status)
+                    for key, value in answer.getheaders():
+                        if key.lower() in ("transfer-encoding", "content-length", "connection"):
+                            continue
+                        self.send_header(key, value.replace(up_origin, own_origin))
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
 
             do_GET = do_DELETE = do_POST = _forward
 
