@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -46,6 +49,17 @@ def jar_path() -> Path:
 def definitions_dir() -> Path:
     override = os.environ.get(DEFINITIONS_ENV)
     return Path(override).resolve() if override else DEFAULT_DEFINITIONS
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the parent dies (Linux), even by SIGKILL, so a
+    killed test run or `fhir-cyclo sandbox` never leaves a JVM holding the port."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+PR_SET_PDEATHSIG = 1
 
 
 def _free_port() -> int:
@@ -192,7 +206,11 @@ class HapiServer:
         with self.log_path.open("ab") as log:
             try:
                 self._process = subprocess.Popen(
-                    argv, env=self._env(port), stdout=log, stderr=subprocess.STDOUT
+                    argv,
+                    env=self._env(port),
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    preexec_fn=_die_with_parent,  # noqa: PLW1509 - only prctl, no Python state
                 )
             except OSError as exc:
                 raise HapiError(f"cannot run {argv[0]}: {exc}") from exc
