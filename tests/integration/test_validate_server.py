@@ -257,3 +257,18 @@ def test_unreadable_input_is_an_error_and_the_rest_is_validated(
     assert code == 1
     assert any(line.startswith(f"{broken}: error: ") for line in lines), lines
     assert "validated 1 resource(s)" in err
+
+
+def test_information_is_listed_only_with_v(
+    server: Server, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A clean resource (narrative included) gets one information issue: shown with -v only."""
+    div = '<div xmlns="http://www.w3.org/1999/xhtml">female patient</div>'
+    path = write(tmp_path, "clean.json", {**PATIENT, "text": {"status": "generated", "div": div}})
+    code, quiet, err = cli(capsys, "validate", "--server", server.base_url, str(path))
+    assert code == 0
+    assert quiet == []
+    assert "0 error(s), 0 warning(s), 1 information" in err
+    code, verbose, _ = cli(capsys, "validate", "-v", "--server", server.base_url, str(path))
+    assert code == 0
+    assert verbose == [f"{path} Patient/p-1: information: No issues detected during validation"]
