@@ -78,6 +78,20 @@ def test_fixture_bundles_pass_validate(server: Server, exported: Path) -> None:
     assert found  # the known warnings are there: the server did look at them
 
 
+def test_deidentified_export_passes_validate(
+    server: Server, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Shifted dates, birth year only, pseudonymised identifiers: still valid R4."""
+    out = tmp_path_factory.mktemp("deid")
+    key = tmp_path_factory.mktemp("key") / "key.json"
+    summary = export([FIXTURES], out, deidentify_keys=key)
+    assert not summary.failed
+    bundles = sorted(out.glob("*.json"))
+    assert len(bundles) == 14
+    sent, _ = check(server, collect(bundles))
+    assert sent == len(bundles)
+
+
 def test_every_ndjson_resource_passes_validate(server: Server, exported: Path) -> None:
     files = sorted((exported / "ndjson").glob("*.ndjson"))
     lines = sum(len(f.read_text().splitlines()) for f in files)
