@@ -105,3 +105,16 @@ def test_bundle_findings_name_entry_and_clean_fhirpath(
         .line()
         .startswith("case.json entry[0] Observation/o: error: Bundle.entry[0].resource.status: ")
     )
+
+
+def test_location_is_the_fallback_when_there_is_no_expression() -> None:
+    from fhir_cyclo.errors import Issue
+    from fhir_cyclo.server_validate import fhirpath
+
+    assert fhirpath(Issue("error", "x", location=("Line[3] Col[5]", "Patient.active"))) == (
+        "Patient.active"
+    )
+    assert fhirpath(Issue("error", "x", expression=("Patient.gender",), location=("P",))) == (
+        "Patient.gender"
+    )
+    assert fhirpath(Issue("error", "x", location=("Line[1] Col[1]",))) == ""
