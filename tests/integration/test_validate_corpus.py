@@ -7,6 +7,7 @@ have a row in docs/validation.md saying why it stays, so a new kind of warning f
 
 from __future__ import annotations
 
+import os
 import random
 import re
 from collections.abc import Iterable
@@ -30,6 +31,7 @@ pytestmark = pytest.mark.integration
 
 DOC = ROOT / "docs" / "validation.md"
 HYPOTHESIS_CASES = 200
+SEED_ENV = "FHIR_CYCLO_VALIDATE_SEED"
 _SYSTEM = re.compile(r"CodeSystem is unknown and can't be validated: (\S+)")
 
 
@@ -145,7 +147,9 @@ def generated_cases(n: int, rng_seed: int) -> list[Case]:
 
 
 def test_hypothesis_cases_pass_validate(server: Server) -> None:
-    rng_seed = random.randrange(2**32)
+    """A new seed each run (printed, so a failure can be replayed with $SEED_ENV=seed)."""
+    rng_seed = int(os.environ.get(SEED_ENV) or random.randrange(2**32))
+    print(f"\nHypothesis seed {rng_seed} (replay: {SEED_ENV}={rng_seed})")
     drawn = generated_cases(HYPOTHESIS_CASES, rng_seed)
     assert len(drawn) >= HYPOTHESIS_CASES, f"only {len(drawn)} cases drawn (seed {rng_seed})"
     targets = [
