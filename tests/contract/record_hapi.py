@@ -2,6 +2,10 @@
 
     python -m tests.contract.record_hapi            # starts the project's HAPI (hapi/, `make hapi`)
     python -m tests.contract.record_hapi --attach http://127.0.0.1:8091/fhir   # a running one
+    python -m tests.contract.record_hapi --out /tmp/corpus   # elsewhere, to compare
+
+The contract tests read ids and timestamps from the files, so a re-recording needs no test edits;
+tests/integration/test_contract_corpus.py fails when the server's answers change shape.
 
 Every file is the body the server answered, as it answered it, except one normalisation: the
 server's base URL (a random loopback port) is written as LOCAL_BASE, so a re-recording only
@@ -17,7 +21,6 @@ import json
 import re
 import sys
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -253,17 +256,19 @@ def record(base: str, data: Path = DATA) -> list[str]:
     return rec.written
 
 
-def main(argv: list[str] | None = None, run: Callable[[str], list[str]] = record) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--attach", help="record from this running test server (its data is lost)")
+    parser.add_argument("--out", type=Path, default=DATA, help=f"folder to write (default {DATA})")
     args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
     if args.attach:
-        written = run(args.attach.rstrip("/"))
+        written = record(args.attach.rstrip("/"), args.out)
     else:
         with HapiServer(log_path=LOG) as hapi:
             print(f"HAPI ready in {hapi.started_in:.0f}s at {hapi.base_url}", file=sys.stderr)
-            written = run(hapi.base_url)
-    print(f"recorded {len(written)} file(s) into {DATA}", file=sys.stderr)
+            written = record(hapi.base_url, args.out)
+    print(f"recorded {len(written)} file(s) into {args.out}", file=sys.stderr)
     return 0
 
 

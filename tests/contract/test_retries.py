@@ -18,7 +18,7 @@ from fhir_cyclo.errors import (
     Unprocessable,
 )
 
-from .helpers import BASE, FHIR_JSON, MakeClient, load, tx_bundle
+from .helpers import BASE, FHIR_JSON, MakeClient, load, recorded_ids, tx_bundle
 
 OK_TX = "tx-response-local-hapi88-create-2-observations.json"
 FAULT_2223 = "oo-public-baseR4-500-hapi-2223-server-fault.json"
@@ -41,10 +41,7 @@ def test_500_hapi_2223_is_retried_then_succeeds(
     _add(rsps, 500, FAULT_2223)
     _add(rsps, 200, OK_TX)
     result = client.transaction(tx_bundle(2))
-    assert [e.id for e in result] == [
-        "1088ce32-c13d-576c-aa87-92a0876caa8d",
-        "68eb5b04-206a-5c09-8add-01281c2f363f",
-    ]
+    assert [e.id for e in result] == recorded_ids(OK_TX)
     assert len(rsps.calls) == 2
     assert len(sleeps) == 1
 

@@ -11,28 +11,17 @@ import responses
 from fhir_cyclo.client import FhirClient, parse_location, parse_status
 from fhir_cyclo.errors import FatalTransportError, InputError
 
-from .helpers import BASE, FHIR_JSON, MakeClient, load, sent_body, tx_bundle
+from .helpers import BASE, FHIR_JSON, MakeClient, load, recorded_ids, sent_body, tx_bundle
 
-# (file, [(status, type, id, version, storage code)], created, updated)
+# (file, [(status, type, version, storage code)], created, updated); the ids are the server's
+# (uuid5 ids of the recording, numeric Patient ids), read from each entry's Location.
 RECORDED = [
     (
         # fhir-cyclo's PUT Observation/<uuid5> on a server that has never seen the id
         "tx-response-local-hapi88-create-2-observations.json",
         [
-            (
-                201,
-                "Observation",
-                "1088ce32-c13d-576c-aa87-92a0876caa8d",
-                "1",
-                "SUCCESSFUL_UPDATE_AS_CREATE",
-            ),
-            (
-                201,
-                "Observation",
-                "68eb5b04-206a-5c09-8add-01281c2f363f",
-                "1",
-                "SUCCESSFUL_UPDATE_AS_CREATE",
-            ),
+            (201, "Observation", "1", "SUCCESSFUL_UPDATE_AS_CREATE"),
+            (201, "Observation", "1", "SUCCESSFUL_UPDATE_AS_CREATE"),
         ],
         2,
         0,
@@ -41,21 +30,9 @@ RECORDED = [
         # the conditional PUT Patient?identifier= matched (200), two new Observations (201)
         "tx-response-local-hapi88-update200-and-create201.json",
         [
-            (200, "Patient", "1203", "2", "SUCCESSFUL_UPDATE_WITH_CONDITIONAL_MATCH"),
-            (
-                201,
-                "Observation",
-                "8e905789-6199-53e3-babe-f48163d96b60",
-                "1",
-                "SUCCESSFUL_UPDATE_AS_CREATE",
-            ),
-            (
-                201,
-                "Observation",
-                "d4bd02da-25bd-5aab-857f-549c9b44f3f9",
-                "1",
-                "SUCCESSFUL_UPDATE_AS_CREATE",
-            ),
+            (200, "Patient", "2", "SUCCESSFUL_UPDATE_WITH_CONDITIONAL_MATCH"),
+            (201, "Observation", "1", "SUCCESSFUL_UPDATE_AS_CREATE"),
+            (201, "Observation", "1", "SUCCESSFUL_UPDATE_AS_CREATE"),
         ],
         2,
         1,
@@ -67,14 +44,15 @@ RECORDED = [
 def test_recorded_transaction_response_is_parsed_in_order(
     client: FhirClient,
     rsps: responses.RequestsMock,
-    case: tuple[str, list[tuple[int, str, str, str, str]], int, int],
+    case: tuple[str, list[tuple[int, str, str, str]], int, int],
 ) -> None:
     name, expected, created, updated = case
     rsps.add(responses.POST, BASE, json=load(name), content_type=FHIR_JSON)
     result = client.transaction(tx_bundle(len(expected)))
 
-    got = [(e.status, e.resource_type, e.id, e.version, e.storage_code) for e in result]
+    got = [(e.status, e.resource_type, e.version, e.storage_code) for e in result]
     assert got == expected
+    assert [e.id for e in result] == recorded_ids(name)
     assert result.ok
     assert (result.created, result.updated) == (created, updated)
     raw_entries = load(name)["entry"]
@@ -122,10 +100,9 @@ def test_transaction_sends_pre_serialised_bytes_unchanged(
     body = orjson.dumps(tx_bundle(2), option=orjson.OPT_INDENT_2)
     result = client.transaction(body)
     assert rsps.calls[0].request.body == body
-    assert [e.id for e in result] == [
-        "1088ce32-c13d-576c-aa87-92a0876caa8d",
-        "68eb5b04-206a-5c09-8add-01281c2f363f",
-    ]
+    assert [e.id for e in result] == recorded_ids(
+        "tx-response-local-hapi88-create-2-observations.json"
+    )
 
 
 def test_large_bodies_are_gzipped_only_when_enabled(
