@@ -63,7 +63,8 @@ class Model(BaseModel):
 class Age(Model):
     """An age in years, for events the source dates only by the patient's age."""
 
-    age: Annotated[float, Field(ge=0, le=130)]
+    # > 0: FHIR R4's Age requires a positive value (invariant age-1); "at birth" is a {text: ...}.
+    age: Annotated[float, Field(gt=0, le=130)]
 
 
 class RelativeTime(Model):

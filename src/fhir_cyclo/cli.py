@@ -45,6 +45,10 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    if getattr(args, "server", None):  # the server's $validate (issue 9): server_validate.py
+        from fhir_cyclo import server_validate
+
+        return server_validate.run(args)
     from fhir_cyclo.validate import validate_paths
 
     problems, checked = validate_paths(args.paths)
@@ -84,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("validate", help="check case files and FHIR Bundles; list every problem")
     p.add_argument("paths", nargs="+")
+    from fhir_cyclo.server_validate import add_arguments as add_server_validate_arguments
+
+    add_server_validate_arguments(p)
     p.set_defaults(func=cmd_validate)
 
     _register_optional(sub)

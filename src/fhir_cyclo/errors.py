@@ -58,10 +58,23 @@ class Issue:
     diagnostics: str = ""
     details: str = ""
     expression: tuple[str, ...] = ()
+    location: tuple[str, ...] = ()
+    # HL7 validator message id (operationoutcome-message-id extension): a stable kind of issue.
+    message_id: str = ""
 
     @property
     def text(self) -> str:
         return self.details or self.diagnostics or self.code
+
+
+_MESSAGE_ID = "http://hl7.org/fhir/StructureDefinition/operationoutcome-message-id"
+
+
+def _message_id(raw: dict[str, Any]) -> str:
+    for ext in raw.get("extension") or []:
+        if isinstance(ext, dict) and ext.get("url") == _MESSAGE_ID:
+            return str(ext.get("valueString", ""))
+    return ""
 
 
 @dataclass(frozen=True)
@@ -70,6 +83,8 @@ class OperationOutcome:
 
     issues: tuple[Issue, ...] = ()
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    # True when the body was not an OperationOutcome and its text was wrapped by from_text.
+    synthetic: bool = False
 
     @classmethod
     def from_json(cls, body: Any) -> OperationOutcome | None:
@@ -88,6 +103,8 @@ class OperationOutcome:
                     diagnostics=str(raw.get("diagnostics", "")),
                     details=str(details.get("text", "")) if isinstance(details, dict) else "",
                     expression=tuple(str(e) for e in raw.get("expression") or []),
+                    location=tuple(str(e) for e in raw.get("location") or []),
+                    message_id=_message_id(raw),
                 )
             )
         return cls(issues=tuple(issues), raw=body)
@@ -95,7 +112,9 @@ class OperationOutcome:
     @classmethod
     def from_text(cls, text: str, code: str = "exception") -> OperationOutcome:
         """Wrap a non-FHIR error body so callers always see the same shape."""
-        return cls(issues=(Issue(severity="error", code=code, diagnostics=text[:2000]),))
+        return cls(
+            issues=(Issue(severity="error", code=code, diagnostics=text[:2000]),), synthetic=True
+        )
 
     @property
     def message(self) -> str:

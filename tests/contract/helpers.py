@@ -24,6 +24,11 @@ def load(name: str) -> dict[str, Any]:
     return data
 
 
+def recorded_ids(name: str) -> list[str]:
+    """The ids in a recorded transaction-response's Locations ("Type/id/_history/n")."""
+    return [e["response"]["location"].split("/")[1] for e in load(name)["entry"]]
+
+
 def tx_bundle(entries: int, *, tag: str = "x") -> dict[str, Any]:
     """A transaction Bundle of `entries` PUT Observation entries (the mock ignores content)."""
     return {

@@ -23,8 +23,18 @@ RECORDED = [
         Unprocessable,
         ("HAPI-0450", "HAPI-1861"),
     ),
-    ("oo-local-400-hapi-0541-unresolved-placeholder.json", 400, Unprocessable, ("HAPI-0541",)),
-    ("oo-local-400-hapi-1094-unknown-reference-target.json", 400, Unprocessable, ("HAPI-1094",)),
+    (
+        "oo-local-hapi88-400-hapi-0541-unresolved-placeholder.json",
+        400,
+        Unprocessable,
+        ("HAPI-0541",),
+    ),
+    (
+        "oo-local-hapi88-400-hapi-1094-unknown-reference-target.json",
+        400,
+        Unprocessable,
+        ("HAPI-1094",),
+    ),
     (
         "oo-public-baseR4-412-hapi-2840-duplicate-create.json",
         412,
@@ -62,6 +72,51 @@ def test_recorded_outcome_becomes_server_error(
     # The message a user sees names the request, the status and the root HAPI code.
     assert f"HTTP {status}" in str(exc)
     assert codes[-1] in str(exc)
+
+
+def test_recorded_validation_failure_lists_every_issue(
+    rsps: responses.RequestsMock, make_client: MakeClient
+) -> None:
+    """422 from the server's validating interceptor: the error issues name their FHIRPath."""
+    recorded = load("oo-local-hapi88-422-validation-failure.json")
+    rsps.add(responses.POST, BASE, json=recorded, status=422, content_type=FHIR_JSON)
+    client = make_client(retries=0)
+    with pytest.raises(Unprocessable) as info:
+        client.transaction(tx_bundle(1))
+    exc = info.value
+    assert exc.status == 422
+    assert len(exc.outcome.issues) == len(recorded["issue"])
+    errors = [i for i in exc.outcome.issues if i.severity == "error"]
+    assert errors
+    assert all(i.expression[0].endswith(".status") for i in errors)
+    assert all(i.message_id for i in exc.outcome.issues)  # the validator's message ids
+    assert "nonsense" in str(exc)
+    assert "performer" not in str(exc)  # warnings are not part of the error message
+
+
+@pytest.mark.parametrize(
+    ("name", "status", "fragment"),
+    [
+        ("oo-local-hapi88-404-hapi-2001-not-found.json", 404, "HAPI-2001"),
+        ("oo-local-hapi88-410-deleted.json", 410, "Resource was deleted at"),
+    ],
+)
+def test_recorded_read_of_missing_or_deleted_is_not_found(
+    rsps: responses.RequestsMock, make_client: MakeClient, name: str, status: int, fragment: str
+) -> None:
+    rsps.add(
+        responses.GET,
+        f"{BASE}/Observation/gone",
+        json=load(name),
+        status=status,
+        content_type=FHIR_JSON,
+    )
+    client = make_client(retries=0)
+    with pytest.raises(NotFound) as info:
+        client.read("Observation", "gone")
+    assert info.value.status == status
+    assert fragment in str(info.value)
+    assert len(rsps.calls) == 1  # 404/410 are answers, never retried
 
 
 @pytest.mark.parametrize(

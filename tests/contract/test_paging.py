@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import orjson
@@ -14,36 +15,52 @@ from fhir_cyclo.errors import FatalTransportError, NotFound
 
 from .helpers import BASE, FHIR_JSON, MakeClient, load, obs, outcome, searchset, sent_url
 
-PUBLIC = "searchset-public-baseR4-paging-no-total.json"
-LOCAL = "searchset-local-hapi8-observation-by-subject.json"
+# Recorded from the project's HAPI 8.8 server (tests/contract/record_hapi.py): 26 Observations of
+# one Patient, _count=10 -> 3 pages; only the last page carries `total`.
+LOCAL_BASE = "http://localhost:8080/fhir"
+PAGES = [
+    "searchset-local-hapi88-paging-page1.json",
+    "searchset-local-hapi88-paging-page2.json",
+    "searchset-local-hapi88-paging-page3-last.json",
+]
+LOCAL = "searchset-local-hapi88-observation-by-subject.json"
 
 
 def _get(rsps: responses.RequestsMock, url: str, body: object, status: int = 200) -> None:
     rsps.add(responses.GET, url, body=orjson.dumps(body), status=status, content_type=FHIR_JSON)
 
 
-def test_recorded_page_without_total_then_next_link_is_followed_verbatim(
-    client: FhirClient, rsps: responses.RequestsMock
+def _link(page: dict[str, Any], relation: str) -> str | None:
+    return next((lk["url"] for lk in page["link"] if lk["relation"] == relation), None)
+
+
+def test_recorded_pages_without_total_are_followed_verbatim_to_the_last(
+    rsps: responses.RequestsMock,
 ) -> None:
-    first = load(PUBLIC)
-    assert "total" not in first
-    next_url = first["link"][1]["url"]
-    patient2 = {"resourceType": "Patient", "id": "90270588"}
-    _get(rsps, f"{BASE}/Patient?_count=1", first)
-    _get(rsps, next_url, searchset([patient2]))
+    pages = [load(name) for name in PAGES]
+    assert "total" not in pages[0] and "total" not in pages[1]  # HAPI: no total while paging
+    assert _link(pages[2], "next") is None
+    subject = parse_qs(urlsplit(_link(pages[0], "self") or "").query)["subject"][0]
+    _get(rsps, f"{LOCAL_BASE}/Observation", pages[0])
+    for page, previous in zip(pages[1:], pages[:-1], strict=True):
+        _get(rsps, _link(previous, "next") or "", page)
 
-    ids = [r["id"] for r in client.search("Patient", page_size=1)]
+    with FhirClient(LOCAL_BASE) as client:
+        ids = [r["id"] for r in client.search("Observation", {"subject": subject}, page_size=10)]
 
-    assert ids == ["90270587", "90270588"]
-    assert len(rsps.calls) == 2
-    second = urlsplit(sent_url(rsps.calls[1].request))
-    expected = urlsplit(next_url)
-    assert (second.scheme, second.netloc, second.path) == (
-        expected.scheme,
-        expected.netloc,
-        expected.path,
-    )
-    assert parse_qs(second.query) == parse_qs(expected.query)  # no offsets computed by us
+    assert ids == [e["resource"]["id"] for page in pages for e in page["entry"]]
+    assert len(ids) == pages[2]["total"] == 26
+    assert len(rsps.calls) == 3
+    for call, previous in zip(rsps.calls[1:], pages[:-1], strict=True):
+        sent = urlsplit(sent_url(call.request))
+        expected = urlsplit(_link(previous, "next") or "")
+        assert (sent.scheme, sent.netloc, sent.path) == (
+            expected.scheme,
+            expected.netloc,
+            expected.path,
+        )
+        assert parse_qs(sent.query) == parse_qs(expected.query)  # no offsets computed by us
+        assert "_getpages" in parse_qs(sent.query)
     for call in rsps.calls:
         assert call.request.headers["Cache-Control"] == "no-cache"
         assert "no-store" not in call.request.headers["Cache-Control"]
@@ -52,7 +69,8 @@ def test_recorded_page_without_total_then_next_link_is_followed_verbatim(
 def test_recorded_local_searchset_single_page_with_encoded_params(
     client: FhirClient, rsps: responses.RequestsMock
 ) -> None:
-    rsps.add(responses.GET, f"{BASE}/Observation", json=load(LOCAL), content_type=FHIR_JSON)
+    recorded = load(LOCAL)
+    rsps.add(responses.GET, f"{BASE}/Observation", json=recorded, content_type=FHIR_JSON)
     found = list(
         client.search(
             "Observation",
@@ -63,7 +81,8 @@ def test_recorded_local_searchset_single_page_with_encoded_params(
             },
         )
     )
-    assert [r["id"] for r in found] == ["11804", "11805"]
+    assert [r["id"] for r in found] == [e["resource"]["id"] for e in recorded["entry"]]
+    assert len(found) == recorded["total"] == 4
     assert len(rsps.calls) == 1
     url = sent_url(rsps.calls[0].request)
     assert "code=http%3A%2F%2Floinc.org%7C718-7" in url  # `|` sent as %7C

@@ -15,8 +15,8 @@ from fhir_cyclo.push import CaseResult, push_bundles
 
 from .helpers import BASE, FHIR_JSON, load, outcome, tx_bundle
 
-CREATE_2 = "tx-response-local-hapi8-create-2-observations.json"
-MIXED_3 = "tx-response-local-hapi8-update200-and-create201.json"
+CREATE_2 = "tx-response-local-hapi88-create-2-observations.json"
+MIXED_3 = "tx-response-local-hapi88-update200-and-create201.json"
 
 
 def _add(rsps: responses.RequestsMock, name: str, status: int = 200) -> None:
@@ -63,7 +63,7 @@ def test_parallel_workers_share_one_pool_and_isolate_failures(
             threads.add(threading.current_thread().name)
         tag = orjson.loads(request.body or b"{}")["entry"][0]["resource"]["id"]
         if tag.startswith("bad-"):
-            body = orjson.dumps(load("oo-local-400-hapi-0541-unresolved-placeholder.json"))
+            body = orjson.dumps(load("oo-local-hapi88-400-hapi-0541-unresolved-placeholder.json"))
             return 400, {"Content-Type": FHIR_JSON}, body
         return 200, {"Content-Type": FHIR_JSON}, orjson.dumps(load(CREATE_2))
 

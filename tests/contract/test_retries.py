@@ -18,9 +18,9 @@ from fhir_cyclo.errors import (
     Unprocessable,
 )
 
-from .helpers import BASE, FHIR_JSON, MakeClient, load, tx_bundle
+from .helpers import BASE, FHIR_JSON, MakeClient, load, recorded_ids, tx_bundle
 
-OK_TX = "tx-response-local-hapi8-create-2-observations.json"
+OK_TX = "tx-response-local-hapi88-create-2-observations.json"
 FAULT_2223 = "oo-public-baseR4-500-hapi-2223-server-fault.json"
 
 
@@ -41,7 +41,7 @@ def test_500_hapi_2223_is_retried_then_succeeds(
     _add(rsps, 500, FAULT_2223)
     _add(rsps, 200, OK_TX)
     result = client.transaction(tx_bundle(2))
-    assert [e.id for e in result] == ["11804", "11805"]
+    assert [e.id for e in result] == recorded_ids(OK_TX)
     assert len(rsps.calls) == 2
     assert len(sleeps) == 1
 
@@ -89,8 +89,8 @@ def test_412_hapi_2840_is_not_retried(
     "name",
     [
         "oo-public-baseR4-400-hapi-0450-parse-error.json",
-        "oo-local-400-hapi-0541-unresolved-placeholder.json",
-        "oo-local-400-hapi-1094-unknown-reference-target.json",
+        "oo-local-hapi88-400-hapi-0541-unresolved-placeholder.json",
+        "oo-local-hapi88-400-hapi-1094-unknown-reference-target.json",
     ],
 )
 def test_400_transaction_is_never_retried(

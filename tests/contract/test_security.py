@@ -207,7 +207,7 @@ def test_tls_verified_timeouts_set_and_redirects_off_by_default(
     rsps.add(
         responses.POST,
         BASE,
-        json=load("tx-response-local-hapi8-create-2-observations.json"),
+        json=load("tx-response-local-hapi88-create-2-observations.json"),
         content_type=FHIR_JSON,
     )
     session = RecordingSession()

@@ -11,37 +11,31 @@ import responses
 from fhir_cyclo.client import FhirClient, parse_location, parse_status
 from fhir_cyclo.errors import FatalTransportError, InputError
 
-from .helpers import BASE, FHIR_JSON, MakeClient, load, sent_body, tx_bundle
+from .helpers import BASE, FHIR_JSON, MakeClient, load, recorded_ids, sent_body, tx_bundle
 
-# (file, [(status, type, id, version, storage code)], created, updated)
+# (file, [(status, type, version, storage code)], created, updated); the ids are the server's
+# (uuid5 ids of the recording, numeric Patient ids), read from each entry's Location.
 RECORDED = [
     (
-        "tx-response-local-hapi8-create-2-observations.json",
+        # fhir-cyclo's PUT Observation/<uuid5> on a server that has never seen the id
+        "tx-response-local-hapi88-create-2-observations.json",
         [
-            (201, "Observation", "11804", "1", "SUCCESSFUL_CREATE"),
-            (201, "Observation", "11805", "1", "SUCCESSFUL_CREATE"),
+            (201, "Observation", "1", "SUCCESSFUL_UPDATE_AS_CREATE"),
+            (201, "Observation", "1", "SUCCESSFUL_UPDATE_AS_CREATE"),
         ],
         2,
         0,
     ),
     (
-        "tx-response-local-hapi8-update200-and-create201.json",
+        # the conditional PUT Patient?identifier= matched (200), two new Observations (201)
+        "tx-response-local-hapi88-update200-and-create201.json",
         [
-            (200, "Patient", "11803", "2", "SUCCESSFUL_UPDATE"),
-            (201, "Observation", "11806", "1", "SUCCESSFUL_CREATE"),
-            (201, "Observation", "11807", "1", "SUCCESSFUL_CREATE"),
+            (200, "Patient", "2", "SUCCESSFUL_UPDATE_WITH_CONDITIONAL_MATCH"),
+            (201, "Observation", "1", "SUCCESSFUL_UPDATE_AS_CREATE"),
+            (201, "Observation", "1", "SUCCESSFUL_UPDATE_AS_CREATE"),
         ],
         2,
         1,
-    ),
-    (
-        "tx-response-public-baseR5-create-trimmed.json",
-        [
-            (201, "Patient", "810708", "1", "SUCCESSFUL_CREATE"),
-            (201, "Observation", "810712", "1", "SUCCESSFUL_CREATE"),
-        ],
-        2,
-        0,
     ),
 ]
 
@@ -50,14 +44,15 @@ RECORDED = [
 def test_recorded_transaction_response_is_parsed_in_order(
     client: FhirClient,
     rsps: responses.RequestsMock,
-    case: tuple[str, list[tuple[int, str, str, str, str]], int, int],
+    case: tuple[str, list[tuple[int, str, str, str]], int, int],
 ) -> None:
     name, expected, created, updated = case
     rsps.add(responses.POST, BASE, json=load(name), content_type=FHIR_JSON)
     result = client.transaction(tx_bundle(len(expected)))
 
-    got = [(e.status, e.resource_type, e.id, e.version, e.storage_code) for e in result]
+    got = [(e.status, e.resource_type, e.version, e.storage_code) for e in result]
     assert got == expected
+    assert [e.id for e in result] == recorded_ids(name)
     assert result.ok
     assert (result.created, result.updated) == (created, updated)
     raw_entries = load(name)["entry"]
@@ -76,7 +71,7 @@ def test_transaction_posts_serialised_bytes_to_the_base_url(
     rsps.add(
         responses.POST,
         BASE,
-        json=load("tx-response-public-baseR5-create-trimmed.json"),
+        json=load("tx-response-local-hapi88-create-2-observations.json"),
         content_type=FHIR_JSON,
     )
     bundle = tx_bundle(2)
@@ -99,19 +94,21 @@ def test_transaction_sends_pre_serialised_bytes_unchanged(
     rsps.add(
         responses.POST,
         BASE,
-        json=load("tx-response-local-hapi8-create-2-observations.json"),
+        json=load("tx-response-local-hapi88-create-2-observations.json"),
         content_type=FHIR_JSON,
     )
     body = orjson.dumps(tx_bundle(2), option=orjson.OPT_INDENT_2)
     result = client.transaction(body)
     assert rsps.calls[0].request.body == body
-    assert [e.id for e in result] == ["11804", "11805"]
+    assert [e.id for e in result] == recorded_ids(
+        "tx-response-local-hapi88-create-2-observations.json"
+    )
 
 
 def test_large_bodies_are_gzipped_only_when_enabled(
     make_client: MakeClient, rsps: responses.RequestsMock
 ) -> None:
-    reply = load("tx-response-local-hapi8-create-2-observations.json")
+    reply = load("tx-response-local-hapi88-create-2-observations.json")
     rsps.add(responses.POST, BASE, json=reply, content_type=FHIR_JSON)
     big = tx_bundle(2)
     big["entry"][0]["resource"]["note"] = [{"text": "x" * 70_000}]
@@ -195,7 +192,7 @@ def test_entry_count_mismatch_is_an_error(client: FhirClient, rsps: responses.Re
     rsps.add(
         responses.POST,
         BASE,
-        json=load("tx-response-local-hapi8-create-2-observations.json"),
+        json=load("tx-response-local-hapi88-create-2-observations.json"),
         content_type=FHIR_JSON,
     )
     with pytest.raises(FatalTransportError, match="had 3 entries but the response has 2"):
@@ -267,7 +264,7 @@ def test_storage_code_decides_created_or_updated(
 ) -> None:
     # The recorded envelope with another HAPI StorageResponseCode: a bare "200 OK" cannot tell
     # an update from a conditional create that matched an existing resource.
-    reply = load("tx-response-local-hapi8-update200-and-create201.json")
+    reply = load("tx-response-local-hapi88-update200-and-create201.json")
     reply["entry"] = reply["entry"][:1]
     reply["entry"][0]["response"]["status"] = status
     reply["entry"][0]["response"]["outcome"]["issue"][0]["details"]["coding"][0]["code"] = code

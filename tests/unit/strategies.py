@@ -34,8 +34,8 @@ partial = st.one_of(
 )
 when = st.one_of(
     partial,
-    st.integers(0, 110).map(lambda a: {"age": a}),
-    st.floats(0, 110, allow_nan=False).map(lambda a: {"age": round(a, 1)}),
+    st.integers(1, 110).map(lambda a: {"age": a}),
+    st.floats(0.1, 110, allow_nan=False).map(lambda a: {"age": round(a, 1)}),
     texts.map(lambda t: {"text": t}),
 )
 pos = st.floats(min_value=0.01, max_value=500, allow_nan=False).map(lambda v: round(v, 3))

@@ -35,9 +35,14 @@ from fhir_cyclo.client.smart import SmartBackendAuth, SmartConfig
 from fhir_cyclo.errors import (
     FatalTransportError,
     InputError,
+    OperationOutcome,
     ServerError,
     TemporaryTransportError,
 )
+
+# $validate answers "invalid" with these statuses and an OperationOutcome (HAPI: 422; 412 in
+# the spec's examples; 400 when the body cannot even be parsed).
+_VALIDATE_STATUSES = frozenset({400, 412, 422})
 
 # FHIR R4 id and resource-type syntax; checked before either goes into a URL path.
 _ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
@@ -322,6 +327,37 @@ class FhirClient:
                 outcome=result.outcome,
             )
         return result
+
+    def validate_resource(self, resource: Mapping[str, Any] | bytes) -> OperationOutcome:
+        """POST [base]/Type/$validate with the resource as body; the server's OperationOutcome.
+
+        An invalid resource is an answer, not a failure: 200, and 400/412/422 carrying an
+        OperationOutcome, all return it (every issue, any severity). Anything else raises.
+        Bytes are sent as they are (the file's own bytes), after reading their resourceType.
+        """
+        parsed: Any = resource
+        if isinstance(resource, bytes):
+            try:
+                parsed = orjson.loads(resource)
+            except orjson.JSONDecodeError as exc:
+                raise InputError(f"not JSON: {exc}", source="validate_resource") from None
+        rtype = str(parsed.get("resourceType", "")) if isinstance(parsed, dict) else ""
+        _check_type_id(rtype)
+        url = self._url(rtype, "$validate")
+        try:
+            response = self._request("POST", url, body=_dumps(resource, rtype))
+        except ServerError as exc:
+            if exc.status in _VALIDATE_STATUSES and not exc.outcome.synthetic:
+                return exc.outcome
+            raise
+        outcome = OperationOutcome.from_json(self._json(response, "POST"))
+        if outcome is None:
+            raise FatalTransportError(
+                f"POST {url} answered HTTP {response.status} without an OperationOutcome",
+                url=url,
+                status=response.status,
+            )
+        return outcome
 
     # --- reads -----------------------------------------------------------------------------
 

@@ -207,12 +207,14 @@ def _redact_outcome(outcome: OperationOutcome, redact: Redactor) -> OperationOut
             diagnostics=redact(i.diagnostics),
             details=redact(i.details),
             expression=i.expression,
+            location=i.location,
+            message_id=i.message_id,
         )
         for i in outcome.issues
     )
     if issues == outcome.issues:
         return outcome
-    return OperationOutcome(issues=issues)
+    return OperationOutcome(issues=issues, synthetic=outcome.synthetic)
 
 
 class _Retryable(Exception):
