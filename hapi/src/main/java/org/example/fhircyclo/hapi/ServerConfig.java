@@ -252,6 +252,9 @@ public class ServerConfig {
 			RequestValidatingInterceptor validating = new ValidatingWrites();
 			validating.setFailOnSeverity(ResultSeverityEnum.ERROR);
 			validating.setAddResponseHeaderOnSeverity(null);
+			// A passing request's warnings are not copied into the response: $validate already
+			// answers with them (HAPI would list each issue twice).
+			validating.setAddValidationResultsToResponseOperationOutcome(false);
 			validating.setValidatorModules(List.of(validatorModule));
 			server.registerInterceptor(validating);
 		}
