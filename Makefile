@@ -26,10 +26,12 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
-# Main job on the bundled fixtures, no server needed: export Bundles + NDJSON, then score them.
+# Main job on the bundled fixtures, no server needed: export Bundles + NDJSON, then score them
+# (table on stdout, out/scores.json, out/plots/, and the HTML report out/report.html).
 demo: install
 	$(BIN)/fhir-cyclo export fixtures --out out/bundles --ndjson
-	$(BIN)/fhir-cyclo score out/bundles --table --json out/scores.json --plot out/plots
+	$(BIN)/fhir-cyclo score out/bundles --table --json out/scores.json --plot out/plots \
+		--report out/report.html
 
 # Whole test suite: unit, contract (recorded HAPI responses), faults and integration on the HAPI
 # test server (started by the tests themselves; built here first).

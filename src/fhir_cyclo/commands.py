@@ -257,6 +257,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--json", nargs="?", const="-", metavar="FILE", help="JSON result (stdout: -)")
     p.add_argument("--table", action="store_true", help="Table 2 style summary")
     p.add_argument("--plot", metavar="DIR", help="one PNG per patient")
+    p.add_argument(
+        "--report", metavar="FILE", help="one self-contained HTML report (summary, plots, reasons)"
+    )
     p.add_argument("--write-back", action="store_true", help="server mode: write Observations")
     p.add_argument("--strict", action="store_true", help="validate input with fhir.resources R4B")
     from fhir_cyclo import bulk_command

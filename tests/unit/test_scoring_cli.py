@@ -124,7 +124,12 @@ def test_our_exporter_case_report_scores_as_expected(
         (patient,) = doc["patients"]
         assert patient["disease"] == "PRCA"
         assert patient["cyclosporine_start"] == "2011-12-01"
-        assert patient["baseline"] == {"date": "2011-12-01", "value": 4.6, "unit": "g/dL"}
+        baseline = patient["baseline"]
+        assert (baseline["date"], baseline["value"], baseline["unit"]) == (
+            "2011-12-01",
+            4.6,
+            "g/dL",
+        )
         assert [(a["month"], a["response"], a["date"]) for a in patient["assessments"]] == [
             (3, "CR", "2012-02-29"),
             (6, "NE", None),

@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from fhir_cyclo.scoring import extract, plot, read_paths, score, to_bundle, to_json, to_table
-from fhir_cyclo.scoring.report import _percent, plot_filename
+from fhir_cyclo.scoring.report import percent, plot_filename
 from fhir_cyclo.scoring.rules import CohortScore
 
 DATA = Path(__file__).parent / "scoring_data"
@@ -31,29 +31,43 @@ def cohort() -> CohortScore:
     return run(DATA / "cohort")
 
 
+CORE = ("month", "response", "date", "value", "unit")
+
+
 def test_case_report_json(case: CohortScore) -> None:
-    assert to_json(case) == {
-        "patients": [
-            {
-                "patient": CASE_KEY,
-                "disease": "PRCA",
-                "cyclosporine_start": "2011-12-01",
-                "baseline": {"date": "2011-12-01", "value": 4.6, "unit": "g/dL"},
-                "assessments": [
-                    {
-                        "month": 3,
-                        "response": "CR",
-                        "date": "2012-02-29",
-                        "value": None,
-                        "unit": None,
-                    },
-                    {"month": 6, "response": "NE", "date": None, "value": None, "unit": None},
-                    {"month": 12, "response": "NE", "date": None, "value": None, "unit": None},
-                ],
-            }
-        ],
-        "accounting": {"patients_read": 1, "scored": 1, "not_scored": {}},
+    doc = to_json(case)
+    [p] = doc["patients"]
+    assert (p["patient"], p["label"], p["disease"], p["cyclosporine_start"]) == (
+        CASE_KEY,
+        "isshiki-2019",
+        "PRCA",
+        "2011-12-01",
+    )
+    assert {k: p["baseline"][k] for k in ("date", "value", "unit", "date_text", "imputed")} == {
+        "date": "2011-12-01",
+        "value": 4.6,
+        "unit": "g/dL",
+        "date_text": "2011",
+        "imputed": True,
     }
+    assert [tuple(a[k] for k in CORE) for a in p["assessments"]] == [
+        (3, "CR", "2012-02-29", None, None),
+        (6, "NE", None, None, None),
+        (12, "NE", None, None, None),
+    ]
+    m3, m6, _ = p["assessments"]
+    # The value-less "normal" Hb decided month 3, on a date imputed inside "2012-02".
+    assert [r["kind"] for r in m3["reasons"]] == ["normal_without_value", "date_imputed"]
+    assert m3["used"]["interpretation_normal"] is True
+    assert m3["window"] == {"start": "2012-01-30", "end": "2012-04-01"}  # 2012-03-01 +/- 31 d
+    assert [r["kind"] for r in m6["reasons"]] == ["no_value_in_window"]
+    assert [r["kind"] for r in p["reasons"]] == ["date_imputed", "date_imputed"]  # start, baseline
+    assert {k: doc["accounting"][k] for k in ("patients_read", "scored", "not_scored")} == {
+        "patients_read": 1,
+        "scored": 1,
+        "not_scored": {},
+    }
+    assert len(doc["warnings"]) == len(case.notes) == len(p["warnings"]) == 3
 
 
 def test_case_report_warns_about_every_imputed_date(case: CohortScore) -> None:
@@ -130,7 +144,7 @@ def test_cohort_table(cohort: CohortScore) -> None:
     [(12, 29, "41"), (9, 29, "31"), (1, 8, "13"), (2, 3, "67"), (0, 0, "-")],
 )
 def test_percent_like_the_paper(n: int, total: int, expected: str) -> None:
-    assert _percent(n, total) == expected
+    assert percent(n, total) == expected
 
 
 def test_empty_cohort_table() -> None:
@@ -140,12 +154,13 @@ def test_empty_cohort_table() -> None:
 
 def test_plots_written(cohort: CohortScore, tmp_path: Path) -> None:
     paths = plot(cohort, tmp_path / "plots")
+    # Named by the short label, never the identifier system URL.
     assert [p.name for p in paths] == [
-        "urn_example_mrn_aiha-1.png",
-        "urn_example_mrn_aiha-2.png",
-        "urn_example_mrn_itp-1.png",
-        "urn_example_mrn_itp-2.png",
-        "urn_example_mrn_prca-1.png",
+        "aiha-1.png",
+        "aiha-2.png",
+        "itp-1.png",
+        "itp-2.png",
+        "prca-1.png",
     ]
     for path in paths:
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -76,12 +76,14 @@ def run(args: argparse.Namespace, client: Any | None) -> int:
     json_target = getattr(args, "json", None)
     table = bool(getattr(args, "table", False))
     plot_dir = getattr(args, "plot", None)
+    report_target = getattr(args, "report", None)
     write_back = bool(getattr(args, "write_back", False))
-    if not (json_target or table or plot_dir or write_back):
+    if not (json_target or table or plot_dir or report_target or write_back):
         table = True  # a bare `fhir-cyclo score x.json` should show something readable
 
+    document = to_json(cohort) if (json_target or report_target) else None
     if json_target:
-        data = orjson.dumps(to_json(cohort), option=orjson.OPT_INDENT_2) + b"\n"
+        data = orjson.dumps(document, option=orjson.OPT_INDENT_2) + b"\n"
         if json_target == "-":
             sys.stdout.write(data.decode())
         else:
@@ -91,6 +93,11 @@ def run(args: argparse.Namespace, client: Any | None) -> int:
     if plot_dir:
         written = plot(cohort, plot_dir)
         print(f"wrote {len(written)} plot(s) to {plot_dir}", file=sys.stderr)
+    if report_target:
+        from fhir_cyclo.scoring.report import html
+
+        html.write(cohort, report_target, document=document)
+        print(f"wrote the report to {report_target}", file=sys.stderr)
     if write_back:
         if client is None:
             raise InputError("--write-back needs a server (--server)", source="score")

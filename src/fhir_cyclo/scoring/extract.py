@@ -241,6 +241,7 @@ class _Extractor(LabReader, MedicationReader):
                         reference=anchor if anchor.startswith("Patient/") else None,
                         identifier=identifier,
                         gender=gender if isinstance(gender, str) else None,
+                        tags=_tag_codes(patient),
                     )
                 elif by_key[key].reference is None and anchor.startswith("Patient/"):
                     by_key[key].reference = anchor
@@ -322,6 +323,18 @@ class _Extractor(LabReader, MedicationReader):
                 inputs.labs["hemoglobin"] = kept
         patients = sorted(by_key.values(), key=lambda p: p.key)
         return ScoringInputs(patients=patients, notes=self.notes)
+
+
+def _tag_codes(patient: dict[str, Any]) -> tuple[str, ...]:
+    meta = patient.get("meta")
+    tags = meta.get("tag") if isinstance(meta, dict) else None
+    if not isinstance(tags, list):
+        return ()
+    return tuple(
+        f"{t.get('system') or ''}|{t['code']}"
+        for t in tags
+        if isinstance(t, dict) and t.get("code")
+    )
 
 
 def _first_identifier(patient: dict[str, Any]) -> tuple[str, str] | None:

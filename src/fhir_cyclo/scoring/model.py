@@ -83,6 +83,7 @@ class PatientInputs:
     start: StartDate | None = None
     labs: dict[str, list[Measurement]] = field(default_factory=dict)
     transfusions: list[TransfusionEvent] = field(default_factory=list)
+    tags: tuple[str, ...] = ()  # Patient.meta.tag as "system|code" (synthetic data), for reports
 
     @property
     def disease(self) -> str | None:

@@ -18,6 +18,27 @@ from fhir_cyclo.scoring.model import (
     log_name,
 )
 
+# The kinds of reason an assessment can carry (the JSON "reasons[].kind"; see score.schema.json).
+REASON_KINDS = (
+    "threshold_met",  # a test of a rule held (the value, the operator and the threshold)
+    "threshold_missed",  # a test failed on a measured value
+    "marker_missing",  # a test needed a value (LDH, indirect bilirubin) that the window lacks
+    "normal_without_value",  # a value-less Hb with interpretation N counted as normal (PRCA)
+    "transfusion_in_window",  # a counted red-cell transfusion inside the transfusion-free window
+    "no_value_in_window",  # NE: no measurement of the scored analyte in the timepoint window
+    "no_baseline",  # NE: no baseline in [start - days, start]
+    "date_imputed",  # a partial date was placed at a day of its interval
+)
+
+_LABEL = {
+    "platelets": "PLT",
+    "hemoglobin": "Hb",
+    "ldh": "LDH",
+    "indirect_bilirubin": "ind. bili",
+    "total_bilirubin": "total bili",
+    "direct_bilirubin": "direct bili",
+}
+
 # All rules are pure functions of their arguments. Dates are day intervals (see dates.py): a
 # measurement takes part when its interval overlaps the window, at its representative date, the
 # point of the interval closest to the reference point. For full dates both are the date itself.
@@ -40,6 +61,45 @@ class Pick:
         return self.measurement.partial
 
 
+@dataclass(frozen=True, slots=True)
+class Check:
+    """One test of a rule as evaluated: the values compared, the threshold, and the outcome."""
+
+    rule: str  # the response the rule gives (CR / PR)
+    test: str  # the test kind (config.TESTS)
+    held: bool
+    kind: str  # the reason kind it makes (REASON_KINDS)
+    text: str  # e.g. "Hb 12.4 g/dL > 12", "no LDH in window 2011-03-10..2011-05-11"
+    value: float | None = None  # the left side compared (after rounding, as compared)
+    op: str | None = None
+    threshold: float | None = None  # the right side compared (e.g. 2 x baseline, the limit)
+    unit: str | None = None
+    threshold_source: str | None = None  # where a limit came from (referenceRange, default)
+    refs: tuple[str, ...] = ()  # the resources whose values were compared
+
+
+@dataclass(frozen=True, slots=True)
+class Reason:
+    """A sentence saying what decided (or blocked) a result, with its kind and resources."""
+
+    kind: str  # one of REASON_KINDS
+    text: str
+    refs: tuple[str, ...] = ()
+
+
+def label(analyte: str) -> str:
+    """Short display name of an analyte (PLT, Hb, LDH, ind. bili)."""
+    return _LABEL.get(analyte, analyte)
+
+
+_UNIT_DISPLAY = {"10*9/L": "\u00d710\u2079/L", "10*3/uL": "\u00d710\u00b3/\u00b5L"}
+
+
+def display_unit(ucum: str) -> str:
+    """A UCUM unit as people write it ("10*9/L" -> "x10^9/L" with a real times sign)."""
+    return _UNIT_DISPLAY.get(ucum, ucum)
+
+
 @dataclass
 class Assessment:
     """The response at one timepoint and the evidence behind it."""
@@ -54,6 +114,8 @@ class Assessment:
     normal_low: float | None = None  # PRCA: the lower limit of normal applied
     # Markers a better response needed that had no measurement in the window (AIHA CR).
     missing_markers: tuple[str, ...] = ()
+    checks: list[Check] = field(default_factory=list)  # every test evaluated, in rule order
+    reasons: list[Reason] = field(default_factory=list)  # what decided the response
 
     @property
     def date(self) -> date | None:
@@ -71,6 +133,7 @@ class PatientScore:
     assessments: list[Assessment]
 
     unit: str  # unit of the scored analyte
+    reasons: list[Reason] = field(default_factory=list)  # patient-level: start, baseline
 
     @property
     def key(self) -> str:
@@ -206,12 +269,25 @@ def _compare(op: str, left: float, right: float) -> bool:
     return left <= right
 
 
+def _span_text(span: Span) -> str:
+    return f"{span[0].isoformat()}..{span[1].isoformat()}"
+
+
+def _when(span: Span) -> str:
+    return span[0].isoformat() if span[0] == span[1] else _span_text(span)
+
+
+def _num(value: float) -> str:
+    return f"{value:g}"
+
+
 class _Context:
     """What the tests of one timepoint look at."""
 
     def __init__(
         self,
         cfg: ScoringConfig,
+        criteria: Criteria,
         inputs: PatientInputs,
         baseline: Pick,
         assessment: Assessment,
@@ -220,44 +296,131 @@ class _Context:
         self.inputs = inputs
         self.baseline = baseline
         self.assessment = assessment
+        self.analyte = criteria.analyte
+        self.label = label(criteria.analyte)
+        self.unit = cfg.analytes[criteria.analyte].unit
+        self.shown_unit = display_unit(self.unit)  # in sentences; the JSON fields keep UCUM
 
-    def holds(self, test: Test) -> bool:
+    def check(self, rule: str, test: Test, register: bool) -> Check:
+        """Evaluate one test; with `register`, keep what it looked up as evidence."""
         a = self.assessment
         assert a.pick is not None
         value = a.pick.value
+        ref = a.pick.measurement.ref
         base = self.baseline.value
         assert base is not None
-        if test.kind == "value":
-            return value is not None and _compare(test.op, value, test.threshold)
-        if test.kind == "ratio_to_baseline":
-            # Multiply instead of dividing: a baseline of 0 is a valid platelet count.
-            return value is not None and _compare(test.op, value, round(test.threshold * base, 4))
-        if test.kind == "rise_from_baseline":
-            # Rounded so that 9.1 - 7.1 counts as the 2.0 it is, not 1.9999999999999991.
-            return value is not None and _compare(test.op, round(value - base, 4), test.threshold)
+        name, unit, shown = self.label, self.unit, self.shown_unit
+        if test.kind in ("value", "ratio_to_baseline", "rise_from_baseline"):
+            if value is None:
+                # Only a value-less PRCA Hb gets here, and PRCA has no numeric tests.
+                return Check(rule, test.kind, False, "marker_missing", f"{name} has no value")
+            if test.kind == "value":
+                left, right = value, test.threshold
+                what = f"{name} {_num(left)} {shown}"
+                bound = _num(right)
+                refs: tuple[str, ...] = (ref,)
+            elif test.kind == "ratio_to_baseline":
+                # Multiply instead of dividing: a baseline of 0 is a valid platelet count.
+                left, right = value, round(test.threshold * base, 4)
+                what = f"{name} {_num(left)} {shown}"
+                bound = f"{_num(test.threshold)} x baseline {_num(base)} = {_num(right)}"
+                refs = (ref, self.baseline.measurement.ref)
+            else:
+                # Rounded so that 9.1 - 7.1 counts as the 2.0 it is, not 1.9999999999999991.
+                left, right = round(value - base, 4), test.threshold
+                what = f"{name} rise {_num(left)} {shown} (baseline {_num(base)} to {_num(value)})"
+                bound = _num(right)
+                refs = (ref, self.baseline.measurement.ref)
+            held = _compare(test.op, left, right)
+            text = f"{what} {test.op} {bound}" if held else f"{what} is not {test.op} {bound}"
+            kind = "threshold_met" if held else "threshold_missed"
+            return Check(rule, test.kind, held, kind, text, left, test.op, right, unit, None, refs)
         if test.kind == "marker_within_upper_limit":
+            analyte = self.cfg.analytes[test.analyte]
+            marker_name = label(test.analyte)
+            # The measured marker, else one derived from others (indirect = total - direct).
             marker = marker_pick(self.cfg, self.inputs, test.analyte, a.target)
-            a.markers[test.analyte] = marker
+            if register:
+                a.markers[test.analyte] = marker
             if marker is None or marker.value is None:
-                return False
+                text = f"no {marker_name} in window {_span_text(a.window)}"
+                derived = self.cfg.derived.get(test.analyte)
+                if derived is not None:
+                    text += (
+                        f" (nor {label(derived.minuend)} with {label(derived.subtrahend)} to "
+                        "derive it)"
+                    )
+                return Check(rule, test.kind, False, "marker_missing", text)
             limit = marker.measurement.high
+            source = "referenceRange.high"
             if limit is None:
-                limit = self.cfg.analytes[test.analyte].default_upper_limit
-            return limit is not None and marker.value <= limit
+                limit = analyte.default_upper_limit
+                source = "project default (no referenceRange.high)"
+            assert limit is not None  # config.py requires a default upper limit
+            held = marker.value <= limit
+            what = f"{marker_name} {_num(marker.value)} {analyte.unit} on {marker.date}"
+            bound = f"upper limit {_num(limit)} ({source})"
+            text = f"{what} <= {bound}" if held else f"{what} is above the {bound}"
+            return Check(
+                rule,
+                test.kind,
+                held,
+                "threshold_met" if held else "threshold_missed",
+                text,
+                marker.value,
+                "<=",
+                limit,
+                analyte.unit,
+                source,
+                marker.measurement.derived_from or (marker.measurement.ref,),
+            )
         if test.kind == "within_normal_range":
             if value is None:
-                return a.pick.measurement.normal
+                held = a.pick.measurement.normal
+                return Check(
+                    rule,
+                    test.kind,
+                    held,
+                    "normal_without_value" if held else "marker_missing",
+                    f"{name} without a value, interpretation N (normal) "
+                    f"({a.pick.measurement.date_text}): counted as in the normal range",
+                    refs=(ref,),
+                )
             low = a.pick.measurement.low
+            source = "referenceRange.low"
             if low is None:
                 gender = self.inputs.gender if self.inputs.gender in ("female", "male") else "other"
                 low = self.cfg.normal_low[gender]
-            a.normal_low = low
-            return value >= low
+                source = f"{self.cfg.normal_low_source}, {gender}"
+            if register:
+                a.normal_low = low
+            held = value >= low
+            what = f"{name} {_num(value)} {shown}"
+            bound = f"lower limit of normal {_num(low)} ({source})"
+            text = f"{what} >= {bound}" if held else f"{what} is below the {bound}"
+            kind = "threshold_met" if held else "threshold_missed"
+            return Check(rule, test.kind, held, kind, text, value, ">=", low, unit, source, (ref,))
         if test.kind == "transfusion_free":
+            days = self.cfg.transfusion.free_days
             end = a.pick.date
-            start = end - timedelta(days=self.cfg.transfusion.free_days)
-            a.transfusions = counted_transfusions(self.inputs.transfusions, start, end)
-            return not a.transfusions
+            start = end - timedelta(days=days)
+            events = counted_transfusions(self.inputs.transfusions, start, end)
+            if register:
+                a.transfusions = events
+            window = f"{start.isoformat()}..{end.isoformat()} ({days} d before the {name})"
+            if not events:
+                text = f"no counted red-cell transfusion in {window}"
+                return Check(rule, test.kind, True, "threshold_met", text, threshold=days)
+            listed = ", ".join(f"{e.text!r} ({e.status}, {_when(e.span)})" for e in events)
+            return Check(
+                rule,
+                test.kind,
+                False,
+                "transfusion_in_window",
+                f"red-cell transfusion in {window}: {listed}",
+                threshold=days,
+                refs=tuple(e.ref for e in events),
+            )
         raise AssertionError(test.kind)  # config.py only lets known tests through
 
 
@@ -266,19 +429,36 @@ def classify(
 ) -> str:
     """Response for an assessment with a pick: the first rule whose tests hold, else NR.
 
-    When a rule fails with a marker test whose marker has no measurement in the window, every
-    marker of that rule without one is listed in `a.missing_markers` (the better response was
-    out of reach for want of data, not ruled out by it).
+    Fills `a.checks` (every test evaluated) and `a.reasons` (what decided the response, and
+    for each higher response the condition that failed or could not be assessed). When a rule
+    fails with a marker test whose marker has no measurement in the window, every marker of that
+    rule without one is listed in `a.missing_markers` (the better response was out of reach for
+    want of data, not ruled out by it).
     """
-    context = _Context(cfg, inputs, baseline, a)
+    context = _Context(cfg, criteria, inputs, baseline, a)
+    evaluated: list[tuple[str, list[Check]]] = []
     missing: list[str] = []
+    response = "NR"
     for rule in criteria.rules:
-        # Lazy and in order, like the rule reads: markers are only looked up (and reported as
-        # evidence) once the hemoglobin threshold before them holds.
-        results = (context.holds(t) for t in rule.tests)
-        if all(results) if rule.mode == "all" else any(results):
-            a.missing_markers = tuple(missing)
-            return rule.response
+        checks: list[Check] = []
+        lazy = True  # still on the path the rule reads ("Hb > 12 and then the markers")
+        for test in rule.tests:
+            # Markers are kept as evidence (write-back derivedFrom) only once the tests before
+            # them hold; they are still looked at so the reasons can name every one missing.
+            checked = context.check(rule.response, test, register=lazy)
+            checks.append(checked)
+            if rule.mode == "any" and checked.held:
+                break
+            if rule.mode == "all" and not checked.held:
+                lazy = False
+                if checked.test != "marker_within_upper_limit":
+                    break  # a failed value makes the rest of the rule moot
+        a.checks.extend(checks)
+        evaluated.append((rule.response, checks))
+        held = all(c.held for c in checks) if rule.mode == "all" else any(c.held for c in checks)
+        if held:
+            response = rule.response
+            break
         markers = [t.analyte for t in rule.tests if t.kind == "marker_within_upper_limit"]
         if any(m in a.markers and a.markers[m] is None for m in markers):
             missing += [
@@ -287,7 +467,20 @@ def classify(
                 if m not in missing and marker_pick(cfg, inputs, m, a.target) is None
             ]
     a.missing_markers = tuple(missing)
-    return "NR"
+    for rule_response, checks in evaluated:
+        for c in checks:
+            if rule_response == response:
+                if c.held:
+                    a.reasons.append(Reason(c.kind, f"{response}: {c.text}", c.refs))
+            elif c.held:
+                a.reasons.append(Reason(c.kind, f"{rule_response} condition met: {c.text}", c.refs))
+            elif c.kind == "marker_missing":
+                a.reasons.append(
+                    Reason(c.kind, f"{rule_response} not assessable: {c.text}", c.refs)
+                )
+            else:
+                a.reasons.append(Reason(c.kind, f"{rule_response} missed: {c.text}", c.refs))
+    return response
 
 
 def _imputed_note(pick: Pick, role: str) -> Note:
@@ -314,6 +507,41 @@ def _missing_note(inputs: PatientInputs, a: Assessment, cfg: ScoringConfig) -> N
     )
 
 
+def _imputed_reason(pick: Pick, what: str) -> Reason:
+    m = pick.measurement
+    return Reason(
+        "date_imputed",
+        f"{what} dated {m.date_text!r} (partial): taken as {pick.date.isoformat()}, the day of "
+        "its interval closest to the reference point",
+        (m.ref,),
+    )
+
+
+def _nearest_outside(series: Iterable[Measurement], target: date) -> Measurement | None:
+    """The measurement nearest to `target` (for saying what lies just outside a window)."""
+    best: tuple[int, str, Measurement] | None = None
+    for m in series:
+        distance = abs((clamp(target, m.span) - target).days)
+        if best is None or (distance, m.ref) < best[:2]:
+            best = (distance, m.ref, m)
+    return best[2] if best else None
+
+
+def _no_value_reason(series: list[Measurement], a: Assessment, name: str) -> Reason:
+    text = f"NE: no {name} in window {_span_text(a.window)} (target {a.target.isoformat()})"
+    nearest = _nearest_outside(series, a.target)
+    if nearest is None:
+        return Reason("no_value_in_window", text + f"; no {name} at all")
+    day = clamp(a.target, nearest.span)
+    side = "after" if day > a.window[1] else "before"
+    gap = (day - a.window[1]).days if side == "after" else (a.window[0] - day).days
+    return Reason(
+        "no_value_in_window",
+        f"{text}; nearest {nearest.date_text}, {gap} d {side} the window",
+        (nearest.ref,),
+    )
+
+
 def score_patient(
     inputs: PatientInputs, cfg: ScoringConfig | None = None
 ) -> tuple[PatientScore, list[Note]]:
@@ -323,7 +551,9 @@ def score_patient(
     assert disease is not None, "caller checks scorability"
     assert inputs.start is not None, "caller checks scorability"
     notes: list[Note] = []
+    reasons: list[Reason] = []
     criteria = cfg.criteria[disease]
+    name = label(criteria.analyte)
     series = inputs.labs.get(criteria.analyte, [])
     start = inputs.start.day
     if inputs.start.span[0] != inputs.start.span[1]:
@@ -335,7 +565,16 @@ def score_patient(
                 f"{start.isoformat()} (first day)",
             )
         )
+        reasons.append(
+            Reason(
+                "date_imputed",
+                f"cyclosporine start dated {inputs.start.date_text!r} (partial): taken as "
+                f"{start.isoformat()}, the first day of its interval",
+                (inputs.start.ref,),
+            )
+        )
     baseline = pick_baseline(series, start, cfg.baseline_days)
+    base_window = (start - timedelta(days=cfg.baseline_days), start)
     if baseline is None:
         notes.append(
             Note(
@@ -345,8 +584,16 @@ def score_patient(
                 "every timepoint NE",
             )
         )
+        reasons.append(
+            Reason(
+                "no_baseline",
+                f"no {name} value in the baseline window {_span_text(base_window)}: "
+                "every timepoint NE",
+            )
+        )
     elif baseline.imputed:
         notes.append(_imputed_note(baseline, "baseline"))
+        reasons.append(_imputed_reason(baseline, f"baseline {name}"))
     assessments = []
     defaulted: list[int] = []  # months that used the sex-less lower limit of normal
     for month in cfg.months:
@@ -356,19 +603,23 @@ def score_patient(
             target + timedelta(days=cfg.window_days),
         )
         a = Assessment(month=month, target=target, window=window, response="NE")
-        if baseline is not None:
+        if baseline is None:
+            a.reasons.append(Reason("no_baseline", f"NE: no baseline {name}"))
+        else:
             a.pick = pick_closest(series, target, cfg.window_days)
-            if a.pick is not None:
+            if a.pick is None:
+                a.reasons.append(_no_value_reason(series, a, name))
+            else:
                 a.response = classify(criteria, cfg, inputs, baseline, a)
                 if a.pick.imputed:
                     notes.append(_imputed_note(a.pick, f"month {month}"))
+                    a.reasons.append(_imputed_reason(a.pick, name))
                 if a.missing_markers:
                     notes.append(_missing_note(inputs, a, cfg))
-                notes.extend(
-                    _imputed_note(p, f"month {month} {name}")
-                    for name, p in a.markers.items()
-                    if p is not None and p.imputed
-                )
+                for marker_name, p in a.markers.items():
+                    if p is not None and p.imputed:
+                        notes.append(_imputed_note(p, f"month {month} {marker_name}"))
+                        a.reasons.append(_imputed_reason(p, label(marker_name)))
                 if (
                     a.normal_low is not None
                     and a.pick.measurement.low is None
@@ -392,6 +643,7 @@ def score_patient(
         baseline=baseline,
         assessments=assessments,
         unit=cfg.analytes[criteria.analyte].unit,
+        reasons=reasons,
     )
     return score, notes
 
