@@ -178,19 +178,21 @@ def _patient(
     }
 
 
-def to_json(cohort: CohortScore) -> dict[str, Any]:
-    """The --json document, patients sorted by key (see score.schema.json)."""
-    cfg = cohort.config
-    summary = summarise(cohort)
-    diseases = [row["disease"] for row in summary]
+def patient_entries(cohort: CohortScore) -> list[dict[str, Any]]:
+    """The "patients" array of the document, sorted by key."""
     by_source: dict[str, list[tuple[int, Note]]] = {}  # one pass, not one per patient
     for index, note in enumerate(cohort.notes):
         by_source.setdefault(note.source, []).append((index, note))
+    return [_patient(p, cohort, by_source) for p in sorted(cohort.patients, key=lambda s: s.key)]
+
+
+def tail(cohort: CohortScore) -> dict[str, Any]:
+    """The keys after "patients": summary, accounting, warnings, criteria. Only counts and
+    notes are read from the patients, so a streaming writer can pass stand-in scores."""
+    cfg = cohort.config
+    summary = summarise(cohort)
+    diseases = [row["disease"] for row in summary]
     return {
-        "format": FORMAT,
-        "patients": [
-            _patient(p, cohort, by_source) for p in sorted(cohort.patients, key=lambda s: s.key)
-        ],
         "summary": summary,
         # Patients read, scored, and not scored by reason (rules.Accounting).
         "accounting": cohort.accounting.to_json(),
@@ -201,3 +203,8 @@ def to_json(cohort: CohortScore) -> dict[str, Any]:
             "sources": cited_sources(cfg, diseases),
         },
     }
+
+
+def to_json(cohort: CohortScore) -> dict[str, Any]:
+    """The --json document (see score.schema.json): "format", "patients", then `tail`."""
+    return {"format": FORMAT, "patients": patient_entries(cohort), **tail(cohort)}
