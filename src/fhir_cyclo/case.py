@@ -242,6 +242,18 @@ class Lab(Model):
     text: str | None = None
     note: str | None = None
 
+    @field_validator("unit")
+    @classmethod
+    def _ucum_code(cls, unit: str | None) -> str | None:
+        # Lab spellings (K/uL, x10^9/L, g/dl) become their UCUM code, so the Observation carries
+        # a valid UCUM code and reads back equal; units that cannot be read stay as written and
+        # are reported by inputs.check_case with the analyte they belong to.
+        if unit is None:
+            return None
+        from fhir_cyclo.units import to_ucum
+
+        return to_ucum(unit) or unit
+
     @model_validator(mode="after")
     def _value_or_interpretation(self) -> Lab:
         if self.value is None and self.interpretation is None:

@@ -241,13 +241,7 @@ def _check_lab(lab: Lab, path: str, terms: Terminology) -> list[tuple[str, str]]
         return [(f"{path}.value", f"{lab.analyte} is qualitative: give interpretation POS/NEG")]
     factor = concept.factor_to_unit(lab.unit)
     if factor is None:
-        accepted = ", ".join([concept.unit or ""] + [a.unit for a in concept.alternatives])
-        return [
-            (
-                f"{path}.unit",
-                f"unit {lab.unit!r} cannot be converted for {lab.analyte} ({accepted})",
-            )
-        ]
+        return [(f"{path}.unit", unit_problem(lab.unit, lab.analyte, concept.unit or ""))]
     if concept.plausible:
         low, high = concept.plausible
         value = lab.value * factor
@@ -260,6 +254,18 @@ def _check_lab(lab: Lab, path: str, terms: Terminology) -> list[tuple[str, str]]
                 )
             ]
     return []
+
+
+def unit_problem(unit: str, analyte: str, target: str) -> str:
+    """The message for a unit that does not convert: what was understood and what would do."""
+    from fhir_cyclo.units import to_ucum
+
+    code = to_ucum(unit)
+    why = "is not UCUM nor a known lab spelling" if code is None else "has another dimension"
+    return (
+        f"unit {unit!r} cannot be converted for {analyte}: it {why}; give {target} or any UCUM "
+        f"unit convertible to it (accepted spellings: docs/reference.md#units)"
+    )
 
 
 # --- cohort CSV folders -------------------------------------------------------------------------

@@ -34,12 +34,6 @@ class CodingEntry(_Strict):
         return out
 
 
-class Alternative(_Strict):
-    unit: str
-    factor: Annotated[float, Field(gt=0)]
-    source: Annotated[str, Field(min_length=3)]
-
-
 class Concept(_Strict):
     """A concept: its label, its verified codings, or the reason it ships as text only."""
 
@@ -50,7 +44,7 @@ class Concept(_Strict):
     unverified: str | None = None
     # analytes only
     unit: str | None = None
-    alternatives: tuple[Alternative, ...] = ()
+    substance: str | None = None  # key of mappings/units.yaml molar_masses (mmol/L <-> g/dL)
     plausible: tuple[float, float] | None = None
     qualitative: bool = False
     # procedures only
@@ -63,13 +57,15 @@ class Concept(_Strict):
         return self
 
     def factor_to_unit(self, unit: str) -> float | None:
-        """Factor converting `unit` into the concept's unit, None if the unit is not accepted."""
-        if unit == self.unit:
-            return 1.0
-        for alt in self.alternatives:
-            if alt.unit == unit:
-                return alt.factor
-        return None
+        """Factor converting `unit` into the concept's unit, None if the unit is not accepted.
+
+        Any UCUM unit of the same dimension (or a spelling from mappings/units.yaml) converts.
+        """
+        if self.unit is None:
+            return None
+        from fhir_cyclo.units import factor
+
+        return factor(unit, self.unit, self.substance)
 
 
 class FhirCodes(_Strict):

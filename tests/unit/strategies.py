@@ -10,6 +10,14 @@ from fhir_cyclo.case import Case
 from fhir_cyclo.terminology import terminology
 
 T = terminology()
+# Other spellings a case file may use for each canonical unit (UCUM codes and lab aliases).
+_SAME_DIMENSION: dict[str | None, tuple[str, ...]] = {
+    "10*9/L": ("10*3/uL", "K/uL", "/mm3", "10*3/mm3", "x10^9/L"),
+    "/uL": ("10*9/L", "10*4/uL", "/mm3"),
+    "g/dL": ("g/L", "g/dl", "mmol/L"),
+    "mg/dL": ("mg/L", "g/L"),  # umol/L needs a molar mass: see test_units
+    "ng/mL": ("ug/L",),
+}
 ids = st.from_regex(r"[a-z][a-z0-9-]{0,10}", fullmatch=True)
 texts = (
     st.text(
@@ -127,9 +135,7 @@ def cases(draw: st.DrawFn) -> Case:
         lab: dict[str, Any] = {"id": fresh(), "analyte": analyte, "date": draw(when)}
         if draw(st.booleans()):
             lab["value"] = draw(pos)
-            lab["unit"] = draw(
-                st.sampled_from([concept.unit] + [a.unit for a in concept.alternatives])
-            )
+            lab["unit"] = draw(st.sampled_from([concept.unit, *_SAME_DIMENSION.get(concept.unit, ())]))
             if draw(st.booleans()):
                 lab["reference_range"] = {"low": 1, "high": draw(pos) + 1}
         else:

@@ -104,8 +104,8 @@ def messages(inputs: ScoringInputs) -> list[str]:
     [
         ("718-7", 9.1, "g/dL", UCUM, 9.1),
         ("718-7", 91, "g/L", UCUM, 9.1),
-        ("59260-0", 6.2, "mmol/L", UCUM, 9.9907),  # 6.2 x 1.6114 = 9.99068
-        ("59260-0", 2.85, "mmol/L", UCUM, 4.5925),
+        ("59260-0", 6.2, "mmol/L", UCUM, 9.991),  # 6.2 mmol/L x 16,114.5 g/mol = 9.99099 g/dL
+        ("59260-0", 2.85, "mmol/L", UCUM, 4.5926),
         ("718-7", 9.1, "g/dl", None, 9.1),  # unit text without a system, lower-case
         ("777-3", 45, "10*9/L", UCUM, 45),
         ("777-3", 45, "10*3/uL", UCUM, 45),
@@ -115,7 +115,7 @@ def messages(inputs: ScoringInputs) -> list[str]:
         ("777-3", 45000, "/uL", UCUM, 45),
         ("777-3", 45, "10³/µL".replace("³", "^3"), None, 45),  # micro sign in text
         ("2532-0", 4.5, "ukat/L", UCUM, 270),
-        ("1971-1", 17.1, "umol/L", UCUM, 1.0),
+        ("1971-1", 17.1, "umol/L", UCUM, 0.9998),  # x 584.66 g/mol
         ("60474-4", 1000, "/uL", UCUM, 1),
     ],
 )
@@ -147,9 +147,9 @@ def test_unit_text_used_when_system_is_not_ucum() -> None:
 
 
 def test_unknown_unit_skipped_with_warning_naming_resource_and_field() -> None:
-    p, inputs = one([pat(), obs("o9", "718-7", 9.1, "mg/dL")])
+    p, inputs = one([pat(), obs("o9", "718-7", 9.1, "U/L")])
     assert p.labs.get("hemoglobin", []) == []
-    assert "Observation/o9: valueQuantity.code: unknown unit 'mg/dL' for hemoglobin; skipped" in (
+    assert "Observation/o9: valueQuantity.code: unknown unit 'U/L' for hemoglobin; skipped" in (
         messages(inputs)
     )
 

@@ -203,7 +203,7 @@ def test_shipped_table_loads() -> None:
         (("criteria", "ITP", "rules", 0, "all_of", 0, "test"), "magic", "test"),
         (("criteria", "ITP", "rules", 0, "response"), "XR", "response"),
         (("criteria", "AIHA", "source"), "nobody", "source"),
-        (("analytes", "hemoglobin", "factors", "g/L"), "ten", "g/L"),
+        (("analytes", "hemoglobin", "substance"), "unobtainium", "substance"),
         (("diseases", "precedence"), ["ITP"], "precedence"),
         (("timepoints", "months"), [3, "six"], "months"),
         (("transfusion", "red_cell"), ["(unclosed"], "pattern"),

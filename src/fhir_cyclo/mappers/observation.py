@@ -90,12 +90,9 @@ def lab_to_fhir(lab: Lab, ctx: ToContext) -> Resource:
     except KeyError:
         raise MappingError(f"unknown analyte {lab.analyte!r}", path="analyte") from None
     if lab.unit is not None and concept.factor_to_unit(lab.unit) is None:
-        raise MappingError(
-            f"unit {lab.unit!r} is not accepted for {lab.analyte} (use {concept.unit}"
-            + "".join(f", {a.unit}" for a in concept.alternatives)
-            + ")",
-            path="unit",
-        )
+        from fhir_cyclo.inputs import unit_problem
+
+        raise MappingError(unit_problem(lab.unit, lab.analyte, concept.unit or ""), path="unit")
     res = _head(ctx, lab.id, lab.date, "laboratory", concept_cc(concept, lab.text))
     if lab.value is not None and lab.unit is not None:
         res["valueQuantity"] = quantity(lab.value, lab.unit)

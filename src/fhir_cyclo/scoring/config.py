@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from fhir_cyclo import units
 from fhir_cyclo.errors import TerminologyError
 from fhir_cyclo.tables import load_table
 
@@ -24,11 +25,6 @@ TESTS = (
 _TABLE = "mappings/scoring.yaml"
 
 
-def unit_key(unit: str) -> str:
-    """Normalise a unit for lookup: no spaces, micro sign as "u", lower case."""
-    return unit.replace(" ", "").replace("\u00b5", "u").replace("\u03bc", "u").lower()
-
-
 def icd_key(code: str) -> str:
     """Normalise an ICD-10-CM code for lookup: no dot, no spaces, upper case."""
     return code.replace(".", "").replace(" ", "").upper()
@@ -36,19 +32,20 @@ def icd_key(code: str) -> str:
 
 @dataclass(frozen=True)
 class Analyte:
-    """One lab analyte: its LOINC codes, canonical unit and conversion factors."""
+    """One lab analyte: its LOINC codes, canonical unit and (for molar units) its substance."""
 
     name: str
     loinc: tuple[str, ...]
     unit: str
-    factors: dict[str, float]  # exact unit string -> factor
-    factors_ci: dict[str, float]  # unit_key(unit) -> factor
+    substance: str | None  # key of mappings/units.yaml molar_masses
     default_upper_limit: float | None
 
     def factor(self, unit: str) -> float | None:
-        """Conversion factor to the canonical unit, or None for an unknown unit."""
-        found = self.factors.get(unit)
-        return found if found is not None else self.factors_ci.get(unit_key(unit))
+        """Conversion factor to the canonical unit, or None for a unit that cannot convert.
+
+        The same units.factor the case reader uses: one UCUM library, one alias table.
+        """
+        return units.factor(unit, self.unit, self.substance)
 
 
 @dataclass(frozen=True)
@@ -199,29 +196,20 @@ def _str(data: dict[str, Any], path: str) -> str:
 
 def _analyte(name: str, raw: dict[str, Any]) -> Analyte:
     path = f"analytes.{name}"
-    factors_raw = _get(raw, "factors")
-    if not isinstance(factors_raw, dict) or not factors_raw:
-        raise TerminologyError(f"{_TABLE}: {path}.factors: must be a non-empty mapping")
-    factors: dict[str, float] = {}
-    for unit, factor in factors_raw.items():
-        if isinstance(factor, bool) or not isinstance(factor, int | float) or factor <= 0:
-            raise TerminologyError(f"{_TABLE}: {path}.factors.{unit}: must be a positive number")
-        factors[str(unit)] = float(factor)
-    factors_ci: dict[str, float] = {}
-    for unit, factor in factors.items():
-        key = unit_key(unit)
-        if key in factors_ci and factors_ci[key] != factor:
-            raise TerminologyError(f"{_TABLE}: {path}.factors: {unit!r} clashes ignoring case")
-        factors_ci[key] = factor
+    unit = _str(raw, "unit")  # UCUM validity is a unit test: parsing it here costs a second
+    substance = raw.get("substance")
+    if substance is not None and substance not in units.table().molar_masses:
+        raise TerminologyError(
+            f"{_TABLE}: {path}.substance: {substance!r} is not in mappings/units.yaml molar_masses"
+        )
     uln = raw.get("default_upper_limit")
     if uln is not None and (isinstance(uln, bool) or not isinstance(uln, int | float)):
         raise TerminologyError(f"{_TABLE}: {path}.default_upper_limit: must be a number")
     return Analyte(
         name=name,
         loinc=_strs(raw, "loinc"),
-        unit=_str(raw, "unit"),
-        factors=factors,
-        factors_ci=factors_ci,
+        unit=unit,
+        substance=substance,
         default_upper_limit=None if uln is None else float(uln),
     )
 
