@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
-from fhir_cyclo.case import Case
+from fhir_cyclo.case import AdverseEvent, Case, Diagnosis, Patient, Treatment
 from fhir_cyclo.errors import InputError
 from fhir_cyclo.inputs import (
     COHORT_LABS,
@@ -60,7 +60,7 @@ def cohort_cases(folder: Path, terms: Terminology) -> Iterator[Loaded]:
     for line, row in enumerate(patients, start=2):
         source = f"{patients_file}:{line}"
         try:
-            data = _case_dict(row, by_case.get(row["case_id"], []), meta, labs_file)
+            data = _case_dict(row, by_case.get(row["case_id"], []), meta, labs_file, terms)
             case = Case.model_validate(_without_lines(data))
         except InputError as exc:
             yield Loaded(source, error=exc)
@@ -70,8 +70,10 @@ def cohort_cases(folder: Path, terms: Terminology) -> Iterator[Loaded]:
             continue
         problems = check_case(case, terms)
         if problems:
-            path, message = problems[0]
-            yield Loaded(source, error=_point_at_lab_row(message, source, path, data, labs_file))
+            yield Loaded.failed(
+                source,
+                [_point_at_lab_row(m, source, p, data, labs_file) for p, m in problems],
+            )
             continue
         yield Loaded(source, case=case)
 
@@ -103,6 +105,30 @@ def _point_at_lab_row(
     return InputError(message, source=source, path=path)
 
 
+def _enum(value: str | None, allowed: Iterable[str]) -> str | None:
+    """A CSV enumerated value matched ignoring case and spaces ("Male", "FEMALE", "Warm_AIHA");
+    unmatched values are kept as written so the model names them in its message."""
+    raw = _blank(value)
+    if raw is None:
+        return None
+    fold = raw.replace(" ", "_").lower()
+    for choice in allowed:
+        if choice.lower() == fold or choice.lower() == raw.lower():
+            return choice
+    return raw
+
+
+def _literals(model: type[BaseModel], field: str) -> tuple[str, ...]:
+    """The values a Literal field accepts (through Optional), for case-insensitive matching."""
+    annotation = model.model_fields[field].annotation
+    out: list[str] = []
+    for arg in get_args(annotation) or (annotation,):
+        out.extend(a for a in get_args(arg) if isinstance(a, str))
+        if isinstance(arg, str):
+            out.append(arg)
+    return tuple(out)
+
+
 def _blank(value: str | None) -> str | None:
     value = (value or "").strip()
     return value or None
@@ -130,12 +156,13 @@ def _case_dict(
     lab_rows: list[tuple[int, dict[str, str]]],
     meta: dict[str, Any],
     labs_file: str,
+    terms: Terminology,
 ) -> dict[str, Any]:
     case_id = row["case_id"]
     data: dict[str, Any] = {
         "identifier": {"system": meta["identifier_system"], "value": case_id},
         "patient": {
-            "sex": row["sex"],
+            "sex": _enum(row["sex"], _literals(Patient, "sex")) or row["sex"],
             "birth_date": _blank(row.get("birth_year")),
             "synthetic": bool(meta.get("synthetic", False)),
         },
@@ -143,18 +170,21 @@ def _case_dict(
     deceased = _blank(row.get("deceased"))
     if deceased:
         data["patient"]["deceased"] = True if deceased.lower() == "yes" else deceased
-    diagnosis: dict[str, Any] = {"id": "dx", "concept": row["disease"]}
+    diagnosis: dict[str, Any] = {
+        "id": "dx",
+        "concept": _enum(row["disease"], terms.diagnoses) or row["disease"],
+    }
     if _blank(row.get("diagnosis_date")):
         diagnosis["onset"] = row["diagnosis_date"].strip()
     if _blank(row.get("dat_pattern")):
-        diagnosis["dat_pattern"] = row["dat_pattern"].strip()
+        diagnosis["dat_pattern"] = _enum(row["dat_pattern"], _literals(Diagnosis, "dat_pattern"))
     data["diagnoses"] = [diagnosis]
     src = f"patients.csv case {case_id}"
     treatment: dict[str, Any] = {
         "id": "csa",
         "drug": "cyclosporine",
         "start": row["csa_start"].strip(),
-        "status": _blank(row.get("csa_status")) or "completed",
+        "status": _enum(row.get("csa_status"), _literals(Treatment, "status")) or "completed",
         "route": "oral",
         "reasons": ["dx"],
     }
@@ -181,11 +211,11 @@ def _case_dict(
         data["adverse_events"] = [
             {
                 "id": "ae1",
-                "event": row["ae_event"].strip(),
+                "event": _enum(row["ae_event"], terms.adverse_events),
                 "grade": int(grade) if grade is not None else None,
                 "date": _blank(row.get("ae_date")),
                 "serious": (_blank(row.get("ae_serious")) or "no").lower() == "yes",
-                "outcome": _blank(row.get("ae_outcome")),
+                "outcome": _enum(row.get("ae_outcome"), _literals(AdverseEvent, "outcome")),
                 "suspect": ["csa"],
             }
         ]
@@ -194,7 +224,7 @@ def _case_dict(
     for line, lab in lab_rows:
         where = f"{labs_file}:{line}"
         item: dict[str, Any] = {
-            "analyte": lab["analyte"].strip(),
+            "analyte": _enum(lab["analyte"], terms.analytes),
             "date": lab["date"].strip(),
             "value": _number(lab, "value", where),
             "unit": _blank(lab.get("unit")),

@@ -1,25 +1,25 @@
-"""CLI subcommands that talk to servers or score: push, score, sandbox (wired into cli.py)."""
+"""CLI subcommands that talk to servers or score: push, score, sandbox (wired into cli.py).
+
+Each has a `check_*` that cli.main runs before any work: every usage error (exit 2) is found there.
+"""
 
 from __future__ import annotations
 
 import argparse
 import hashlib
 import os
-import sys
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from fhir_cyclo.errors import FhirCycloError, InputError
+from fhir_cyclo import preflight
+from fhir_cyclo.cli import HelpFormatter, say
+from fhir_cyclo.errors import FhirCycloError, InputError, UsageError
 
 PUBLIC_HAPI = "https://hapi.fhir.org/baseR4"
 SERVER_ENV = "FHIR_CYCLO_SERVER"
 CONFIG_ENV = "FHIR_CYCLO_CONFIG"
-
-
-def _err(message: str) -> None:
-    print(f"fhir-cyclo: {message}", file=sys.stderr)
 
 
 def config_data() -> dict[str, Any]:
@@ -43,15 +43,35 @@ def default_server() -> str | None:
     return server if isinstance(server, str) and server else None
 
 
+def resolve_server(args: argparse.Namespace, *, required: bool) -> str | None:
+    """The server URL (option, env, config file), checked for shape; stored back in args."""
+    try:
+        server = args.server or default_server()
+    except InputError as exc:  # a broken config file is configuration, not input data
+        raise UsageError(str(exc)) from None
+    if not server:
+        if required:
+            raise UsageError(
+                f'no server: give --server URL, set ${SERVER_ENV}, or `server = "..."` in '
+                f"fhir-cyclo.toml (public test server: {PUBLIC_HAPI})"
+            )
+        return None
+    preflight.server_url(server)
+    args.server = server
+    return server
+
+
+def check_server_options(args: argparse.Namespace) -> None:
+    preflight.positive(args.timeout, "--timeout")
+    if args.token_file:
+        preflight.readable_file(args.token_file, "--token-file")
+
+
 def make_client(args: argparse.Namespace) -> Any:
     from fhir_cyclo.client import FhirClient
 
-    server = args.server or default_server()
-    if not server:
-        raise InputError(
-            f'no server: give --server URL, set ${SERVER_ENV}, or `server = "..."` in '
-            f"fhir-cyclo.toml (public test server: {PUBLIC_HAPI})"
-        )
+    server = resolve_server(args, required=True)
+    assert server is not None
     from fhir_cyclo.client.smart import resolve_smart
 
     table = config_data().get("smart")
@@ -74,11 +94,15 @@ def make_client(args: argparse.Namespace) -> Any:
 
 
 def _server_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--server", help=f"FHIR R4 base URL (default ${SERVER_ENV} or config file)")
-    p.add_argument("--token-file", help="file holding a bearer token (or set $FHIR_CYCLO_TOKEN)")
+    p.add_argument(
+        "--server", metavar="URL", help=f"FHIR R4 base URL (default: ${SERVER_ENV} or config file)"
+    )
+    p.add_argument(
+        "--token-file", metavar="FILE", help="file holding a bearer token (or $FHIR_CYCLO_TOKEN)"
+    )
     p.add_argument("--insecure", action="store_true", help="do not verify TLS certificates")
     p.add_argument("--allow-http", action="store_true", help="allow http:// to non-loopback hosts")
-    p.add_argument("--timeout", type=float, default=60.0, help="read timeout in seconds")
+    p.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS", help="read timeout")
     g = p.add_argument_group("SMART Backend Services (instead of a static token; README)")
     g.add_argument("--smart-client-id", help="client id ($FHIR_CYCLO_SMART_CLIENT_ID, [smart])")
     g.add_argument(
@@ -92,8 +116,10 @@ def _server_options(p: argparse.ArgumentParser) -> None:
 # --- push ---------------------------------------------------------------------------------------
 
 
-def _bundles(paths: list[str], failures: list[str]) -> Iterator[tuple[str, bytes]]:
-    """(label, transaction bytes) per case; bad inputs are reported and skipped, never raised."""
+def _bundles(
+    paths: list[str], failures: list[str], skipped: list[str]
+) -> Iterator[tuple[str, bytes]]:
+    """(label, transaction bytes) per case; bad inputs are reported once and skipped."""
     from fhir_cyclo.bundle import dumps, transaction_bundle
     from fhir_cyclo.export import map_case
     from fhir_cyclo.inputs import discover, load, read_structured
@@ -101,13 +127,13 @@ def _bundles(paths: list[str], failures: list[str]) -> Iterator[tuple[str, bytes
 
     terms = terminology()
     case_paths: list[Path] = []
-    for path in discover(paths):
+    for path in discover(paths, skipped):
         if path.suffix == ".json" and path.is_file():
             try:
                 data = read_structured(path)
             except InputError as exc:
                 failures.append(str(exc))
-                _err(f"error: {exc}")
+                say(f"error: invalid input: {exc}")
                 continue
             if isinstance(data, dict) and data.get("resourceType") == "Bundle":
                 yield str(path), dumps(data, pretty=False)
@@ -116,13 +142,13 @@ def _bundles(paths: list[str], failures: list[str]) -> Iterator[tuple[str, bytes
     for loaded in load(case_paths, terms):
         if loaded.case is None:
             failures.append(str(loaded.error))
-            _err(f"error: {loaded.error}")
+            say(f"error: invalid input: {loaded.error}")
             continue
         try:
             resources = map_case(loaded.case, terms)
         except FhirCycloError as exc:
             failures.append(f"{loaded.source}: {exc}")
-            _err(f"error: {loaded.source}: {exc}")
+            say(f"error: invalid input: {loaded.source}: {exc}")
             continue
         # Logs name the file and a hash, never the identifier value (PHI, e.g. an MRN).
         digest = hashlib.sha256(loaded.case.identifier.token.encode()).hexdigest()[:10]
@@ -130,42 +156,84 @@ def _bundles(paths: list[str], failures: list[str]) -> Iterator[tuple[str, bytes
         yield label, dumps(transaction_bundle(loaded.case, terms, resources), pretty=False)
 
 
+def check_push(args: argparse.Namespace) -> None:
+    preflight.inputs_exist(args.paths)
+    if args.workers < 1:
+        raise UsageError(f"--workers must be 1 or more, got {args.workers}")
+    if args.resume and args.no_journal:
+        raise UsageError("--resume reads the journal, so it cannot be combined with --no-journal")
+    if args.journal and args.no_journal:
+        raise UsageError("--journal and --no-journal contradict each other")
+    if args.journal:
+        preflight.output_file(args.journal, "--journal")
+    check_server_options(args)
+    resolve_server(args, required=not args.dry_run)
+
+
+def _plan(items: Iterator[tuple[str, bytes]]) -> Iterator[tuple[str, bytes]]:
+    """--dry-run: print what each transaction would send (data, so stdout), pass it on."""
+    from collections import Counter
+
+    import orjson
+
+    for label, data in items:
+        bundle = orjson.loads(data)
+        kinds = Counter(
+            (e.get("request") or {}).get("method", "?")
+            + " "
+            + str((e.get("resource") or {}).get("resourceType", "?"))
+            for e in bundle.get("entry") or []
+            if isinstance(e, dict)
+        )
+        detail = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items()))
+        print(f"would send {label}: transaction of {sum(kinds.values())} entries ({detail})")
+        yield label, data
+
+
 def cmd_push(args: argparse.Namespace) -> int:
     from fhir_cyclo.journal import DEFAULT_JOURNAL, PushJournal
-    from fhir_cyclo.push import push_bundles
+    from fhir_cyclo.push import CaseResult, push_bundles
 
-    if args.resume and args.no_journal:
-        raise InputError("--resume reads the journal, so it cannot be combined with --no-journal")
     journal_path = Path(args.journal) if args.journal else DEFAULT_JOURNAL
     input_failures: list[str] = []
+    skipped_files: list[str] = []
     client = None if args.dry_run else make_client(args)
     if client is not None:
         client.capabilities()  # fail fast (exit 3) before anything is sent or journaled
     journal = None
     if client is not None and not args.no_journal:
         journal = PushJournal(journal_path, client.base_url)
+
+    def report(case: CaseResult) -> None:
+        if not case.ok and not case.not_sent:
+            say(f"failed: {case.error}")  # each failed case once, as it happens
+
+    items = _bundles(args.paths, input_failures, skipped_files)
     try:
         summary = push_bundles(
             client,  # type: ignore[arg-type]
-            _bundles(args.paths, input_failures),
+            _plan(items) if args.dry_run else items,
             workers=args.workers,
             dry_run=args.dry_run,
             progress=not args.no_progress,
             journal=journal,
             resume=args.resume,
+            on_result=report,
         )
     finally:
         if journal is not None:
             journal.close()
-    for case in summary.failures:
-        print(f"failed: {case.error}")
-    for problem in input_failures:
-        print(f"failed: invalid input: {problem}")
-    if summary.gave_up:
-        print(f"gave up: {summary.gave_up}")
+    if skipped_files:
+        say(
+            f"skipped {len(skipped_files)} file(s) that are not cases or Bundles: "
+            + ", ".join(skipped_files)
+        )
+    if summary.not_sent:
+        say(f"not sent: {summary.not_sent} case(s), the server had gone away")
+    # summary.gave_up was logged once by push_bundles as it happened.
     failed = summary.failed + len(input_failures)
     if summary.failed and journal is not None:
-        print(f"journal: {journal_path}; run the same command with --resume to send the rest")
+        say(f"journal: {journal_path}; run the same command with --resume to send the rest")
     parts = []
     if summary.failed - summary.not_sent:
         parts.append(f"{summary.failed - summary.not_sent} rejected or unreachable")
@@ -174,10 +242,17 @@ def cmd_push(args: argparse.Namespace) -> int:
     if input_failures:
         parts.append(f"{len(input_failures)} invalid input")
     verb = "would push" if args.dry_run else "pushed"
-    print(
+    tail = ""
+    if not args.dry_run:
+        unchanged = summary.unchanged_cases
+        tail = (
+            f"; {summary.created} resource(s) created, {summary.updated} updated, "
+            f"{summary.unchanged} unchanged"
+            + (f" ({unchanged} case(s) already up to date)" if unchanged else "")
+        )
+    say(
         f"{verb} {summary.pushed} case(s), skipped {summary.skipped} (already there), "
-        f"failed {failed}" + (f" ({', '.join(parts)})" if parts else "") + "; "
-        f"{summary.created} resource(s) created, {summary.updated} updated"
+        f"failed {failed}" + (f" ({', '.join(parts)})" if parts else "") + tail
     )
     return 1 if failed else 0
 
@@ -185,15 +260,43 @@ def cmd_push(args: argparse.Namespace) -> int:
 # --- score --------------------------------------------------------------------------------------
 
 
+def check_score(args: argparse.Namespace) -> None:
+    preflight.inputs_exist(args.paths)
+    preflight.not_case_input(args.paths)
+    check_server_options(args)
+    if args.bulk and args.paths:
+        raise UsageError("--bulk reads from a server: give --server and no files")
+    if args.patient and args.identifier:
+        raise UsageError("give --patient or --identifier, not both")
+    if args.paths and args.server and not args.write_back:
+        raise UsageError(
+            "give FHIR files/folders or --server, not both (with files, --server is only used "
+            "by --write-back)"
+        )
+    if not args.paths and not resolve_server(args, required=False):
+        raise UsageError(
+            "nothing to score: give Bundle/NDJSON files or folders, or --server URL (or set "
+            f"${SERVER_ENV})"
+        )
+    resolve_server(args, required=bool(args.write_back))
+    if args.json and args.json != "-":
+        preflight.output_file(args.json, "--json")
+    if args.plot:
+        preflight.output_folder(args.plot, "--plot")
+    if getattr(args, "report", None):
+        preflight.output_file(args.report, "--report")
+
+
 def cmd_score(args: argparse.Namespace) -> int:
     from fhir_cyclo.scoring import cli as scoring_cli
 
-    client = make_client(args) if args.server or (not args.paths and default_server()) else None
+    client = None
+    if not args.paths or args.write_back or args.bulk:
+        client = make_client(args)
+        client.capabilities()  # fail fast (exit 3, "cannot reach FHIR server ...") before work
     if args.bulk:
         from fhir_cyclo import bulk_command
 
-        if client is None or args.paths:
-            raise InputError("--bulk reads from a server: give --server and no files")
         folder = Path(args.bulk_dir)
         bulk_command.export(args, client, folder)
         args.paths = [str(folder)]  # then scored like any Bulk Data folder
@@ -201,6 +304,15 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 # --- sandbox ------------------------------------------------------------------------------------
+
+
+def check_sandbox(args: argparse.Namespace) -> None:
+    if not 1 <= args.port <= 65535:
+        raise UsageError(f"--port must be 1-65535, got {args.port}")
+    if args.data:
+        preflight.output_folder(args.data, "--data")
+    if args.log:
+        preflight.output_file(args.log, "--log")
 
 
 def cmd_sandbox(args: argparse.Namespace) -> int:
@@ -226,13 +338,28 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def register(sub: argparse._SubParsersAction[Any]) -> None:
     """Add the server-facing subcommands to the parser."""
-    p = sub.add_parser("push", help="push one transaction Bundle per case to a FHIR R4 server")
-    p.add_argument("paths", nargs="+", help="case files, cohort folders, or exported Bundle JSON")
+    p = sub.add_parser(
+        "push",
+        help="push one transaction Bundle per case to a FHIR R4 server",
+        description="Send one transaction per case (case files, cohort folders or exported "
+        "Bundles) to a FHIR R4 server. Failures and the summary go to stderr.",
+        formatter_class=HelpFormatter,
+    )
+    p.add_argument(
+        "paths",
+        nargs="+",
+        metavar="PATH",
+        help="case files, cohort folders, or exported Bundle JSON",
+    )
     _server_options(p)
-    p.add_argument("--workers", type=int, default=1, help="parallel transactions (default 1)")
-    p.add_argument("--dry-run", action="store_true", help="map and count, send nothing")
+    p.add_argument("--workers", type=int, default=1, metavar="N", help="parallel transactions")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="map and check; print each transaction it would send (stdout); send nothing",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument(
         "--journal",
@@ -247,21 +374,46 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "is pushed again); use after a failed or interrupted run",
     )
     p.add_argument("--no-journal", action="store_true", help="do not read or write a journal")
-    p.set_defaults(func=cmd_push)
+    p.set_defaults(func=cmd_push, check=check_push)
 
-    p = sub.add_parser("score", help="score cyclosporine response from FHIR files or a server")
-    p.add_argument("paths", nargs="*", help="Bundle JSON / NDJSON files or folders")
+    p = sub.add_parser(
+        "score",
+        help="score cyclosporine response from FHIR files or a server",
+        description="Score response to cyclosporine (mappings/scoring.yaml) from FHIR Bundle / "
+        "NDJSON files or folders, or from a server (--server). Data (--json -, --table) goes to "
+        "stdout; warnings and the summary to stderr. Case files are not FHIR: export them first.",
+        formatter_class=HelpFormatter,
+    )
+    p.add_argument("paths", nargs="*", metavar="PATH", help="Bundle JSON / NDJSON files or folders")
     _server_options(p)
-    p.add_argument("--patient", help="server mode: one Patient (Patient/ID)")
-    p.add_argument("--identifier", help="server mode: one Patient by identifier SYSTEM|VALUE")
-    p.add_argument("--json", nargs="?", const="-", metavar="FILE", help="JSON result (stdout: -)")
-    p.add_argument("--table", action="store_true", help="Table 2 style summary")
-    p.add_argument("--plot", metavar="DIR", help="one PNG per patient")
+    p.add_argument(
+        "--patient", metavar="Patient/ID", help="one Patient (server: searched; files: kept)"
+    )
+    p.add_argument(
+        "--identifier", metavar="SYSTEM|VALUE", help="one Patient by identifier (as --patient)"
+    )
+    p.add_argument(
+        "--json",
+        nargs="?",
+        const="-",
+        metavar="FILE",
+        help="JSON result to FILE (bare --json: stdout)",
+    )
+    p.add_argument(
+        "--table", action="store_true", help="Table 2 style summary (the default output)"
+    )
+    p.add_argument("--plot", metavar="DIR", help="one PNG per patient in DIR (created if missing)")
     p.add_argument(
         "--report", metavar="FILE", help="one self-contained HTML report (summary, plots, reasons)"
     )
-    p.add_argument("--write-back", action="store_true", help="server mode: write Observations")
-    p.add_argument("--strict", action="store_true", help="validate input with fhir.resources R4B")
+    p.add_argument(
+        "--write-back",
+        action="store_true",
+        help="store one response Observation per patient and timepoint on the server",
+    )
+    p.add_argument(
+        "--strict", action="store_true", help="also validate each resource with fhir.resources R4B"
+    )
     from fhir_cyclo import bulk_command
 
     p.add_argument("--bulk", action="store_true", help="server mode: read via Bulk Data $export")
@@ -272,18 +424,20 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("--no-progress", action="store_true", help="--bulk: no progress display")
     bulk_command.add_bulk_options(p)
-    p.set_defaults(func=cmd_score)
+    p.set_defaults(func=cmd_score, check=check_score)
     bulk_command.register(sub, _server_options)
 
     p = sub.add_parser(
         "sandbox",
         help="run the project's HAPI FHIR JPA R4 test server (built by `make hapi`) on 127.0.0.1",
+        description="Run the project's HAPI FHIR JPA R4 test server on 127.0.0.1 until Ctrl-C.",
+        formatter_class=HelpFormatter,
     )
-    p.add_argument("--port", type=int, default=8080, help="port on 127.0.0.1 (default 8080)")
+    p.add_argument("--port", type=int, default=8080, help="port on 127.0.0.1")
     p.add_argument(
         "--data",
         metavar="DIR",
         help="keep the data in an H2 file database in DIR (default: in memory, lost on exit)",
     )
     p.add_argument("--log", metavar="FILE", help="server log file (default: a temporary folder)")
-    p.set_defaults(func=cmd_sandbox)
+    p.set_defaults(func=cmd_sandbox, check=check_sandbox)

@@ -72,6 +72,54 @@ class KeyFile:
         self._dirty = False
 
 
+MARKER = ".fhir-cyclo-deidentified"  # in the output folder: which key made its pseudonyms
+
+
+def key_fingerprint(secret: bytes) -> str:
+    """Names a key without revealing it (HMAC of a fixed label), for the output-folder marker."""
+    return hmac.new(secret, b"fhir-cyclo key fingerprint", hashlib.sha256).hexdigest()[:16]
+
+
+def check_key_file(path: Path, out_dir: Path) -> None:
+    """Usage checks for --key-file, before any work: where it is, and that the output folder
+    holds no pseudonyms made with another key (two keys = two pseudonymous copies of a patient).
+    """
+    from fhir_cyclo.errors import UsageError
+
+    if path.resolve().is_relative_to(out_dir.resolve()):
+        raise UsageError(f"--key-file {path}: must not be inside the output folder {out_dir}")
+    if path.exists() and not path.is_file():
+        raise UsageError(f"--key-file {path}: is not a file")
+    if not path.exists() and path.parent.exists() and not os.access(path.parent, os.W_OK):
+        raise UsageError(f"--key-file {path}: cannot create it (permission denied)")
+    if not path.exists() and not path.parent.is_dir():
+        raise UsageError(f"--key-file {path}: folder {path.parent} does not exist")
+    marker = out_dir / MARKER
+    if not marker.is_file():
+        if out_dir.is_dir() and any(out_dir.glob("*.json")):
+            raise UsageError(
+                f"--out {out_dir}: holds Bundles that were not de-identified (or by an older "
+                "version); use an empty folder for a de-identified export"
+            )
+        return
+    try:
+        keys = KeyFile(path) if path.exists() else None
+    except InputError as exc:
+        raise UsageError(str(exc)) from None
+    recorded = marker.read_text(encoding="utf-8").strip()
+    if keys is None or key_fingerprint(keys.secret) != recorded:
+        raise UsageError(
+            f"--out {out_dir}: was de-identified with another key file; re-export there only with "
+            "that key, or use an empty folder (two keys would give each patient two pseudonyms)"
+        )
+
+
+def mark_folder(out_dir: Path, keys: KeyFile) -> None:
+    """Record which key made the pseudonyms in `out_dir` (see check_key_file)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / MARKER).write_text(key_fingerprint(keys.secret) + "\n", encoding="utf-8")
+
+
 def shift_date(value: str, years: int) -> str:
     """Move a FHIR date/dateTime by whole years, keeping its precision and time of day.
 

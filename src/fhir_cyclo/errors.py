@@ -13,6 +13,11 @@ class FhirCycloError(Exception):
     """Root of every error fhir-cyclo raises on purpose; the CLI turns these into exit codes."""
 
 
+class UsageError(FhirCycloError):
+    """The command line cannot work as given: a bad or conflicting option, missing configuration,
+    an unusable output path, an input path that does not exist. Found before any work (exit 2)."""
+
+
 class InputError(FhirCycloError):
     """Bad user input: a case file, cohort CSV or FHIR file that cannot be used.
 

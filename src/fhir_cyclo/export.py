@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
@@ -52,10 +53,20 @@ def map_case(case: Case, terms: Terminology, *, validate: bool = True) -> list[R
     return resources
 
 
+@functools.cache
+def file_mode() -> int:
+    """The mode open() would give a new file (0666 less the umask): mkstemp's 0600 would make
+    Bundles private while the NDJSON beside them is not. The key file alone is 0600 on purpose."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def write_atomic(path: Path, data: bytes) -> None:
     """Write to a temp file in the same folder then rename: readers never see half a file."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, file_mode())
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
         os.replace(tmp, path)
@@ -123,6 +134,10 @@ def export(
             )
         keys = KeyFile(deidentify_keys)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if keys is not None:
+        from fhir_cyclo.deidentify import mark_folder
+
+        mark_folder(out_dir, keys)
     summary = ExportSummary()
     writer = NdjsonWriter(out_dir / "ndjson") if ndjson else None
     ok = False

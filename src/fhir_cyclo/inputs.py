@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import difflib
 import hashlib
 import json
-from collections.abc import Iterable, Iterator
+import re
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +36,23 @@ class Loaded:
 
     source: str
     case: Case | None = None
-    error: InputError | None = None
+    error: InputError | None = None  # the first problem, "(and N more)" when there are more
+    problems: tuple[InputError, ...] = ()  # every problem found (validate lists them all)
+
+    def __post_init__(self) -> None:
+        if self.error is not None and not self.problems:
+            object.__setattr__(self, "problems", (self.error,))
+
+    @classmethod
+    def failed(cls, source: str, problems: list[InputError]) -> Loaded:
+        first = problems[0]
+        if len(problems) > 1:
+            first = InputError(
+                f"{first.message} (and {len(problems) - 1} more; `fhir-cyclo validate` lists all)",
+                source=first.source,
+                path=first.path,
+            )
+        return cls(source, error=first, problems=tuple(problems))
 
 
 def pydantic_path(loc: Iterable[Any]) -> str:
@@ -50,20 +68,36 @@ def pydantic_path(loc: Iterable[Any]) -> str:
     return out
 
 
+def validation_errors(exc: ValidationError, source: str) -> list[InputError]:
+    """Every model error as an InputError, once per field (union branches report alike)."""
+    out: list[InputError] = []
+    seen: set[str] = set()
+    for err in exc.errors():
+        path = pydantic_path(err["loc"])
+        if path in seen:
+            continue
+        seen.add(path)
+        message = str(err["msg"]).removeprefix("Value error, ")
+        out.append(InputError(message, source=source, path=path))
+    return out
+
+
 def from_validation_error(exc: ValidationError, source: str) -> InputError:
-    errors = exc.errors()
+    errors = validation_errors(exc, source)
     first = errors[0]
-    # pydantic reports each branch of a union; the shortest path is the one the user wrote.
-    message = str(first["msg"]).removeprefix("Value error, ")
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-    return InputError(message + more, source=source, path=pydantic_path(first["loc"]))
+    return InputError(first.message + more, source=source, path=first.path)
 
 
 # --- discovery ----------------------------------------------------------------------------------
 
 
-def discover(paths: Iterable[str | Path]) -> Iterator[Path]:
-    """Case files and cohort folders under the given paths, in a stable (sorted) order."""
+def discover(paths: Iterable[str | Path], skipped: list[str] | None = None) -> Iterator[Path]:
+    """Case files and cohort folders under the given paths, in a stable (sorted) order.
+
+    Files in scanned folders that are none of these are appended to `skipped` (the caller lists
+    them in one line) instead of vanishing silently.
+    """
     for raw in paths:
         path = Path(raw)
         if not path.exists():
@@ -82,6 +116,14 @@ def discover(paths: Iterable[str | Path]) -> Iterator[Path]:
                 and not any((p / COHORT_PATIENTS).is_file() for p in child.parents)
             ):
                 yield child
+            elif (
+                skipped is not None
+                and child.is_file()
+                and not child.name.startswith(".")
+                and child.name != COHORT_META
+                and not any((p / COHORT_PATIENTS).is_file() for p in child.parents)
+            ):
+                skipped.append(str(child))
 
 
 def _digest(token: str) -> str:
@@ -89,11 +131,15 @@ def _digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()[:10]
 
 
-def load(paths: Iterable[str | Path], terms: Terminology | None = None) -> Iterator[Loaded]:
+def load(
+    paths: Iterable[str | Path],
+    terms: Terminology | None = None,
+    skipped: list[str] | None = None,
+) -> Iterator[Loaded]:
     """Every case under `paths`; duplicate case identifiers are errors on the later one."""
     terms = terms or terminology()
     seen: dict[str, str] = {}
-    for path in discover(paths):
+    for path in discover(paths, skipped):
         loaded = _load_cohort(path, terms) if path.is_dir() else iter([_load_file(path, terms)])
         for item in loaded:
             if item.case is not None:
@@ -128,12 +174,12 @@ def _load_file(path: Path, terms: Terminology) -> Loaded:
         case = Case.model_validate(data)
         problems = check_case(case, terms)
         if problems:
-            path_, message = problems[0]
-            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-            raise InputError(message + more, source=source, path=path_)
+            return Loaded.failed(
+                source, [InputError(message, source=source, path=p) for p, message in problems]
+            )
         return Loaded(source, case=case)
     except ValidationError as exc:
-        return Loaded(source, error=from_validation_error(exc, source))
+        return Loaded.failed(source, validation_errors(exc, source))
     except InputError as exc:
         return Loaded(source, error=exc)
 
@@ -177,6 +223,9 @@ def check_case(
     today = today or dt.date.today()
     problems: list[tuple[str, str]] = []
 
+    def unknown(kind: str, name: str, group: Mapping[str, object], anchor: str) -> str:
+        return unknown_name(kind, name, group, anchor)
+
     def future(when: object, path: str) -> None:
         if isinstance(when, str) and date_lower_bound(when) > today:
             problems.append((path, f"date {when} is in the future"))
@@ -195,15 +244,27 @@ def check_case(
     for d in case.diagnoses:
         i = d.id
         if d.concept not in terms.diagnoses:
-            problems.append((f"diagnoses[{i}].concept", f"unknown diagnosis {d.concept!r}"))
+            problems.append(
+                (
+                    f"diagnoses[{i}].concept",
+                    unknown("diagnosis", d.concept, terms.diagnoses, "diagnoses"),
+                )
+            )
         if d.body_site and d.body_site not in terms.body_sites:
-            problems.append((f"diagnoses[{i}].body_site", f"unknown body site {d.body_site!r}"))
+            problems.append(
+                (
+                    f"diagnoses[{i}].body_site",
+                    unknown("body site", d.body_site, terms.body_sites, "body-sites"),
+                )
+            )
         future(d.onset, f"diagnoses[{i}].onset")
         order(d.onset, d.abatement, f"diagnoses[{i}].abatement")
     for t in case.treatments:
         i = t.id
         if t.drug not in terms.drugs:
-            problems.append((f"treatments[{i}].drug", f"unknown drug {t.drug!r}"))
+            problems.append(
+                (f"treatments[{i}].drug", unknown("drug", t.drug, terms.drugs, "drugs"))
+            )
         future(t.start, f"treatments[{i}].start")
         order(t.start, t.end, f"treatments[{i}].end")
     for lab in case.labs:
@@ -213,17 +274,32 @@ def check_case(
     for m in case.marrow:
         i = m.id
         if m.finding not in terms.marrow_findings:
-            problems.append((f"marrow[{i}].finding", f"unknown marrow finding {m.finding!r}"))
+            problems.append(
+                (
+                    f"marrow[{i}].finding",
+                    unknown("marrow finding", m.finding, terms.marrow_findings, "marrow-findings"),
+                )
+            )
     for p in case.procedures:
         i = p.id
         if p.procedure not in terms.procedures:
-            problems.append((f"procedures[{i}].procedure", f"unknown procedure {p.procedure!r}"))
+            problems.append(
+                (
+                    f"procedures[{i}].procedure",
+                    unknown("procedure", p.procedure, terms.procedures, "procedures"),
+                )
+            )
         future(p.performed, f"procedures[{i}].performed")
         order(p.performed, p.performed_end, f"procedures[{i}].performed_end")
     for ae in case.adverse_events:
         i = ae.id
         if ae.event not in terms.adverse_events:
-            problems.append((f"adverse_events[{i}].event", f"unknown adverse event {ae.event!r}"))
+            problems.append(
+                (
+                    f"adverse_events[{i}].event",
+                    unknown("adverse event", ae.event, terms.adverse_events, "adverse-events"),
+                )
+            )
         future(ae.date, f"adverse_events[{i}].date")
     for img in case.imaging:
         i = img.id
@@ -231,10 +307,44 @@ def check_case(
     return problems
 
 
+def close_matches(name: str, group: Mapping[str, object], limit: int = 3) -> list[str]:
+    """Keys of `group` close to `name`: same key ignoring case and separators first, then keys
+    or concept labels (`text`) that look alike."""
+    fold = re.sub(r"[\s_-]+", "", name).lower()
+    exact = [k for k in group if re.sub(r"[\s_-]+", "", k).lower() == fold]
+    if exact:
+        return exact
+    labels: dict[str, str] = {}
+    for key, concept in group.items():
+        labels[key.lower()] = key
+        text = getattr(concept, "text", None) or getattr(concept, "display", None)
+        if isinstance(text, str):
+            labels.setdefault(text.lower(), key)
+    found = difflib.get_close_matches(name.lower(), list(labels), n=limit * 2, cutoff=0.6)
+    prefix = [k for k in group if k.startswith(name.lower()) or name.lower().startswith(k)]
+    out: list[str] = []
+    for key in [*prefix, *(labels[f] for f in found)]:
+        if key not in out:
+            out.append(key)
+    return out[:limit]
+
+
+def unknown_name(kind: str, name: str, group: Mapping[str, object], anchor: str) -> str:
+    """'unknown drug 'ciclosporin'; did you mean 'cyclosporine'? (valid names: ...)'."""
+    matches = close_matches(name, group)
+    hint = f"; did you mean {' or '.join(repr(m) for m in matches)}?" if matches else ""
+    return (
+        f"unknown {kind} {name!r}{hint} (valid names: docs/reference.md#{anchor}, from "
+        "mappings/terminology.yaml)"
+    )
+
+
 def _check_lab(lab: Lab, path: str, terms: Terminology) -> list[tuple[str, str]]:
     concept = terms.analytes.get(lab.analyte)
     if concept is None:
-        return [(f"{path}.analyte", f"unknown analyte {lab.analyte!r}")]
+        return [
+            (f"{path}.analyte", unknown_name("analyte", lab.analyte, terms.analytes, "analytes"))
+        ]
     if lab.value is None or lab.unit is None:
         return []
     if concept.qualitative:

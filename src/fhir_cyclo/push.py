@@ -86,6 +86,9 @@ class PushSummary:
     def ok(self) -> bool:
         return self.failed == 0
 
+    unchanged: int = 0  # entries the server kept as they were (neither created nor updated)
+    unchanged_cases: int = 0  # pushed cases with nothing created or updated
+
     def add(self, case: CaseResult) -> None:
         if case.skipped:
             self.skipped += 1
@@ -93,6 +96,10 @@ class PushSummary:
             self.pushed += 1
             self.created += case.created
             self.updated += case.updated
+            if not self.dry_run:
+                same = max(case.entries - case.created - case.updated, 0)
+                self.unchanged += same
+                self.unchanged_cases += same == case.entries
         else:
             self.failed += 1
             self.not_sent += case.not_sent
@@ -256,7 +263,8 @@ def push_bundles(
             journal.record(*key, entries=case.entries)
         summary.add(case)
         if not case.ok and not case.not_sent:
-            log.error("%s", case.error)
+            # INFO: the caller reports failures (the CLI prints each once, via on_result).
+            log.info("%s", case.error)
         if give_up.observe(case):
             summary.gave_up = give_up.reason
             log.error("giving up on the cases not sent yet: %s", give_up.reason)

@@ -99,5 +99,5 @@ def test_key_file_inside_output_is_refused(
             str(tmp_path / "k.json"),
         ]
     )
-    assert code == 1
+    assert code == 2  # a usage error, found before any work
     assert "must not be inside the output folder" in capsys.readouterr().err

@@ -131,7 +131,9 @@ def test_duplicate_case_ids_across_files(tmp_path: Path) -> None:
 
 def test_missing_path_is_a_clean_error(tmp_path: Path) -> None:
     result = run("export", str(tmp_path / "nope"), "--out", str(tmp_path / "out"))
-    assert result.returncode == 1 and "no such file or folder" in result.stderr
+    # A path on the command line that does not exist is a usage error, found before any work.
+    assert result.returncode == 2 and "no such file or folder" in result.stderr
+    assert not (tmp_path / "out").exists()
     assert "Traceback" not in result.stderr
 
 
@@ -182,7 +184,7 @@ def test_validate_lists_every_problem_with_its_path(tmp_path: Path) -> None:
     (tmp_path / "b.json").write_text(json.dumps(bundle))
     result = run("validate", str(tmp_path / "b.json"), str(CASE_REPORT))
     assert result.returncode == 1
-    lines = result.stdout.strip().splitlines()
+    lines = result.stderr.strip().splitlines()  # diagnostics go to stderr, for every command
     assert any(
         "entry[1] Condition.subject: reference urn:uuid:missing does not resolve" in line
         for line in lines

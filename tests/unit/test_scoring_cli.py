@@ -106,9 +106,16 @@ def test_server_mode_with_write_back(capsys: pytest.CaptureFixture[str]) -> None
     assert "wrote back 3 response Observation(s): 3 created, 0 updated" in err
 
 
-def test_write_back_needs_a_server(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["score", str(DATA / "cohort"), "--write-back"]) == 1
-    assert "--write-back needs a server" in capsys.readouterr().err
+def test_write_back_needs_a_server(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv("FHIR_CYCLO_SERVER", raising=False)
+    monkeypatch.setenv("FHIR_CYCLO_CONFIG", str(tmp_path / "missing.toml"))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    # A usage error (exit 2), found before anything is scored: nothing but the one line.
+    assert main(["score", str(DATA / "cohort"), "--write-back"]) == 2
+    err = capsys.readouterr().err
+    assert "no server: give --server URL" in err and len(err.splitlines()) == 1
 
 
 def test_our_exporter_case_report_scores_as_expected(

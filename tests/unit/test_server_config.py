@@ -27,7 +27,7 @@ def test_bad_config_is_a_clear_error(
     config.write_text("server = \n")
     monkeypatch.setenv("FHIR_CYCLO_CONFIG", str(config))
     monkeypatch.delenv("FHIR_CYCLO_SERVER", raising=False)
-    assert main(["push", "fixtures/cases", "--no-progress"]) == 1
+    assert main(["push", "fixtures/cases", "--no-progress"]) == 2  # configuration: usage error
     err = capsys.readouterr().err
     assert str(config) in err and "not valid TOML" in err
 
@@ -39,6 +39,6 @@ def test_no_server_anywhere_names_every_option(
     monkeypatch.setenv("FHIR_CYCLO_CONFIG", str(tmp_path / "missing.toml"))
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.chdir(tmp_path)
-    assert main(["push", str(Path(__file__).parents[2] / "fixtures" / "cases")]) == 1
+    assert main(["push", str(Path(__file__).parents[2] / "fixtures" / "cases")]) == 2
     err = capsys.readouterr().err
     assert "--server" in err and "FHIR_CYCLO_SERVER" in err and "hapi.fhir.org/baseR4" in err

@@ -124,6 +124,45 @@ def origin_str(url: str) -> str:
     return f"{scheme}://{host}:{port}"
 
 
+_CAUSES = (
+    ("Name or service not known", "host name not found (DNS)"),
+    ("nodename nor servname", "host name not found (DNS)"),
+    ("Temporary failure in name resolution", "host name not found (DNS)"),
+    ("getaddrinfo failed", "host name not found (DNS)"),
+    ("Connection refused", "connection refused"),
+    ("Connection reset", "connection reset by the server"),
+    ("RemoteDisconnected", "the server closed the connection without an answer"),
+    ("No route to host", "no route to host"),
+    ("Network is unreachable", "network unreachable"),
+)
+
+
+def _tls_reason(text: str) -> str:
+    match = re.search(
+        r"(certificate verify failed: [^(')\]]*|hostname '[^']*' doesn't match[^(')]*)", text
+    )
+    return match[1].strip() if match else text[:200]
+
+
+def connection_cause(exc: BaseException) -> str:
+    """One short cause for a requests/urllib3 failure, instead of urllib3's nested repr."""
+    if isinstance(exc, requests.exceptions.ConnectTimeout):
+        return "connection timed out"
+    if isinstance(exc, requests.exceptions.ReadTimeout):
+        return "no answer within the read timeout"
+    if isinstance(exc, requests.exceptions.SSLError):
+        return "TLS failure"
+    text = str(exc)
+    for needle, cause in _CAUSES:
+        if needle in text:
+            return cause
+    if isinstance(
+        exc, requests.exceptions.ChunkedEncodingError | requests.exceptions.ContentDecodingError
+    ):
+        return "the answer was cut off or garbled"
+    return f"{type(exc).__name__}: {text[:200]}"
+
+
 def check_base_url(base_url: str, *, allow_http: bool) -> str:
     """Validate and normalise the base URL (no trailing slash); refuse plain http off loopback."""
     parts = urlsplit(base_url.strip())
@@ -145,7 +184,7 @@ def check_base_url(base_url: str, *, allow_http: bool) -> str:
     if parts.scheme == "http" and not allow_http and not is_loopback(parts.hostname):
         raise FatalTransportError(
             f"refusing plain http to {parts.hostname}: credentials and health data would travel "
-            f"unencrypted; use https, or --allow-http (allow_http=True) if this network is trusted",
+            f"unencrypted; use https, or --allow-http if this network is trusted",
             url=base_url,
         )
     return urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
@@ -302,7 +341,8 @@ class Transport:
                         f"{method} {url} failed after {attempts} attempts: {cause}", url=url
                     ) from None
                 delay = self.policy.backoff_delay(attempt - 1, self._rng)
-                log.warning(
+                # INFO, not WARNING: the error that ends the retries says it once, with the cause.
+                log.info(
                     "%s %s: %s; retry %d/%d in %.1fs",
                     method,
                     url,
@@ -341,7 +381,7 @@ class Transport:
                 )
             if status in statuses and not last:
                 delay = self._status_delay(response, attempt - 1)
-                log.warning(
+                log.info(
                     "%s %s -> HTTP %d; retry %d/%d in %.1fs",
                     method,
                     url,
@@ -402,7 +442,7 @@ class Transport:
         except requests.exceptions.SSLError as exc:
             # TLS failures do not heal by retrying; verify=False is the caller's explicit choice.
             raise FatalTransportError(
-                f"TLS verification failed for {url}: {self.redact(str(exc))}", url=url
+                f"TLS verification failed for {url}: {_tls_reason(self.redact(str(exc)))}", url=url
             ) from None
         except (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema) as exc:
             raise FatalTransportError(
@@ -417,7 +457,7 @@ class Transport:
             # Also after a read timeout on a POST: the server may have committed the transaction
             # before the answer was lost. Re-sending is safe because fhir-cyclo bundles are
             # idempotent (PUT with deterministic ids, conditional creates), not because HTTP is.
-            raise _Retryable(f"{type(exc).__name__}: {exc}") from None
+            raise _Retryable(connection_cause(exc)) from None
 
     def _read_limited(self, raw: requests.Response, url: str) -> bytes:
         limit = self.max_body_bytes

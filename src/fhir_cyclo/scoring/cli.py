@@ -99,8 +99,7 @@ def run(args: argparse.Namespace, client: Any | None) -> int:
         html.write(cohort, report_target, document=document)
         print(f"wrote the report to {report_target}", file=sys.stderr)
     if write_back:
-        if client is None:
-            raise InputError("--write-back needs a server (--server)", source="score")
+        assert client is not None, "commands.check_score requires a server for --write-back"
         bundle = to_bundle(cohort)
         if bundle["entry"]:
             result = client.transaction(bundle)

@@ -88,7 +88,7 @@ class _Extractor(LabReader, MedicationReader):
             # model_validate's verdict and exception, answered from memory for repeated shapes.
             shape_validator().check(resource)
         except ValueError as exc:  # pydantic's ValidationError is a ValueError
-            raise InputError(f"not valid FHIR (R4B model): {exc}", source=ref) from exc
+            raise InputError(_one_line(exc), source=self.where(ref)) from None
 
     # --- resource handlers -------------------------------------------------------------------
 
@@ -96,6 +96,7 @@ class _Extractor(LabReader, MedicationReader):
         handler = self._handlers.get(resource.get("resourceType"))  # type: ignore[arg-type]
         if handler is None:
             return
+        self._current = (resource, origin)
         if self.strict:
             self._validate(resource, self._ref(resource, full_url, origin))
         try:
@@ -344,6 +345,19 @@ def _first_identifier(patient: dict[str, Any]) -> tuple[str, str] | None:
     return None
 
 
+def _one_line(exc: ValueError) -> str:
+    """A pydantic error as one line: each field path with its message (the first three)."""
+    from fhir_cyclo.inputs import pydantic_path
+
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        parts = [f"{pydantic_path(e['loc'])}: {e['msg']}" for e in errors()]
+    else:
+        parts = [" ".join(str(exc).split())]
+    more = f" (and {len(parts) - 3} more)" if len(parts) > 3 else ""
+    return "not valid FHIR (R4B): " + "; ".join(parts[:3]) + more
+
+
 def extract(
     items: Iterable[SourceItem | dict[str, Any]],
     *,
@@ -366,6 +380,7 @@ def extract(
                 add(resource, full_url, origin)
             else:
                 add(item, None, "input")
+    extractor._current = None  # notes from here on are about the whole input
     return extractor.finish()
 
 

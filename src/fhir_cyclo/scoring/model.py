@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
@@ -17,10 +18,31 @@ class Note:
     source: str
     path: str
     message: str
+    context: str = ""  # file, case (hashed) and item of the resource, when known
 
     def __str__(self) -> str:
         where = f"{self.source}: {self.path}" if self.path else self.source
+        where = f"{self.context} {where}" if self.context else where
         return f"{where}: {self.message}" if where else self.message
+
+
+_CASE_ITEM = "http://fhir-cyclo.example.org/fhir/sid/case-item"
+
+
+def item_context(resource: dict[str, Any], origin: str) -> str:
+    """ "file [case #hash, item id]" for a warning: where to fix it, never an identifier value."""
+    for ident in resource.get("identifier") or ():
+        if isinstance(ident, dict) and ident.get("system") == _CASE_ITEM:
+            case, _, item = str(ident.get("value", "")).rpartition("|")
+            digest = hashlib.sha256(case.encode()).hexdigest()[:10]
+            # Exported Bundle files are named after the case value (export.bundle_filename): an
+            # MRN in a file name must not reach a log line, so that part of the path is masked.
+            value = case.rpartition("|")[2]
+            slug = re.sub(r"[^A-Za-z0-9._-]+", "-", value).strip("-")[:60]
+            if len(slug) >= 3:
+                origin = origin.replace(slug, "<case>")
+            return f"{origin} [case #{digest}, item {item}]"
+    return "" if origin == "input" else origin  # plain dicts from a caller: no file to name
 
 
 @dataclass(slots=True)

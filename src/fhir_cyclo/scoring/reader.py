@@ -6,7 +6,7 @@ from typing import Any
 
 from fhir_cyclo.scoring.config import ScoringConfig
 from fhir_cyclo.scoring.dates import Span, parse_span
-from fhir_cyclo.scoring.model import Measurement, Note
+from fhir_cyclo.scoring.model import Measurement, Note, item_context
 
 IDENTIFIER = "identifier:"
 
@@ -22,12 +22,21 @@ class ReaderBase:
         self.cfg = cfg
         self.strict = strict
         self.notes: list[Note] = []
+        self._current: tuple[dict[str, Any], str] | None = None  # resource being read, origin
         self.labs: dict[str, list[Measurement]] = {}
         self.medications: dict[str, dict[str, Any]] = {}  # "Medication/id" and fullUrl -> res
         self.med_resources: list[tuple[dict[str, Any], str, str]] = []  # (res, ref, subject key)
 
     def note(self, source: str, path: str, message: str) -> None:
-        self.notes.append(Note(source, path, message))
+        # Only when noting: the resource being read names its file, case and item.
+        current = self._current
+        context = item_context(current[0], current[1]) if current is not None else ""
+        self.notes.append(Note(source, path, message, context))
+
+    def where(self, ref: str) -> str:
+        """`ref` with the file, case (hashed) and item of the resource being read."""
+        current = self._current
+        return f"{item_context(current[0], current[1])} {ref}" if current else ref
 
     @staticmethod
     def _ref(resource: dict[str, Any], full_url: str | None, origin: str) -> str:

@@ -44,6 +44,12 @@ def iter_document(doc: Any, origin: str) -> Iterator[SourceItem]:
             yield from iter_document(item, origin)
         return
     if not isinstance(doc, dict) or not isinstance(doc.get("resourceType"), str):
+        if isinstance(doc, dict) and "identifier" in doc and "patient" in doc:
+            raise InputError(
+                "a fhir-cyclo case file, not FHIR: score reads FHIR; run `fhir-cyclo export "
+                "FILE --out DIR` first, then score DIR",
+                source=origin,
+            )
         raise InputError("not a FHIR resource (no resourceType)", source=origin)
     if doc["resourceType"] == "OperationOutcome":
         # A saved error response where data was expected: say what the server said.
@@ -202,6 +208,19 @@ def export_errors(path: Path) -> list[str]:
     return lines
 
 
+def _is_ndjson_copy(file: Path, folder: Path) -> bool:
+    """`export --ndjson` writes DIR/*.json Bundles and their copy in DIR/ndjson/: scanning DIR
+    reads the Bundles only, so each resource (and warning) counts once. Naming DIR/ndjson itself
+    reads the NDJSON."""
+    parent = file.parent
+    return (
+        file.name.lower().endswith((".ndjson", ".ndjson.gz"))
+        and parent.name == "ndjson"
+        and parent != folder
+        and any(parent.parent.glob("*.json"))
+    )
+
+
 def _folder(folder: Path, on_error: OnError | None, on_notice: OnNotice | None) -> Iterator[Path]:
     """The FHIR files of a folder tree in sorted order; manifests decide in their folder."""
     files = sorted(p for p in folder.rglob("*") if p.is_file())
@@ -226,6 +245,7 @@ def _folder(folder: Path, on_error: OnError | None, on_notice: OnNotice | None) 
                 for line in issues:
                     on_notice(line)
     skipped: list[Path] = []
+    copies: set[Path] = set()
     for file in files:
         if file.name.startswith("."):
             continue  # hidden files (download state, editor swap files) are nobody's data
@@ -236,10 +256,15 @@ def _folder(folder: Path, on_error: OnError | None, on_notice: OnNotice | None) 
             elif file.name != "manifest.json" and file not in reported:
                 skipped.append(file)
             continue
-        if _is_fhir_file(file):
+        if _is_ndjson_copy(file, folder):
+            copies.add(file.parent)
+        elif _is_fhir_file(file):
             yield file
         else:
             skipped.append(file)
+    for copy in sorted(copies):
+        if on_notice is not None:
+            on_notice(f"{copy}: skipped: the NDJSON copy of the Bundles in {copy.parent}")
     if skipped and on_notice is not None:
         names = ", ".join(str(p.relative_to(folder)) for p in skipped[:10])
         more = f" and {len(skipped) - 10} more" if len(skipped) > 10 else ""
