@@ -26,6 +26,40 @@ from fhir_cyclo.terminology import Terminology
 
 PATIENT_COLUMNS = ("case_id", "sex", "disease", "csa_start")
 LAB_COLUMNS = ("case_id", "date", "analyte", "value", "unit")
+# Every column the reader uses, with what it holds: docs/reference.md is generated from these.
+PATIENT_COLUMN_DOCS = {
+    "case_id": "the patient's id in the cohort (with cohort.yaml identifier_system: the case id)",
+    "sex": "female, male, other or unknown (any case)",
+    "disease": "a diagnosis name (see Diagnoses; any case)",
+    "csa_start": "cyclosporine start date (YYYY, YYYY-MM or YYYY-MM-DD)",
+    "birth_year": "optional: year of birth",
+    "deceased": "optional: yes, or the date of death",
+    "diagnosis_date": "optional: date of diagnosis",
+    "dat_pattern": "optional (AIHA): IgG, IgG+C or IgA (any case)",
+    "csa_end": "optional: cyclosporine end date",
+    "csa_dose_mg_kg_d": "optional: starting dose in mg/kg/day (two doses a day)",
+    "csa_status": "optional: treatment status (default completed; see enumerated values)",
+    "prior_lines": "optional: number of earlier lines of therapy",
+    "splenectomy_date": "optional: date of splenectomy",
+    "ae_event": "optional: an adverse event name (see Adverse events)",
+    "ae_grade": "optional: CTCAE grade 1-5 (with ae_event)",
+    "ae_date": "optional: date of the adverse event",
+    "ae_serious": "optional: yes or no (default no)",
+    "ae_outcome": "optional: resolved, recovering, ongoing, fatal or unknown",
+}
+LAB_COLUMN_DOCS = {
+    "case_id": "the patient (a case_id of patients.csv)",
+    "date": "date of the measurement",
+    "analyte": "an analyte name (see Analytes; any case)",
+    "value": "the number as reported",
+    "unit": "the unit as reported: UCUM or a lab spelling (see Units)",
+    "ref_low": "optional: lower reference limit, in the same unit",
+    "ref_high": "optional: upper reference limit, in the same unit",
+}
+META_KEY_DOCS = {
+    "identifier_system": "required: the URI that makes case_id a case identifier",
+    "synthetic": "optional: true marks every patient as synthetic test data",
+}
 # Cohort paper, Methods: "CyA starting dose of 3-5 mg/kg/day in two divided doses".
 DOSES_PER_DAY = 2
 

@@ -135,7 +135,9 @@ def cases(draw: st.DrawFn) -> Case:
         lab: dict[str, Any] = {"id": fresh(), "analyte": analyte, "date": draw(when)}
         if draw(st.booleans()):
             lab["value"] = draw(pos)
-            lab["unit"] = draw(st.sampled_from([concept.unit, *_SAME_DIMENSION.get(concept.unit, ())]))
+            lab["unit"] = draw(
+                st.sampled_from([concept.unit, *_SAME_DIMENSION.get(concept.unit, ())])
+            )
             if draw(st.booleans()):
                 lab["reference_range"] = {"low": 1, "high": draw(pos) + 1}
         else:
