@@ -166,7 +166,7 @@ def test_broken_units_table_is_a_terminology_error() -> None:
     from fhir_cyclo.errors import TerminologyError
 
     data = load_table("units")
-    with pytest.raises(TerminologyError, match="aliases.K/uL: needs a `source`"):
+    with pytest.raises(TerminologyError, match=r"aliases\.K/uL: needs a `source`"):
         units.build_table({**data, "aliases": {"K/uL": {"ucum": "10*3/uL"}}})
     with pytest.raises(TerminologyError, match="g_per_mol"):
         units.build_table({**data, "molar_masses": {"x": {"g_per_mol": 0, "source": "s"}}})
