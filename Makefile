@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 
-.PHONY: install demo test lint bench clean hapi
+.PHONY: install demo test lint bench fuzz clean hapi
 
 # The HAPI FHIR JPA test server (hapi/), built from Maven Central; offline once ~/.m2 has it.
 HAPI_JAR := hapi/target/fhir-cyclo-hapi.jar
@@ -39,12 +39,26 @@ test: install $(HAPI_JAR)
 	$(PY) -m pytest -q --durations=15
 
 lint: install
-	$(BIN)/ruff check src tests bench fixtures
-	$(BIN)/ruff format --check src tests bench fixtures
+	$(BIN)/ruff check src tests bench fixtures fuzz
+	$(BIN)/ruff format --check src tests bench fixtures fuzz
 	$(BIN)/mypy
 
 bench: install
 	$(PY) bench/run.py
+
+# Long fuzz run: every reader's atheris harness for FUZZ_SECONDS each (seeds from fixtures and
+# tests/bad_input); crashes land in out/fuzz/crashes/, statistics in out/fuzz/<target>.log.
+FUZZ_SECONDS ?= 300
+FUZZ_TARGETS := case_file cohort_folder fhir_json ndjson manifest
+fuzz: $(VENV)/.installed
+	rm -rf out/fuzz && mkdir -p out/fuzz/crashes
+	$(PY) fuzz/seed.py out/fuzz/corpus
+	@for t in $(FUZZ_TARGETS); do \
+	  $(PY) fuzz/run.py $$t -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
+	    -artifact_prefix=out/fuzz/crashes/$$t- out/fuzz/corpus/$$t > out/fuzz/$$t.log 2>&1; \
+	  echo "$$t: exit $$? $$(grep -E 'stat::number_of_executed_units' out/fuzz/$$t.log)"; \
+	done
+	@ls out/fuzz/crashes; test -z "$$(ls out/fuzz/crashes)"
 
 clean:
 	rm -rf out .pytest_cache .mypy_cache .ruff_cache

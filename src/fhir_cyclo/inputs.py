@@ -397,9 +397,23 @@ def read_csv(path: Path, required: tuple[str, ...]) -> list[dict[str, str]]:
         raise InputError("file missing", source=source) from None
     except UnicodeDecodeError as exc:
         raise InputError(f"not UTF-8 text (byte {exc.start})", source=source) from None
-    reader = csv.DictReader(text.splitlines())
-    columns = reader.fieldnames or []
-    missing = [c for c in required if c not in columns]
-    if missing:
-        raise InputError(f"missing column(s): {', '.join(missing)}", source=source, path="header")
-    return list(reader)
+    try:
+        reader = csv.DictReader(text.splitlines())
+        columns = reader.fieldnames or []
+        missing = [c for c in required if c not in columns]
+        if missing:
+            raise InputError(
+                f"missing column(s): {', '.join(missing)}", source=source, path="header"
+            )
+        rows = list(reader)
+    except csv.Error as exc:  # a NUL byte, an unterminated quote, a field over the size limit
+        raise InputError(f"not a readable CSV: {exc}", source=source) from None
+    for line, row in enumerate(rows, start=2):
+        # DictReader fills a short row with None and files a long row's extras under None.
+        if None in row or any(v is None for v in row.values()):
+            fields = len(columns) + len(row.get(None) or []) - sum(v is None for v in row.values())
+            raise InputError(
+                f"row has {fields} field(s), the header has {len(columns)}",
+                source=f"{source}:{line}",
+            )
+    return rows

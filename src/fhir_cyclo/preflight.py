@@ -73,8 +73,12 @@ def positive(value: float, option: str) -> None:
 
 def server_url(url: str, option: str = "--server") -> None:
     """The shape of a FHIR base URL (the http guard and the server itself are checked later)."""
-    parts = urlsplit(url.strip())
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    try:
+        parts = urlsplit(url.strip())
+        host = parts.hostname
+    except ValueError:  # "https://[bad": an invalid IPv6 host (found by fuzzing the manifest)
+        host = None
+    if not host or parts.scheme not in ("http", "https"):
         raise UsageError(f"{option} {url!r}: not an absolute http(s) URL")
 
 

@@ -30,6 +30,7 @@ def test_the_corpus_is_complete() -> None:
     assert on_disk == set(EXPECTED["cases"]) | set(EXPECTED["cohorts"])
     fhir = {p.name for p in (HERE / "fhir").iterdir()}
     assert fhir == set(EXPECTED["fhir"])
+    assert {p.name for p in (HERE / "manifest").iterdir()} == set(EXPECTED["manifest"])
     assert len(on_disk) + len(fhir) >= 30
 
 
@@ -104,3 +105,15 @@ def test_bad_fhir_input_to_score(name: str, tmp_path: Path) -> None:
         baseline = re.search(r"(\d+) resource\(s\) skipped", score(good).stderr)
         assert baseline
         assert f"{int(baseline[1]) + 1} resource(s) skipped" in result.stderr  # counted
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED["manifest"]))
+def test_bad_manifest(name: str) -> None:
+    from fhir_cyclo.errors import InputError
+    from fhir_cyclo.manifest import parse_manifest
+
+    path = HERE / "manifest" / name
+    with pytest.raises(InputError) as info:
+        parse_manifest(path.read_bytes(), str(path))
+    assert EXPECTED["manifest"][name] in str(info.value)
+    assert str(info.value).startswith(str(path))

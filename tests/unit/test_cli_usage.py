@@ -86,6 +86,7 @@ MATRIX: list[tuple[str, str, Argv]] = [
         lambda w: ["push", str(CASE), "--server", "http://127.0.0.1:9/fhir", "--timeout", "0"],
     ),
     ("push", "bad value", lambda w: ["push", str(CASE), "--server", "not a url"]),
+    ("push", "bad value", lambda w: ["push", str(CASE), "--server", "https://[bad"]),
     (
         "push",
         "conflicting options",
