@@ -153,8 +153,9 @@ def connection_cause(exc: BaseException) -> str:
     if isinstance(exc, requests.exceptions.SSLError):
         return "TLS failure"
     text = str(exc)
+    lowered = text.lower()
     for needle, cause in _CAUSES:
-        if needle in text:
+        if needle.lower() in lowered:
             return cause
     if isinstance(
         exc, requests.exceptions.ChunkedEncodingError | requests.exceptions.ContentDecodingError
