@@ -247,7 +247,8 @@ class RecordingSleep:
 # --- CLI ----------------------------------------------------------------------------------------
 
 SUMMARY = re.compile(
-    r"^(?:would push|pushed) (\d+) case\(s\), skipped (\d+) \(already there\), failed (\d+)", re.M
+    r"^(?:fhir-cyclo: )?(?:would push|pushed) (\d+) case\(s\), skipped (\d+) \(already there\), failed (\d+)",
+    re.M,
 )
 
 
@@ -259,7 +260,8 @@ class Summary:
 
 
 def parse_summary(stdout: str) -> Summary:
-    """The summary line, which must be the last line of the report."""
+    """The summary line, which must be the last line of the report (on stderr, like every
+    diagnostic: the CLI's stdout carries data only)."""
     last = stdout.strip().splitlines()[-1]
     match = SUMMARY.match(last)
     assert match, f"no summary as the last line: {stdout[-2000:]}"

@@ -225,8 +225,8 @@ def test_cli_reports_each_failed_case_and_exit_codes_tell_outcomes_apart(
 
     n = len(scene.tokens)
     assert first.returncode == 1, first.stderr
-    assert parse_summary(first.stdout) == Summary(pushed=n - 2, skipped=0, failed=2)
-    failed = [line for line in first.stdout.splitlines() if line.startswith("failed: ")]
+    assert parse_summary(first.stderr) == Summary(pushed=n - 2, skipped=0, failed=2)
+    failed = [line for line in first.stderr.splitlines() if line.startswith("fhir-cyclo: failed: ")]
     assert len(failed) == 2
     # failure lines name the case by file and hash: the identifier value is PHI
     assert not any(unavailable in f or rejected in f for f in failed)
@@ -234,8 +234,8 @@ def test_cli_reports_each_failed_case_and_exit_codes_tell_outcomes_apart(
         case_hash(unavailable) in f and "HTTP 503" in f and "FAULT-0503" in f for f in failed
     )
     assert any(case_hash(rejected) in f and "HTTP 400" in f and "FAULT-0400" in f for f in failed)
-    assert "--resume" in first.stdout
+    assert "--resume" in first.stderr
     assert second.returncode == 0, second.stdout + second.stderr
-    assert parse_summary(second.stdout) == Summary(pushed=2, skipped=n - 2, failed=0)
+    assert parse_summary(second.stderr) == Summary(pushed=2, skipped=n - 2, failed=0)
     assert state.clean, state
     assert dead.returncode == 3 and not never.exists()  # nothing sent, nothing journaled

@@ -76,7 +76,7 @@ def cohort(tmp_path_factory: pytest.TempPathFactory, hapi_server: HapiServer) ->
         "--no-progress", "--no-journal",
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
-    assert parse_summary(result.stdout) == Summary(pushed=CASES, skipped=0, failed=0)
+    assert parse_summary(result.stderr) == Summary(pushed=CASES, skipped=0, failed=0)
     counts = hapi_server.counts()
     assert counts["Patient"] == CASES
     return Cohort(root / "cohort", tokens, counts)
@@ -135,7 +135,7 @@ def test_server_killed_mid_export_then_resume_completes_the_rest(
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    stdout = (tmp_path / "stdout.txt").read_text()
+    stdout = (tmp_path / "stderr.txt").read_text()  # diagnostics and summary
     first = parse_summary(stdout)
     acked = journal_keys(journal)
 
@@ -157,13 +157,15 @@ def test_server_killed_mid_export_then_resume_completes_the_rest(
     assert code == 1, stdout
     assert first.pushed >= acked_at_kill >= KILL_AT and first.failed > 0
     assert first.pushed + first.failed == CASES
-    failed_lines = [line for line in stdout.splitlines() if line.startswith("failed: case ")]
+    failed_lines = [
+        line for line in stdout.splitlines() if line.startswith("fhir-cyclo: failed: case ")
+    ]
     assert len(failed_lines) == first.failed  # every case that did not make it is named
     assert len(acked) == first.pushed  # one journal line per acknowledged case
     assert restarted == url
     assert lost_acknowledged == 0
     assert second.returncode == 0, second.stdout + second.stderr
-    assert parse_summary(second.stdout) == Summary(
+    assert parse_summary(second.stderr) == Summary(
         pushed=CASES - first.pushed, skipped=first.pushed, failed=0
     )
     assert state.counts == cohort.clean_counts
@@ -202,7 +204,7 @@ def test_cli_killed_mid_export_then_resume_gives_the_clean_end_state(
     assert code == -signal.SIGKILL
     assert KILL_AT <= acked < CASES
     assert second.returncode == 0, second.stdout + second.stderr
-    assert parse_summary(second.stdout) == Summary(pushed=CASES - acked, skipped=acked, failed=0)
+    assert parse_summary(second.stderr) == Summary(pushed=CASES - acked, skipped=acked, failed=0)
     raw = journal.read_bytes()
     assert raw.endswith(b"\n") and raw.count(b"\n") == CASES  # the fragment was cut off
     assert state.counts == cohort.clean_counts

@@ -180,11 +180,11 @@ def test_cli_push_summary_and_idempotency(
         "--journal", journal,
     )  # fmt: skip
     assert first.returncode == 0, first.stderr
-    assert "pushed 14 case(s), skipped 0 (already there), failed 0;" in first.stdout
+    assert "pushed 14 case(s), skipped 0 (already there), failed 0;" in first.stderr
     again = cli(
         "push", str(FIXTURES), "--server", server.base_url, "--no-progress", "--journal", journal
     )
-    assert again.returncode == 0 and "pushed 14 case(s), skipped 0" in again.stdout
+    assert again.returncode == 0 and "pushed 14 case(s), skipped 0" in again.stderr
     assert footprint(server, all_fixture_cases)["Patient"] == 14
 
 
