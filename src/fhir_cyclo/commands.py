@@ -43,7 +43,9 @@ def default_server() -> str | None:
     return server if isinstance(server, str) and server else None
 
 
-def resolve_server(args: argparse.Namespace, *, required: bool) -> str | None:
+def resolve_server(
+    args: argparse.Namespace, *, required: bool, why: str = "no server"
+) -> str | None:
     """The server URL (option, env, config file), checked for shape; stored back in args."""
     try:
         server = args.server or default_server()
@@ -52,7 +54,7 @@ def resolve_server(args: argparse.Namespace, *, required: bool) -> str | None:
     if not server:
         if required:
             raise UsageError(
-                f'no server: give --server URL, set ${SERVER_ENV}, or `server = "..."` in '
+                f'{why}: give --server URL, set ${SERVER_ENV}, or `server = "..."` in '
                 f"fhir-cyclo.toml (public test server: {PUBLIC_HAPI})"
             )
         return None
@@ -278,7 +280,7 @@ def check_score(args: argparse.Namespace) -> None:
             "nothing to score: give Bundle/NDJSON files or folders, or --server URL (or set "
             f"${SERVER_ENV})"
         )
-    resolve_server(args, required=bool(args.write_back))
+    resolve_server(args, required=bool(args.write_back), why="--write-back needs a server")
     if args.json and args.json != "-":
         preflight.output_file(args.json, "--json")
     if args.plot:

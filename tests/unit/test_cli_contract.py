@@ -54,7 +54,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "--workers must be 1 or more",
         ),
         (["score"], "nothing to score"),
-        (["score", "{b}", "--write-back"], "no server: give --server URL"),
+        (["score", "{b}", "--write-back"], "--write-back needs a server: give --server URL"),
         (["score", "{b}", "--server", "http://127.0.0.1:9/fhir"], "not both"),
     ],
 )

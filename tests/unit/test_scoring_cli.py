@@ -115,7 +115,7 @@ def test_write_back_needs_a_server(
     # A usage error (exit 2), found before anything is scored: nothing but the one line.
     assert main(["score", str(DATA / "cohort"), "--write-back"]) == 2
     err = capsys.readouterr().err
-    assert "no server: give --server URL" in err and len(err.splitlines()) == 1
+    assert "--write-back needs a server: give --server URL" in err and len(err.splitlines()) == 1
 
 
 def test_our_exporter_case_report_scores_as_expected(
