@@ -93,6 +93,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     key_file = Path(args.key_file) if args.deidentify else None
     new_key = key_file is not None and not key_file.exists()
+    skipped: list[str] = []
     summary = export(
         args.paths,
         Path(args.out),
@@ -100,7 +101,10 @@ def cmd_export(args: argparse.Namespace) -> int:
         validate=not args.no_validate,
         deidentify_keys=key_file,
         on_error=lambda e: say(f"error: {e}"),
+        skipped=skipped,
     )
+    if skipped:
+        say(f"skipped {len(skipped)} file(s) that are not case files: {', '.join(skipped)}")
     if new_key:
         say(f"created key file {key_file} (mode 0600): keep it private; it re-identifies dates")
     say(

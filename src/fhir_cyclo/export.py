@@ -117,6 +117,7 @@ def export(
     validate: bool = True,
     deidentify_keys: Path | None = None,
     on_error: Callable[[FhirCycloError], None] | None = None,
+    skipped: list[str] | None = None,
 ) -> ExportSummary:
     """Stream every case under `paths` to `out_dir`: one transaction Bundle JSON per case.
 
@@ -142,7 +143,7 @@ def export(
     writer = NdjsonWriter(out_dir / "ndjson") if ndjson else None
     ok = False
     try:
-        for loaded in load(paths, terms):
+        for loaded in load(paths, terms, skipped):  # files that are not cases: listed by the CLI
             error: FhirCycloError | None = loaded.error
             if loaded.case is not None:
                 try:
