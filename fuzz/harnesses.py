@@ -6,7 +6,9 @@ exception is a crash: it becomes a file in tests/bad_input/ with its expected me
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -14,6 +16,7 @@ from pathlib import Path
 from fhir_cyclo.errors import FhirCycloError
 
 _WORK = Path(tempfile.mkdtemp(prefix="fhir-cyclo-fuzz-"))
+atexit.register(shutil.rmtree, _WORK, ignore_errors=True)
 
 
 def _write(name: str, data: bytes) -> Path:
