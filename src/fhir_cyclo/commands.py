@@ -166,8 +166,13 @@ def check_push(args: argparse.Namespace) -> None:
         raise UsageError("--resume reads the journal, so it cannot be combined with --no-journal")
     if args.journal and args.no_journal:
         raise UsageError("--journal and --no-journal contradict each other")
-    if args.journal:
-        preflight.output_file(args.journal, "--journal")
+    if not args.no_journal and not args.dry_run:
+        from fhir_cyclo.journal import DEFAULT_JOURNAL
+
+        journal = Path(args.journal) if args.journal else DEFAULT_JOURNAL
+        if journal.is_dir():
+            raise UsageError(f"--journal {journal}: is a folder; give a file name")
+        preflight.output_folder(str(journal.parent), f"--journal {journal}: folder")
     check_server_options(args)
     resolve_server(args, required=not args.dry_run)
 
