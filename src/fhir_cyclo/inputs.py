@@ -198,6 +198,8 @@ def read_structured(path: Path) -> Any:
         if path.suffix == ".json":
             return json.loads(text)
         return yaml.safe_load(text)
+    except RecursionError:  # "[[[[..." thousands deep: the parsers recurse per level
+        raise InputError("nested too deeply to read (thousands of levels)", source=source) from None
     except json.JSONDecodeError as exc:
         raise InputError(
             f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}", source=source
