@@ -184,6 +184,8 @@ MATRIX: list[tuple[str, str, Argv]] = [
     ("sandbox", "missing argument", lambda w: ["sandbox", "--port"]),
     ("sandbox", "bad value", lambda w: ["sandbox", "--port", "0"]),
     ("sandbox", "bad value", lambda w: ["sandbox", "--port", "http"]),
+    ("sandbox", "unusable output", lambda w: ["sandbox", "--data", str(w / "a-file")]),
+    ("sandbox", "unusable output", lambda w: ["sandbox", "--log", str(w / "a-file" / "hapi.log")]),
     # no subcommand at all
     ("(none)", "missing argument", lambda w: []),
     ("(none)", "unknown option", lambda w: ["--bogus"]),
@@ -220,7 +222,7 @@ def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     import fhir_cyclo.export
     import fhir_cyclo.inputs
     import fhir_cyclo.push
-    import fhir_cyclo.sandbox
+    import fhir_cyclo.hapi
     import fhir_cyclo.scoring.cli
     import fhir_cyclo.validate
 
@@ -232,7 +234,7 @@ def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         (fhir_cyclo.push, "push_bundles"),
         (fhir_cyclo.commands, "_bundles"),
         (fhir_cyclo.scoring.cli, "run"),
-        (fhir_cyclo.sandbox, "Sandbox"),
+        (fhir_cyclo.hapi, "HapiServer"),
         (fhir_cyclo.client, "FhirClient"),
     ]:
         monkeypatch.setattr(module, name, work_started)
