@@ -359,3 +359,12 @@ def test_cohort_csv_values_ignore_case(tmp_path: Path) -> None:
     result = run("export", str(folder), "--out", str(tmp_path / "out"))
     assert result.returncode == 0, result.stderr
     assert "exported 2 case(s)" in result.stderr
+
+
+def test_warnings_mask_the_case_value_in_exported_file_names(exported: Path) -> None:
+    """Exported Bundles are named after the case value (an MRN in real data): warnings that name
+    the file mask that part, so no identifier reaches a log line."""
+    result = run("score", str(exported), "--json")
+    warnings = [x for x in result.stderr.splitlines() if "[case #" in x]
+    assert warnings, result.stderr  # the case report has value-less labs: warned with the file
+    assert all("<case>-" in w and "isshiki-thymoma-prca" not in w for w in warnings), warnings
