@@ -79,10 +79,13 @@ def ndjson(data: bytes) -> None:
 
 
 def manifest(data: bytes) -> None:
-    """A Bulk Data export manifest."""
-    from fhir_cyclo.manifest import parse_manifest
+    """A Bulk Data export manifest.json (scoring.sources.read_manifest), beside one output file
+    its urls may name."""
+    from fhir_cyclo.scoring.sources import read_manifest
 
-    parse_manifest(data, "manifest.json")
+    path = _write("bulk/manifest.json", data)
+    _write("bulk/Patient.ndjson", b'{"resourceType": "Patient", "id": "p1"}\n')
+    read_manifest(path)
 
 
 TARGETS: dict[str, Callable[[bytes], None]] = {

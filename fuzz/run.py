@@ -20,7 +20,6 @@ with atheris.instrument_imports(include=["fhir_cyclo"]):
     import fhir_cyclo.cohort
     import fhir_cyclo.export
     import fhir_cyclo.inputs
-    import fhir_cyclo.manifest
     import fhir_cyclo.scoring.extract
     import fhir_cyclo.scoring.rules
     import fhir_cyclo.scoring.sources  # noqa: F401

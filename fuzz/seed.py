@@ -14,9 +14,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 MANIFEST = b"""{"transactionTime": "2026-01-01T00:00:00Z", "request": "https://fhir.example/$export",
  "requiresAccessToken": true,
- "output": [{"type": "Patient", "url": "https://fhir.example/files/p.ndjson", "count": 2},
-            {"type": "Observation", "url": "https://fhir.example/files/o.ndjson"}],
- "error": [{"type": "OperationOutcome", "url": "https://fhir.example/files/e.ndjson"}]}"""
+ "output": [{"type": "Patient", "url": "https://fhir.example/files/Patient.ndjson", "count": 1},
+            {"type": "Patient", "url": "Patient.ndjson"}],
+ "error": []}"""
 
 
 def seeds() -> dict[str, list[bytes]]:

@@ -273,6 +273,9 @@ def check_score(args: argparse.Namespace) -> None:
     check_server_options(args)
     if args.bulk and args.paths:
         raise UsageError("--bulk reads from a server: give --server and no files")
+    if args.bulk:
+        preflight.positive(args.max_poll_wait, "--max-poll-wait")
+        preflight.output_folder(args.bulk_dir, "--bulk-dir")
     if args.patient and args.identifier:
         raise UsageError("give --patient or --identifier, not both")
     if args.paths and args.server and not args.write_back:
@@ -311,6 +314,13 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 # --- sandbox ------------------------------------------------------------------------------------
+
+
+def check_bulk_export(args: argparse.Namespace) -> None:
+    check_server_options(args)
+    preflight.positive(args.max_poll_wait, "--max-poll-wait")
+    preflight.output_folder(args.out, "--out")
+    resolve_server(args, required=True)
 
 
 def check_sandbox(args: argparse.Namespace) -> None:
@@ -433,6 +443,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     bulk_command.add_bulk_options(p)
     p.set_defaults(func=cmd_score, check=check_score)
     bulk_command.register(sub, _server_options)
+    sub.choices["bulk-export"].set_defaults(check=check_bulk_export)
 
     p = sub.add_parser(
         "sandbox",

@@ -110,10 +110,10 @@ def test_bad_fhir_input_to_score(name: str, tmp_path: Path) -> None:
 @pytest.mark.parametrize("name", sorted(EXPECTED["manifest"]))
 def test_bad_manifest(name: str) -> None:
     from fhir_cyclo.errors import InputError
-    from fhir_cyclo.manifest import parse_manifest
+    from fhir_cyclo.scoring.sources import read_manifest
 
     path = HERE / "manifest" / name
     with pytest.raises(InputError) as info:
-        parse_manifest(path.read_bytes(), str(path))
+        read_manifest(path)
     assert EXPECTED["manifest"][name] in str(info.value)
     assert str(info.value).startswith(str(path))

@@ -186,6 +186,55 @@ MATRIX: list[tuple[str, str, Argv]] = [
     ("sandbox", "bad value", lambda w: ["sandbox", "--port", "http"]),
     ("sandbox", "unusable output", lambda w: ["sandbox", "--data", str(w / "a-file")]),
     ("sandbox", "unusable output", lambda w: ["sandbox", "--log", str(w / "a-file" / "hapi.log")]),
+    # bulk-export
+    (
+        "bulk-export",
+        "unknown option",
+        lambda w: ["bulk-export", "--out", "o", "--server", "http://127.0.0.1:9/fhir", "--bogus"],
+    ),
+    (
+        "bulk-export",
+        "missing argument",
+        lambda w: ["bulk-export", "--server", "http://127.0.0.1:9/fhir"],
+    ),
+    (
+        "bulk-export",
+        "bad value",
+        lambda w: [
+            "bulk-export",
+            "--out",
+            "o",
+            "--server",
+            "http://127.0.0.1:9/fhir",
+            "--max-poll-wait",
+            "0",
+        ],
+    ),
+    ("bulk-export", "missing configuration", lambda w: ["bulk-export", "--out", "o"]),
+    (
+        "bulk-export",
+        "unusable output",
+        lambda w: [
+            "bulk-export",
+            "--out",
+            str(w / "a-file"),
+            "--server",
+            "http://127.0.0.1:9/fhir",
+        ],
+    ),
+    ("score", "conflicting options", lambda w: ["score", str(w / "b.json"), "--bulk"]),
+    (
+        "score",
+        "unusable output",
+        lambda w: [
+            "score",
+            "--server",
+            "http://127.0.0.1:9/fhir",
+            "--bulk",
+            "--bulk-dir",
+            str(w / "a-file"),
+        ],
+    ),
     # no subcommand at all
     ("(none)", "missing argument", lambda w: []),
     ("(none)", "unknown option", lambda w: ["--bogus"]),
@@ -217,12 +266,13 @@ def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     def work_started(*_: Any, **__: Any) -> Any:
         raise AssertionError("work started before the usage error was found")
 
+    import fhir_cyclo.bulk_command
     import fhir_cyclo.client
     import fhir_cyclo.commands
     import fhir_cyclo.export
+    import fhir_cyclo.hapi
     import fhir_cyclo.inputs
     import fhir_cyclo.push
-    import fhir_cyclo.hapi
     import fhir_cyclo.scoring.cli
     import fhir_cyclo.validate
 
@@ -236,6 +286,7 @@ def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         (fhir_cyclo.scoring.cli, "run"),
         (fhir_cyclo.hapi, "HapiServer"),
         (fhir_cyclo.client, "FhirClient"),
+        (fhir_cyclo.bulk_command, "export"),
     ]:
         monkeypatch.setattr(module, name, work_started)
     return tmp_path

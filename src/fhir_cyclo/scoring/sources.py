@@ -164,7 +164,12 @@ def read_manifest(path: Path) -> tuple[list[Path], list[Path]]:
             url = entry.get("url") if isinstance(entry, dict) else None
             if not isinstance(url, str) or not url:
                 raise InputError("no url", source=str(path), path=f"{key}[{i}].url")
-            parts = urlsplit(url)
+            try:
+                parts = urlsplit(url)
+            except ValueError:  # "https://[x": an invalid IPv6 host (found by fuzzing)
+                raise InputError(
+                    "not a valid URL", source=str(path), path=f"{key}[{i}].url"
+                ) from None
             name = url if not parts.scheme else parts.path.rstrip("/").rpartition("/")[2]
             local = path.parent / name
             if not name or not local.is_file() or local.parent.resolve() != path.parent.resolve():
