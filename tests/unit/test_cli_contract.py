@@ -263,12 +263,18 @@ def test_folder_with_bundles_and_ndjson_copy_reads_each_resource_once(exported: 
     assert len(json.loads(both.stdout)["patients"]) == len(
         json.loads(ndjson_only.stdout)["patients"]
     )
-    skipped = [line for line in both.stderr.splitlines() if line.startswith("fhir-cyclo: skipped ")]
-    assert len(skipped) == 1, both.stderr
-    assert "notes.txt (not .json/.ndjson)" in skipped[0]
-    assert f"{exported / 'ndjson'}/ (the NDJSON copy of the Bundles in {exported})" in skipped[0]
+    skipped = [line for line in both.stderr.splitlines() if "skipped" in line]
+    copy = [x for x in skipped if "the NDJSON copy of the Bundles" in x]
+    other = [x for x in skipped if "non-FHIR file(s)" in x]
+    assert len(copy) == 1 and f"{exported / 'ndjson'}: skipped" in copy[0], both.stderr
+    assert len(other) == 1 and "skipped 1 non-FHIR file(s): notes.txt" in other[0], both.stderr
+    assert not any("ndjson/Patient.ndjson" in x for x in both.stderr.splitlines())  # no per-file
     # warnings are not doubled by the copy
-    warnings = lambda r: [x for x in r.stderr.splitlines() if ": warning: " in x]  # noqa: E731
+    warnings = lambda r: [  # noqa: E731
+        x
+        for x in r.stderr.splitlines()
+        if ": warning: " in x and "NDJSON copy" not in x and "non-FHIR file(s)" not in x
+    ]
     assert warnings(both) == warnings(bundles_only)
 
 

@@ -197,6 +197,11 @@ def _str(data: dict[str, Any], path: str) -> str:
 def _analyte(name: str, raw: dict[str, Any]) -> Analyte:
     path = f"analytes.{name}"
     unit = _str(raw, "unit")  # UCUM validity is a unit test: parsing it here costs a second
+    if "factors" in raw:
+        raise TerminologyError(
+            f"{_TABLE}: {path}.factors: units convert through the UCUM library and "
+            "mappings/units.yaml; give `substance` for mmol/L or umol/L instead"
+        )
     substance = raw.get("substance")
     if substance is not None and substance not in units.table().molar_masses:
         raise TerminologyError(
