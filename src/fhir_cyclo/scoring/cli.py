@@ -69,7 +69,7 @@ def run(args: argparse.Namespace, client: Any | None) -> int:
         print(f"fhir-cyclo: warning: {note}", file=sys.stderr)
     skipped = sum(1 for n in cohort.notes if "skipped" in n.message)
     print(
-        f"{cohort.accounting.summary()}; {skipped} resource(s) skipped, "
+        f"fhir-cyclo: {cohort.accounting.summary()}; {skipped} resource(s) skipped, "
         f"{len(cohort.notes)} warning(s)",
         file=sys.stderr,
     )
