@@ -63,6 +63,28 @@ MATRIX: list[tuple[str, str, Argv]] = [
     ("validate", "unknown option", lambda w: ["validate", str(CASE), "--bogus"]),
     ("validate", "missing argument", lambda w: ["validate"]),
     ("validate", "missing input", lambda w: ["validate", "nope.yaml"]),
+    (
+        "validate",
+        "bad value",
+        lambda w: ["validate", str(CASE), "--server", "http://127.0.0.1:9/fhir", "--workers", "0"],
+    ),
+    (
+        "validate",
+        "bad value",
+        lambda w: ["validate", str(CASE), "--server", "ftp://example.org/fhir"],
+    ),
+    (
+        "validate",
+        "missing configuration",
+        lambda w: [
+            "validate",
+            str(CASE),
+            "--server",
+            "http://127.0.0.1:9/fhir",
+            "--token-file",
+            "no-token",
+        ],
+    ),
     # push
     (
         "push",
@@ -274,6 +296,7 @@ def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     import fhir_cyclo.inputs
     import fhir_cyclo.push
     import fhir_cyclo.scoring.cli
+    import fhir_cyclo.server_validate
     import fhir_cyclo.validate
 
     for module, name in [
@@ -287,6 +310,7 @@ def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         (fhir_cyclo.hapi, "HapiServer"),
         (fhir_cyclo.client, "FhirClient"),
         (fhir_cyclo.bulk_command, "export"),
+        (fhir_cyclo.server_validate, "run"),
     ]:
         monkeypatch.setattr(module, name, work_started)
     return tmp_path
