@@ -293,8 +293,10 @@ def check_score(args: argparse.Namespace) -> None:
         preflight.output_file(args.json, "--json")
     if args.plot:
         preflight.output_folder(args.plot, "--plot")
-    if getattr(args, "report", None):
-        preflight.output_file(args.report, "--report")
+    if getattr(args, "report", None):  # the report writer creates missing folders
+        if Path(args.report).is_dir():
+            raise UsageError(f"--report {args.report}: is a folder; give a file name")
+        preflight.output_folder(str(Path(args.report).parent), f"--report {args.report}: folder")
 
 
 def cmd_score(args: argparse.Namespace) -> int:
