@@ -279,12 +279,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _usage(message: str) -> int:
-    print(f"fhir-cyclo validate: error: {message}", file=sys.stderr)
+    _say(f"error: {message}")
     return EXIT_USAGE
 
 
-def run(args: argparse.Namespace, out: Callable[[str], None] = print) -> int:
-    """`validate --server`: list every issue (stdout), a summary (stderr); exit 0, 1, 2 or 3."""
+def _say(line: str) -> None:
+    # Like every command's diagnostics (cli.say): stderr, one line each, the program's prefix.
+    print(f"fhir-cyclo: {line}", file=sys.stderr, flush=True)
+
+
+def run(args: argparse.Namespace, out: Callable[[str], None] = _say) -> int:
+    """`validate --server`: every issue and a summary on stderr; exit 0, 1, 2 or 3."""
     from fhir_cyclo.client import FhirClient
 
     paths: Sequence[str] = args.paths
@@ -300,8 +305,9 @@ def run(args: argparse.Namespace, out: Callable[[str], None] = print) -> int:
             verify=not args.insecure,
             allow_http=args.allow_http,
         )
-    except (FatalTransportError, InputError) as exc:
+    except InputError as exc:
         return _usage(str(exc))
+    # FatalTransportError (plain http off loopback, ...) propagates: exit 3, as for push/score.
     everything = args.information or getattr(args, "verbose", False)
     shown = set(SEVERITIES) if everything else set(SEVERITIES[:3])
     counts = dict.fromkeys(SEVERITIES, 0)
@@ -316,9 +322,8 @@ def run(args: argparse.Namespace, out: Callable[[str], None] = print) -> int:
                 if severity in shown:
                     out(finding.line())
     errors = counts["fatal"] + counts["error"]
-    print(
+    _say(
         f"validated {sent} resource(s) with {client.base_url}/$validate: {errors} error(s), "
-        f"{counts['warning']} warning(s), {counts['information']} information",
-        file=sys.stderr,
+        f"{counts['warning']} warning(s), {counts['information']} information"
     )
     return EXIT_ERRORS if errors else EXIT_OK

@@ -86,12 +86,18 @@ def test_usage_errors_are_exit_2_before_contacting_the_server(
     assert _Handler.requests == []  # before any work
 
 
-@pytest.mark.parametrize("url", ["ftp://example.org/fhir", "http://example.org/fhir"])
-def test_bad_server_url_is_exit_2(url: str, capsys: pytest.CaptureFixture[str]) -> None:
-    """Not http(s), or plain http off loopback without --allow-http: a command-line mistake."""
-    assert main(["validate", "--server", url, str(CASE_REPORT)]) == 2
+def test_bad_server_url_is_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    """Not http(s): a command-line mistake."""
+    assert main(["validate", "--server", "ftp://example.org/fhir", str(CASE_REPORT)]) == 2
     err = capsys.readouterr().err  # one line, the CLI's usage-error form (cli.check_validate)
     assert err.startswith("fhir-cyclo") and "error:" in err and len(err.splitlines()) == 1
+
+
+def test_plain_http_off_loopback_is_refused_with_exit_3(capsys: pytest.CaptureFixture[str]) -> None:
+    """The http guard refuses as it does for push and score: exit 3, naming --allow-http."""
+    assert main(["validate", "--server", "http://example.org/fhir", str(CASE_REPORT)]) == 3
+    err = capsys.readouterr().err
+    assert "--allow-http" in err and len(err.splitlines()) == 1 and "Traceback" not in err
 
 
 def test_without_server_validate_stays_local() -> None:
