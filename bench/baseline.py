@@ -157,6 +157,10 @@ class PlainBuilder:
 
     def bundle_bytes(self, c: dict[str, Any], *, ids: dict[str, str] | None = None) -> bytes:
         """Pretty Bundle bytes as export writes them; `ids` maps "Type|item" to precomputed ids."""
+        return orjson.dumps(self.bundle(c, ids=ids), option=orjson.OPT_INDENT_2) + b"\n"
+
+    def bundle(self, c: dict[str, Any], *, ids: dict[str, str] | None = None) -> dict[str, Any]:
+        """The transaction Bundle of one case as plain dicts (constant parts shared)."""
         system, value = c["identifier"]["system"], c["identifier"]["value"]
         token = f"{system}|{value}"
         prefix = f"{system}|{value}|"
@@ -193,7 +197,7 @@ class PlainBuilder:
                     "meta": self.synthetic_meta,
                     "identifier": [{"system": system, "value": value}],
                     "gender": p["sex"],
-                    "birthDate": p["birth_date"],
+                    **({"birthDate": p["birth_date"]} if "birth_date" in p else {}),
                 },
                 "request": {
                     "method": "PUT",
@@ -202,7 +206,8 @@ class PlainBuilder:
             }
         )
 
-        dx, thymoma = c["diagnoses"]
+        dx = c["diagnoses"][0]
+        thymoma = c["diagnoses"][1] if len(c["diagnoses"]) > 1 else None
         dx_id = rid("Condition", "dx")
         dx_ref = {"reference": f"urn:uuid:{dx_id}"}
         thymoma_id = rid("Condition", "thymoma")
@@ -228,27 +233,8 @@ class PlainBuilder:
         if dx.get("note"):
             res["note"] = [{"text": dx["note"]}]
         put("Condition", res)
-        stage = thymoma["stage"]
-        put(
-            "Condition",
-            {
-                "resourceType": "Condition",
-                "id": thymoma_id,
-                "extension": [self.histology[thymoma["histology"]["who_type"]]],
-                "identifier": ident("thymoma"),
-                "clinicalStatus": self.clinical["resolved"],
-                "verificationStatus": self.confirmed,
-                "category": self.condition_category,
-                "code": self.disease["thymoma"],
-                "bodySite": self.thymus,
-                "subject": subject,
-                "onsetDateTime": thymoma["onset"],
-                "abatementDateTime": thymoma["abatement"],
-                "stage": [
-                    {"summary": {"text": f"Masaoka stage {stage['value']}"}, "type": self.masaoka}
-                ],
-            },
-        )
+        if thymoma is not None:
+            self._thymoma(put, thymoma, thymoma_id, ident("thymoma"), subject)
         for analyte, oid in dat_ids:
             put(
                 "Observation",
@@ -321,7 +307,7 @@ class PlainBuilder:
             put("MedicationStatement", res)
 
         for lab in c["labs"]:
-            unit = lab["unit"]
+            unit = lab.get("unit", "")
             res = {
                 "resourceType": "Observation",
                 "id": rid("Observation", lab["id"]),
@@ -331,10 +317,13 @@ class PlainBuilder:
                 "code": self.analyte[lab["analyte"]],
                 "subject": subject,
                 "effectiveDateTime": lab["date"],
-                "valueQuantity": _qty(lab["value"], unit),
             }
+            if "value" in lab:
+                res["valueQuantity"] = _qty(lab["value"], unit)
             if "interpretation" in lab:
                 res["interpretation"] = self.interp[lab["interpretation"]]
+            if "note" in lab:
+                res["note"] = [{"text": lab["note"]}]
             rr = lab.get("reference_range")
             if rr:
                 rng: dict[str, Any] = {"low": _qty(rr["low"], unit), "high": _qty(rr["high"], unit)}
@@ -420,8 +409,38 @@ class PlainBuilder:
                     "suspectEntity": [{"instance": {"reference": f"urn:uuid:{csa_id}"}}],
                 },
             )
-        bundle = {"resourceType": "Bundle", "type": "transaction", "entry": entries}
-        return orjson.dumps(bundle, option=orjson.OPT_INDENT_2) + b"\n"
+        return {"resourceType": "Bundle", "type": "transaction", "entry": entries}
+
+
+    def _thymoma(
+        self,
+        put: Any,
+        thymoma: dict[str, Any],
+        thymoma_id: str,
+        identifier: list[dict[str, str]],
+        subject: dict[str, str],
+    ) -> None:
+        stage = thymoma["stage"]
+        put(
+            "Condition",
+            {
+                "resourceType": "Condition",
+                "id": thymoma_id,
+                "extension": [self.histology[thymoma["histology"]["who_type"]]],
+                "identifier": identifier,
+                "clinicalStatus": self.clinical["resolved"],
+                "verificationStatus": self.confirmed,
+                "category": self.condition_category,
+                "code": self.disease["thymoma"],
+                "bodySite": self.thymus,
+                "subject": subject,
+                "onsetDateTime": thymoma["onset"],
+                "abatementDateTime": thymoma["abatement"],
+                "stage": [
+                    {"summary": {"text": f"Masaoka stage {stage['value']}"}, "type": self.masaoka}
+                ],
+            },
+        )
 
 
 def case_ids(c: dict[str, Any]) -> dict[str, str]:

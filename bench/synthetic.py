@@ -1,4 +1,4 @@
-"""Deterministic SYNTHETIC cases (about 60 resources each) and searchset pages for the benchmark."""
+"""Deterministic SYNTHETIC cases, scoring resources and searchset pages for the benchmark."""
 
 from __future__ import annotations
 
@@ -24,138 +24,196 @@ LAB_PANEL: tuple[tuple[str, str, float, float, tuple[float, float] | None], ...]
     ("creatinine", "mg/dL", 0.5, 2.0, (0.5, 1.1)),
     ("cyclosporine_trough", "ng/mL", 60.0, 250.0, (100.0, 150.0)),
 )
-LABS_PER_CASE = 46
 DISEASES = ("warm_aiha", "itp", "prca_acquired")
+MAX_LABS = 300
 
 
 def _day(start: dt.date, days: int) -> str:
     return (start + dt.timedelta(days=days)).isoformat()
 
 
+def lab_count(rng: random.Random) -> int:
+    """Labs of one case: most cases have a few dozen or fewer, a long tail has hundreds.
+
+    3 * 100**(u**3) for u uniform in [0, 1): median 5, mean about 28, 9 % of cases with 100 or
+    more, max 300 (a case report with a few values next to a registry patient followed for years).
+    """
+    return min(MAX_LABS, int(3 * 100 ** (rng.random() ** 3)))
+
+
 def case_data(index: int, seed: int = 7) -> dict[str, Any]:
     """One case (the case-file layout, as YAML/JSON case files hold it); same index, same case.
 
-    About 60 resources: Patient, 2 Conditions (+2 DAT Observations for AIHA), 3
-    MedicationStatements, 46 labs, 2 imaging and 2 marrow Observations, a Procedure and an
-    AdverseEvent.
+    Varies like real cases: 3 diseases (a thymoma only with some PRCA and a few others), 3 to
+    300 labs, optional fields present or not (notes, reference ranges, interpretations, end
+    dates, doses per day, second-line drugs, imaging, marrow, procedures, adverse events, birth
+    date), partial dates (year or year-month) on birth dates, onsets and some labs, and a few
+    value-less results (interpretation only).
     """
     rng = random.Random(seed * 1_000_003 + index)
     disease = DISEASES[index % len(DISEASES)]
     diagnosed = dt.date(2010, 1, 1) + dt.timedelta(days=rng.randrange(0, 3000))
     start = diagnosed + dt.timedelta(days=rng.randrange(30, 400))
+    onset = diagnosed.isoformat()
+    if rng.random() < 0.1:
+        onset = onset[:7]  # the source gives the month only
     dx: dict[str, Any] = {
         "id": "dx",
         "concept": disease,
-        "onset": diagnosed.isoformat(),
+        "onset": onset,
         "clinical_status": "active",
     }
     if disease == "warm_aiha":
-        dx["dat_pattern"] = "IgG+C"
+        dx["dat_pattern"] = rng.choice(["IgG", "IgG+C", "IgG+C"])
     if rng.random() < 0.5:
         dx["note"] = f"Synthetic benchmark diagnosis {index}"
-    thymoma: dict[str, Any] = {
-        "id": "thymoma",
-        "concept": "thymoma",
-        "onset": _day(diagnosed, -rng.randrange(100, 2000)),
-        "abatement": _day(diagnosed, -rng.randrange(1, 99)),
-        "clinical_status": "resolved",
-        "histology": {"who_type": rng.choice(["A", "AB", "B1", "B2"])},
-        "stage": {"system": "masaoka", "value": rng.choice(["I", "II", "III"])},
-        "body_site": "thymus",
-    }
+    diagnoses = [dx]
+    has_thymoma = (disease == "prca_acquired" and rng.random() < 0.6) or rng.random() < 0.05
+    if has_thymoma:
+        diagnoses.append(
+            {
+                "id": "thymoma",
+                "concept": "thymoma",
+                "onset": _day(diagnosed, -rng.randrange(100, 2000))[: rng.choice([4, 7, 10])],
+                "abatement": _day(diagnosed, -rng.randrange(1, 99)),
+                "clinical_status": "resolved",
+                "histology": {"who_type": rng.choice(["A", "AB", "B1", "B2"])},
+                "stage": {"system": "masaoka", "value": rng.choice(["I", "II", "III"])},
+                "body_site": "thymus",
+            }
+        )
+    dose: dict[str, Any] = {"value": rng.choice([3.0, 3.5, 4.0, 5.0]), "unit": "mg/kg/d"}
+    if rng.random() < 0.8:
+        dose["doses_per_day"] = 2
     csa: dict[str, Any] = {
         "id": "csa",
         "drug": "cyclosporine",
         "start": start.isoformat(),
-        "end": _day(start, rng.randrange(200, 700)),
         "status": "completed",
-        "dose": {"value": rng.choice([3.0, 3.5, 4.0, 5.0]), "unit": "mg/kg/d", "doses_per_day": 2},
+        "dose": dose,
         "route": "oral",
         "line": rng.randrange(2, 6),
         "reasons": ["dx"],
         "target_trough": {"low": 100, "high": 150},
     }
-    pred: dict[str, Any] = {
-        "id": "pred",
-        "drug": "prednisone",
-        "start": _day(diagnosed, 3),
-        "end": _day(diagnosed, rng.randrange(60, 200)),
-        "status": "completed",
-        "dose": {"value": rng.choice([25.0, 50.0, 75.0]), "unit": "mg/d"},
-        "route": "oral",
-        "reasons": ["dx"],
-    }
-    ritux: dict[str, Any] = {
-        "id": "ritux",
-        "drug": "rituximab",
-        "start": _day(diagnosed, rng.randrange(200, 300)),
-        "status": "completed",
-        "route": "intravenous",
-        "reasons": ["dx"],
-        "dosage_text": "375 mg/m2 weekly x 4",
-    }
+    if rng.random() < 0.7:
+        csa["end"] = _day(start, rng.randrange(200, 700))
+    else:
+        csa["status"] = "active"
+    treatments = [csa]
+    if rng.random() < 0.7:
+        treatments.append(
+            {
+                "id": "pred",
+                "drug": "prednisone",
+                "start": _day(diagnosed, 3),
+                "end": _day(diagnosed, rng.randrange(60, 200)),
+                "status": "completed",
+                "dose": {"value": rng.choice([25.0, 50.0, 75.0]), "unit": "mg/d"},
+                "route": "oral",
+                "reasons": ["dx"],
+            }
+        )
+    if rng.random() < 0.4:
+        treatments.append(
+            {
+                "id": "ritux",
+                "drug": "rituximab",
+                "start": _day(diagnosed, rng.randrange(200, 300)),
+                "status": "completed",
+                "route": "intravenous",
+                "reasons": ["dx"],
+                "dosage_text": "375 mg/m2 weekly x 4",
+            }
+        )
     labs = []
-    for n in range(LABS_PER_CASE):
+    n_labs = lab_count(rng)
+    spacing = max(1, 2000 // (n_labs // len(LAB_PANEL) + 1))  # days between panels
+    for n in range(n_labs):
         analyte, unit, low, high, rr = LAB_PANEL[n % len(LAB_PANEL)]
-        lab: dict[str, Any] = {
-            "id": f"lab-{n:03d}",
-            "analyte": analyte,
-            "date": _day(start, -30 + 14 * (n // len(LAB_PANEL)) + n % 3),
-            "value": round(rng.uniform(low, high), 1),
-            "unit": unit,
-        }
-        if rr is not None:
+        when = _day(start, -30 + spacing * (n // len(LAB_PANEL)) + n % 3)
+        if rng.random() < 0.05:
+            when = when[:7]  # "in March 2012"
+        lab: dict[str, Any] = {"id": f"lab-{n:03d}", "analyte": analyte, "date": when}
+        if analyte == "hemoglobin" and rng.random() < 0.03:
+            lab["interpretation"] = "N"  # "Hb normal", no value given
+            labs.append(lab)
+            continue
+        lab["value"] = round(rng.uniform(low, high), 1)
+        lab["unit"] = unit
+        if rr is not None and rng.random() < 0.8:
             lab["reference_range"] = {"low": rr[0], "high": rr[1]}
-        if n % 5 == 0:
+        if rng.random() < 0.2:
             lab["interpretation"] = rng.choice(["L", "N", "H"])
+        if rng.random() < 0.03:
+            lab["note"] = "haemolysed sample, repeated"
         labs.append(lab)
-    imaging = [
-        {
+    imaging = []
+    if rng.random() < 0.5:
+        ct1: dict[str, Any] = {
             "id": "ct-1",
             "date": _day(start, 90),
             "modality": "CT",
             "finding": "No mediastinal mass",
             "response": rng.choice(["stable", "improved"]),
-            "focus": "thymoma",
-        },
-        {
-            "id": "ct-2",
-            "date": _day(start, 365),
-            "modality": "CT",
-            "finding": "Spleen 12 cm",
-            "size_mm": float(rng.randrange(90, 160)),
-        },
-    ]
-    marrow = [
-        {
-            "id": "bm-cell",
-            "date": _day(diagnosed, 10),
-            "finding": "cellularity",
-            "value_percent": float(rng.randrange(20, 80)),
-        },
-        {"id": "bm-fib", "date": _day(diagnosed, 10), "finding": "reticulin_fibrosis", "grade": 1},
-    ]
-    return {
+        }
+        if has_thymoma:
+            ct1["focus"] = "thymoma"
+        imaging.append(ct1)
+    if rng.random() < 0.3:
+        imaging.append(
+            {
+                "id": "ct-2",
+                "date": _day(start, 365),
+                "modality": "CT",
+                "finding": "Spleen 12 cm",
+                "size_mm": float(rng.randrange(90, 160)),
+            }
+        )
+    marrow: list[dict[str, Any]] = []
+    if rng.random() < 0.6:
+        marrow = [
+            {
+                "id": "bm-cell",
+                "date": _day(diagnosed, 10),
+                "finding": "cellularity",
+                "value_percent": float(rng.randrange(20, 80)),
+            },
+            {
+                "id": "bm-fib",
+                "date": _day(diagnosed, 10),
+                "finding": "reticulin_fibrosis",
+                "grade": 1,
+            },
+        ]
+    patient: dict[str, Any] = {"sex": rng.choice(["female", "male"]), "synthetic": True}
+    birth = rng.random()
+    if birth < 0.7:
+        patient["birth_date"] = f"{rng.randrange(1940, 2000)}-{rng.randrange(1, 13):02d}-15"
+    elif birth < 0.9:
+        patient["birth_date"] = str(rng.randrange(1940, 2000))  # de-identified: year only
+    case: dict[str, Any] = {
         "identifier": {"system": SYSTEM, "value": f"bench-{index:06d}"},
-        "patient": {
-            "sex": rng.choice(["female", "male"]),
-            "birth_date": f"{rng.randrange(1940, 2000)}-{rng.randrange(1, 13):02d}-15",
-            "synthetic": True,
-        },
-        "diagnoses": [dx, thymoma],
-        "treatments": [csa, pred, ritux],
+        "patient": patient,
+        "diagnoses": diagnoses,
+        "treatments": treatments,
         "labs": labs,
         "imaging": imaging,
         "marrow": marrow,
-        "procedures": [
+        "procedures": [],
+        "adverse_events": [],
+    }
+    if disease == "itp" and rng.random() < 0.3:
+        case["procedures"].append(
             {
                 "id": "splenectomy",
                 "procedure": "splenectomy",
                 "performed": _day(diagnosed, rng.randrange(100, 400)),
                 "reasons": ["dx"],
             }
-        ],
-        "adverse_events": [
+        )
+    if rng.random() < 0.3:
+        case["adverse_events"].append(
             {
                 "id": "ae1",
                 "event": "creatinine_increased",
@@ -165,8 +223,8 @@ def case_data(index: int, seed: int = 7) -> dict[str, Any]:
                 "outcome": "resolved",
                 "suspect": ["csa"],
             }
-        ],
-    }
+        )
+    return case
 
 
 def write_case_files(folder: Path, count: int, seed: int = 7) -> list[Path]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator
 from typing import Any
 from urllib.parse import quote
@@ -65,6 +66,51 @@ def with_local_references(resources: Iterable[Resource]) -> list[Resource]:
     items = list(resources)
     targets = {f"urn:uuid:{r['id']}": f"{r['resourceType']}/{r['id']}" for r in items}
     return [_rewrite(r, targets) for r in items]
+
+
+# In compact JSON a raw `"reference":"` can only be a `reference` key with a string value (a
+# quote inside a string is always escaped), so this finds exactly the values `_rewrite` looks at.
+_URN_REFERENCE = b'"reference":"urn:uuid:'
+_VALUE_AT = len(b'"reference":"')
+# Characters JSON may escape: an id containing one is not compared as raw bytes.
+_ESCAPED = re.compile(r'["\\\x00-\x1f]')
+
+
+def local_reference_lines(resources: list[Resource], compact: list[bytes]) -> list[bytes]:
+    """`dumps(r, pretty=False)` of each of `with_local_references(resources)`, made from the
+    compact bytes of the resources as they are (`compact[i] == dumps(resources[i], pretty=False)`).
+
+    The same bytes without copying every resource: only the reference values are replaced, in
+    the serialised text. Falls back to `with_local_references` for ids JSON would escape.
+    """
+    targets: dict[bytes, bytes] = {}
+    for r in resources:
+        rid, rtype = str(r.get("id")), str(r.get("resourceType"))
+        if _ESCAPED.search(rid) or _ESCAPED.search(rtype):
+            return [dumps(x, pretty=False) for x in with_local_references(resources)]
+        targets[rid.encode()] = f"{rtype}/{rid}".encode()
+    return [_local_line(line, targets) for line in compact]
+
+
+def _local_line(line: bytes, targets: dict[bytes, bytes]) -> bytes:
+    at = line.find(_URN_REFERENCE)
+    if at < 0:
+        return line
+    parts = []
+    done = 0
+    while at >= 0:
+        start = at + len(_URN_REFERENCE)
+        end = line.find(b'"', start)
+        # The value is exactly urn:uuid:<id> only when that quote closes it: an id holds no
+        # backslash, so a match in `targets` also proves the quote is not an escaped one.
+        local = targets.get(line[start:end])
+        if local is not None:
+            parts.append(line[done : at + _VALUE_AT])
+            parts.append(local)
+            done = end
+        at = line.find(_URN_REFERENCE, start)
+    parts.append(line[done:])
+    return b"".join(parts)
 
 
 def _rewrite(node: Any, targets: dict[str, str]) -> Any:

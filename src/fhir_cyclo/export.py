@@ -12,7 +12,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from fhir_cyclo.bundle import dumps, transaction_bundle, validate_resource, with_local_references
+from fhir_cyclo.bundle import (
+    dumps,
+    local_reference_lines,
+    transaction_bundle,
+    validate_resource,
+)
 from fhir_cyclo.case import Case
 from fhir_cyclo.errors import FhirCycloError, InputError, MappingError
 from fhir_cyclo.inputs import load
@@ -41,16 +46,26 @@ def bundle_filename(case: Case) -> str:
 
 def map_case(case: Case, terms: Terminology, *, validate: bool = True) -> list[Resource]:
     """Case -> resources, each validated with fhir.resources R4B unless `validate` is off."""
+    return map_case_compact(case, terms, validate=validate)[0]
+
+
+def map_case_compact(
+    case: Case, terms: Terminology, *, validate: bool = True
+) -> tuple[list[Resource], list[bytes]]:
+    """`map_case` and each resource's compact JSON bytes (NDJSON writes them with references
+    made local, see `bundle.local_reference_lines`)."""
     resources = list(case_to_resources(case, terms))
-    if validate:
-        for res in resources:
+    lines = []
+    for res in resources:
+        if validate:
             problem = validate_resource(res)
             if problem:
                 raise MappingError(
                     f"{res['resourceType']} does not validate (R4B): {problem}",
                     source=case.identifier.token,
                 )
-    return resources
+        lines.append(dumps(res, pretty=False))
+    return resources, lines
 
 
 @functools.cache
@@ -83,12 +98,12 @@ class NdjsonWriter:
         folder.mkdir(parents=True, exist_ok=True)
         self._files: dict[str, IO[bytes]] = {}
 
-    def write_case(self, resources: list[Resource]) -> None:
+    def write_case(self, resources: list[Resource], compact: list[bytes] | None = None) -> None:
         # The whole case is serialised before any byte is written: a failing case adds nothing.
-        lines = [
-            (r["resourceType"], dumps(r, pretty=False) + b"\n")
-            for r in with_local_references(resources)
-        ]
+        if compact is None:
+            compact = [dumps(r, pretty=False) for r in resources]
+        local = local_reference_lines(resources, compact)
+        lines = [(r["resourceType"], line + b"\n") for r, line in zip(resources, local, strict=True)]
         for rtype, line in lines:
             fh = self._files.get(rtype)
             if fh is None:
@@ -152,12 +167,12 @@ def export(
                         from fhir_cyclo.deidentify import deidentify
 
                         case = deidentify(case, keys)
-                    resources = map_case(case, terms, validate=validate)
+                    resources, compact = map_case_compact(case, terms, validate=validate)
                     data = dumps(transaction_bundle(case, terms, resources))
                     target = out_dir / bundle_filename(case)
                     write_atomic(target, data)
                     if writer:
-                        writer.write_case(resources)
+                        writer.write_case(resources, compact)
                     summary.cases += 1
                     summary.resources += len(resources)
                 except InputError as exc:
