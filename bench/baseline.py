@@ -411,7 +411,6 @@ class PlainBuilder:
             )
         return {"resourceType": "Bundle", "type": "transaction", "entry": entries}
 
-
     def _thymoma(
         self,
         put: Any,

@@ -21,9 +21,8 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from baseline import PlainBuilder  # noqa: E402
-
-from fhir_cyclo.terminology import terminology  # noqa: E402
+from baseline import PlainBuilder
+from fhir_cyclo.terminology import terminology
 
 _URN = re.compile(rb'"reference":"urn:uuid:([0-9a-f-]{36})"')
 

@@ -6,7 +6,6 @@ import argparse
 import contextlib
 import datetime as dt
 import gc
-import io
 import json
 import os
 import platform
@@ -14,10 +13,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -27,14 +24,23 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # helpers beside this script, also when run from elsewhere
 
 from baseline import PlainBuilder, case_ids  # noqa: E402
-from synthetic import case_data, scoring_resources, searchset_pages, write_case_files  # noqa: E402
+from synthetic import (  # noqa: E402
+    case_data,
+    scoring_resources,
+    searchset_pages,
+    write_case_files,
+    write_scoring_export,
+)
 
 # Targets of the performance issue; every ratio is "higher is better" except memory.
 TARGETS = {
+    "export_vs_ceiling": (">=", 0.7),
+    "export_rss_100k_over_1k": ("<=", 1.2),
+    "score_rss_100k_over_10k": ("<=", 2.0),
+    "push_ratio_by_workers": (">=", 0.95),  # at every worker count
+    "cold_validate_vs_model_validate": (">=", 1.0),
     "mapping_ratio": (">=", 0.03),
     "import_ratio": (">=", 0.3),
-    "push_ratio": (">=", 0.9),
-    "memory_ratio": ("<=", 1.2),
 }
 # Case indices for warm-up runs, far from the measured ones so no value is shared.
 WARM_BASE = 5_000_000
@@ -209,163 +215,318 @@ def bench_import(n_obs: int, rounds: int) -> dict[str, Any]:
     }
 
 
-# --- push ---------------------------------------------------------------------------------------
+# --- subprocess measurement -----------------------------------------------------------------------
 
 
-def _bare_post(base_url: str, bodies: list[bytes], workers: int) -> None:
-    """POST each pre-serialized Bundle with requests (one Session per thread), as bytes."""
-    import requests
-
-    local = threading.local()
-    headers = {"Content-Type": "application/fhir+json", "Accept": "application/fhir+json"}
-
-    def post(body: bytes) -> None:
-        session = getattr(local, "session", None)
-        if session is None:
-            session = local.session = requests.Session()
-        response = session.post(base_url, data=body, headers=headers, timeout=120)
-        if response.status_code != 200:
-            raise SystemExit(f"bare POST -> HTTP {response.status_code}: {response.text[:300]}")
-        _ = response.content
-
-    if workers == 1:
-        for body in bodies:
-            post(body)
-        return
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        list(pool.map(post, bodies))
+class BenchError(Exception):
+    """A part that could not run or whose output is wrong: the run exits non-zero."""
 
 
-def _cli_push(folder: Path, base_url: str, workers: int, journal: Path) -> None:
-    from fhir_cyclo.cli import main
-
-    out = io.StringIO()
-    argv = ["push", str(folder), "--server", base_url, "--workers", str(workers)]
-    argv += ["--no-progress", "--journal", str(journal)]
-    with contextlib.redirect_stdout(out):
-        code = main(argv)
-    if code != 0:
-        raise SystemExit(f"fhir-cyclo push exited {code}: {out.getvalue()[-500:]}")
-
-
-def bench_push(n_cases: int, workers_list: list[int], rounds: int, tmp: Path) -> dict[str, Any]:
-    """`fhir-cyclo push` (in this process) against a bare requests loop, same sandbox, same run."""
-    from fhir_cyclo.bundle import dumps, transaction_bundle
-    from fhir_cyclo.case import Case
-    from fhir_cyclo.export import map_case
-    from fhir_cyclo.sandbox import Sandbox, SandboxError
-    from fhir_cyclo.terminology import terminology
-
-    terms = terminology()
-    folder = tmp / "push-cases"
-    write_case_files(folder, n_cases, seed=23)
-    # Exactly the bytes `fhir-cyclo push` sends for these case files.
-    bodies = []
-    for path in sorted(folder.glob("*.json")):
-        case = Case.model_validate(orjson.loads(path.read_bytes()))
-        bodies.append(dumps(transaction_bundle(case, terms, map_case(case, terms)), pretty=False))
-    out: dict[str, Any] = {"cases": n_cases, "rounds": rounds, "workers": {}}
-    try:
-        sandbox = Sandbox()
-        sandbox.start(timeout=60)
-    except SandboxError as exc:
-        return {**out, "skipped": str(exc)}
-    runs = 0
-    try:
-        base = sandbox.base_url
-        # Warm both sides (connections, the server's JIT, this process's imports and shapes).
-        sandbox.reset()
-        _bare_post(base, bodies[:3], 1)
-        sandbox.reset()
-        _cli_push(folder, base, 1, tmp / "journal-warm.jsonl")
-        for workers in workers_list:
-            best_bare = best_push = float("inf")
-            for r in range(rounds):
-
-                def bare(w: int = workers) -> None:
-                    _bare_post(base, bodies, w)
-
-                def push(w: int = workers, n: int = runs) -> None:
-                    _cli_push(folder, base, w, tmp / f"journal-{w}-{n}.jsonl")
-
-                # Alternate which side goes first; each starts on an emptied store.
-                order = [("bare", bare), ("push", push)]
-                if r % 2:
-                    order.reverse()
-                for side, run in order:
-                    sandbox.reset()
-                    start = time.perf_counter()
-                    run()
-                    took = time.perf_counter() - start
-                    runs += 1
-                    stored = sandbox.counts().get("Patient", 0)
-                    if stored != n_cases:
-                        raise SystemExit(f"{side} run left {stored} Patients, not {n_cases}")
-                    if side == "bare":
-                        best_bare = min(best_bare, took)
-                    else:
-                        best_push = min(best_push, took)
-            out["workers"][str(workers)] = {
-                "cases_per_s": n_cases / best_push,
-                "bare_cases_per_s": n_cases / best_bare,
-                "ratio": best_bare / best_push,
-            }
-            log(f"  push workers={workers}: {out['workers'][str(workers)]}")
-    finally:
-        sandbox.stop()
-    return out
-
-
-# --- memory -------------------------------------------------------------------------------------
-
-
-# Peak RSS must be read for the export process alone. Linux carries a process's high-water mark
+# Peak RSS must be read for the measured process alone. Linux carries a process's high-water mark
 # across exec, so a child forked straight from this (large) benchmark process would report this
-# process's RSS as its own minimum; a small wrapper forks the export and reports its wait4 usage.
+# process's RSS as its own minimum; a small wrapper forks the command and reports its wait4 usage
+# (peak RSS, CPU) and its wall time, measured around the child alone.
 _RSS_WRAPPER = """
-import os, subprocess, sys
-proc = subprocess.Popen(sys.argv[2:], stdout=subprocess.DEVNULL)
+import os, subprocess, sys, time
+start = time.perf_counter()
+proc = subprocess.Popen(sys.argv[2:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+err = proc.stderr.read()
 _, status, usage = os.wait4(proc.pid, 0)
+took = time.perf_counter() - start
 with open(sys.argv[1], "w") as out:
-    out.write(f"{usage.ru_maxrss} {os.waitstatus_to_exitcode(status)}")
+    out.write(f"{usage.ru_maxrss} {os.waitstatus_to_exitcode(status)} {took} "
+              f"{usage.ru_utime + usage.ru_stime}")
+sys.stderr.buffer.write(err[-4000:])
 """
 
 
-def _export_peak_rss(folder: Path, out_dir: Path, report: Path) -> tuple[float, float]:
-    """Peak RSS (MB) and wall time of one `fhir-cyclo export --ndjson` child process."""
-    argv = [sys.executable, "-m", "fhir_cyclo.cli", "export", str(folder)]
-    argv += ["--out", str(out_dir), "--ndjson"]
-    start = time.perf_counter()
+def measured(argv: list[str], report: Path, ok_codes: tuple[int, ...] = (0,)) -> dict[str, float]:
+    """Run `argv` in a child process: wall seconds, CPU seconds and peak RSS (MB)."""
     done = subprocess.run(
         [sys.executable, "-c", _RSS_WRAPPER, str(report), *argv],
         capture_output=True,
         text=True,
         check=False,
     )
-    took = time.perf_counter() - start
-    maxrss_kib, code = (int(x) for x in report.read_text().split())
-    if done.returncode != 0 or code != 0:
-        raise SystemExit(f"export failed ({code}): {done.stderr[-500:]}")
-    return maxrss_kib / 1024, took  # ru_maxrss is in KiB on Linux
+    fields = report.read_text().split()
+    maxrss_kib, code, took, cpu = int(fields[0]), int(fields[1]), float(fields[2]), float(fields[3])
+    if done.returncode != 0 or code not in ok_codes:
+        errors = [line for line in done.stderr.splitlines() if "error" in line.lower()]
+        said = (errors[-1] if errors else done.stderr.strip()[-300:]).strip()
+        raise BenchError(f"`{' '.join(Path(a).name for a in argv[:3])} ...` exited {code}: {said}")
+    return {"seconds": took, "cpu_seconds": cpu, "rss_mb": maxrss_kib / 1024}
 
 
-def bench_memory(small: int, large: int, tmp: Path) -> dict[str, Any]:
-    """Peak RSS of `fhir-cyclo export` for `small` and `large` cases (one case file each)."""
+def cli() -> list[str]:
+    """The real `fhir-cyclo` entry point, as a user runs it (the console script beside Python)."""
+    script = Path(sys.executable).with_name("fhir-cyclo")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "fhir_cyclo.cli"]
+
+
+def cached(cache: Path, name: str, make: Callable[[Path], object]) -> Path:
+    """A synthetic input folder, made once per cache folder (the generators are deterministic)."""
+    folder = cache / name
+    done = cache / f"{name}.done"
+    if not done.exists():
+        shutil.rmtree(folder, ignore_errors=True)
+        make(folder)
+        done.touch()
+    return folder
+
+
+def same_tree(a: Path, b: Path) -> str | None:
+    """None when both folders hold the same files with the same bytes, else the first difference."""
+    names_a = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
+    names_b = sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
+    if names_a != names_b:
+        return f"file lists differ ({len(names_a)} vs {len(names_b)} files)"
+    for name in names_a:
+        if (a / name).read_bytes() != (b / name).read_bytes():
+            return f"{name} differs"
+    return None
+
+
+# --- export end to end ---------------------------------------------------------------------------
+
+
+def bench_export(n_cases: int, rounds: int, tmp: Path, cache: Path) -> dict[str, Any]:
+    """`fhir-cyclo export DIR --out OUT --ndjson` against the ceiling (ceiling.py), both in their
+    own process, same case files, same files written (checked byte for byte)."""
+    folder = cached(cache, f"export-cases-{n_cases}", lambda f: write_case_files(f, n_cases))
+    ours_out, ceiling_out = tmp / "export-ours", tmp / "export-ceiling"
+    sides = {
+        "ours": [*cli(), "export", str(folder), "--out", str(ours_out), "--ndjson"],
+        "ceiling": [sys.executable, str(HERE / "ceiling.py"), str(folder), str(ceiling_out)],
+    }
+    outs = {"ours": ours_out, "ceiling": ceiling_out}
+    times: dict[str, list[dict[str, float]]] = {"ours": [], "ceiling": []}
+    for r in range(rounds):
+        order = ["ours", "ceiling"] if r % 2 == 0 else ["ceiling", "ours"]
+        for side in order:
+            shutil.rmtree(outs[side], ignore_errors=True)
+            times[side].append(measured(sides[side], tmp / "export.rss"))
+        if r == 0:
+            diff = same_tree(ours_out, ceiling_out)
+            if diff:
+                raise BenchError(f"export and ceiling wrote different files: {diff}")
+    resources = sum(sum(1 for _ in p.open("rb")) for p in (ours_out / "ndjson").glob("*.ndjson"))
+    shutil.rmtree(ours_out)
+    shutil.rmtree(ceiling_out)
+    best = {side: min(t["seconds"] for t in runs) for side, runs in times.items()}
+    best_cpu = {side: min(t["cpu_seconds"] for t in runs) for side, runs in times.items()}
+    return {
+        "cases": n_cases,
+        "resources": resources,
+        "rounds": rounds,
+        "seconds": best,
+        "cpu_seconds": best_cpu,
+        "resources_per_s": resources / best["ours"],
+        "ceiling_resources_per_s": resources / best["ceiling"],
+        "ratio": best["ceiling"] / best["ours"],
+        "cpu_ratio": best_cpu["ceiling"] / best_cpu["ours"],
+    }
+
+
+def bench_export_memory(small: int, large: int, tmp: Path, cache: Path) -> dict[str, Any]:
+    """Peak RSS of `fhir-cyclo export --ndjson` for `small` and `large` cases (a file each)."""
     out: dict[str, Any] = {"small_cases": small, "large_cases": large}
     for label, count in (("small", small), ("large", large)):
-        folder = tmp / f"export-{label}"
-        write_case_files(folder, count)
+        folder = cached(cache, f"export-cases-{count}", lambda f, n=count: write_case_files(f, n))
         target = tmp / f"export-{label}-out"
-        rss, took = _export_peak_rss(folder, target, tmp / f"rss-{label}.txt")
+        shutil.rmtree(target, ignore_errors=True)
+        m = measured([*cli(), "export", str(folder), "--out", str(target), "--ndjson"], tmp / "rss")
         files = sum(1 for _ in target.glob("*.json"))
-        if files != count:
-            raise SystemExit(f"export wrote {files} Bundles for {count} cases")
         shutil.rmtree(target)
-        shutil.rmtree(folder)
-        out[f"{label}_rss_mb"] = rss
-        out[f"{label}_cases_per_s"] = count / took
-        log(f"  export {count} cases: {rss:.1f} MB peak RSS, {took:.1f} s")
+        if files != count:
+            raise BenchError(f"export wrote {files} Bundles for {count} cases")
+        out[f"{label}_rss_mb"] = m["rss_mb"]
+        out[f"{label}_cases_per_s"] = count / m["seconds"]
+        log(f"  export {count} cases: {m['rss_mb']:.1f} MB peak RSS, {m['seconds']:.1f} s")
     out["ratio"] = out["large_rss_mb"] / out["small_rss_mb"]
+    return out
+
+
+# --- validation memo -----------------------------------------------------------------------------
+
+
+def bench_memo(n_cases: int) -> dict[str, Any]:
+    """How often the shape memo answers (fresh validator per input), and the cold path: the
+    fixtures through `validate_resource` with a fresh memo against plain `model_validate`."""
+    from fhir.resources.R4B import get_fhir_model_class
+
+    from fhir_cyclo import r4b
+    from fhir_cyclo.bundle import validate_resource
+    from fhir_cyclo.case import Case
+    from fhir_cyclo.export import map_case
+    from fhir_cyclo.inputs import load
+    from fhir_cyclo.terminology import terminology
+
+    terms = terminology()
+    out: dict[str, Any] = {}
+    r4b._shared = None
+    for i in range(n_cases):
+        map_case(Case.model_validate(case_data(WARM_BASE + i)), terms)
+    v = r4b.shape_validator()
+    out["synthetic_cases"] = n_cases
+    out["synthetic_hit_rate"] = v.hits / v.checked
+    out["synthetic_shapes"] = v.plan_count()
+
+    cases = [x.case for x in load([HERE.parent / "fixtures"], terms) if x.case is not None]
+    fixture_resources = [r for c in cases for r in map_case(c, terms, validate=False)]
+    models = {r["resourceType"]: get_fhir_model_class(r["resourceType"]) for r in fixture_resources}
+
+    def plain() -> None:
+        for r in fixture_resources:
+            models[r["resourceType"]].model_validate(r)
+
+    def memo() -> None:
+        r4b._shared = None  # cold: a fresh memo, as in a new process
+        for r in fixture_resources:
+            if validate_resource(r) is not None:
+                raise BenchError("a fixture resource does not validate")
+
+    t_plain, t_memo = best_of(5, plain, memo)
+    v = r4b.shape_validator()
+    out["fixture_resources"] = len(fixture_resources)
+    out["fixture_hit_rate"] = v.hits / v.checked
+    out["fixture_cold_ms"] = t_memo * 1000
+    out["fixture_model_validate_ms"] = t_plain * 1000
+    out["cold_ratio"] = t_plain / t_memo
+    r4b._shared = None
+    return out
+
+
+# --- score over files ----------------------------------------------------------------------------
+
+
+def _scored(path: Path) -> int:
+    return len(orjson.loads(path.read_bytes())["patients"])
+
+
+def bench_score_files(small: int, large: int, tmp: Path, cache: Path) -> dict[str, Any]:
+    """`fhir-cyclo score DIR --json OUT` over per-type NDJSON files (a Bulk Data export's layout)
+    for `small` and `large` patients: peak RSS and time; then a Bulk Data folder (manifest.json
+    + NDJSON) of `small` patients."""
+    out: dict[str, Any] = {"small_patients": small, "large_patients": large}
+    for label, count in (("small", small), ("large", large)):
+        folder = cached(
+            cache, f"score-ndjson-{count}", lambda f, n=count: write_scoring_export(f, n)
+        )
+        result = tmp / f"score-{label}.json"
+        m = measured([*cli(), "score", str(folder), "--json", str(result)], tmp / "rss")
+        scored = _scored(result)
+        if scored < 0.8 * count:
+            raise BenchError(f"score scored {scored} of {count} patients")
+        out[f"{label}_rss_mb"] = m["rss_mb"]
+        out[f"{label}_seconds"] = m["seconds"]
+        out[f"{label}_patients_per_s"] = count / m["seconds"]
+        out[f"{label}_scored"] = scored
+        log(f"  score {count} patients (NDJSON): {m['rss_mb']:.1f} MB, {m['seconds']:.1f} s")
+    out["rss_ratio"] = out["large_rss_mb"] / out["small_rss_mb"]
+    # Time per patient, large over small: 1.0 is linear.
+    out["time_per_patient_ratio"] = (out["large_seconds"] / large) / (out["small_seconds"] / small)
+    bulk = cached(
+        cache, f"score-bulk-{small}", lambda f: write_scoring_export(f, small, manifest=True)
+    )
+    result = tmp / "score-bulk.json"
+    m = measured([*cli(), "score", str(bulk), "--json", str(result)], tmp / "rss")
+    if _scored(result) != out["small_scored"]:
+        raise BenchError(
+            f"Bulk Data folder scored {_scored(result)} patients, NDJSON {out['small_scored']}"
+        )
+    out["bulk_patients_per_s"] = small / m["seconds"]
+    out["bulk_rss_mb"] = m["rss_mb"]
+    log(f"  score {small} patients (Bulk Data folder): {m['rss_mb']:.1f} MB, {m['seconds']:.1f} s")
+    return out
+
+
+# --- push against HAPI ---------------------------------------------------------------------------
+
+
+def _push_bodies(folder: Path, target: Path) -> int:
+    """The compact Bundle bytes `fhir-cyclo push` sends for the case files, one per line."""
+    from fhir_cyclo.bundle import dumps, transaction_bundle
+    from fhir_cyclo.case import Case
+    from fhir_cyclo.export import map_case
+    from fhir_cyclo.terminology import terminology
+
+    terms = terminology()
+    count = 0
+    with target.open("wb") as fh:
+        for path in sorted(folder.glob("*.json")):
+            case = Case.model_validate(orjson.loads(path.read_bytes()))
+            resources = map_case(case, terms)
+            fh.write(dumps(transaction_bundle(case, terms, resources), pretty=False) + b"\n")
+            count += len(resources)
+    return count
+
+
+def bench_push(n_cases: int, workers_list: list[int], tmp: Path) -> dict[str, Any]:
+    """`fhir-cyclo push` against a bare requests loop (bare_push.py), each in its own process,
+    against one HAPI FHIR JPA server (fhir_cyclo.hapi), then HAPI's own ingest ceiling.
+
+    Every run sends new cases (another slice of the same generator), so both sides create
+    resources rather than update them; the bare loop sends exactly the bytes push would send for
+    its slice. The order of the two sides alternates between worker counts.
+    """
+    try:
+        from fhir_cyclo.hapi import HapiServer  # type: ignore[import-not-found,unused-ignore]
+    except ImportError as exc:
+        raise BenchError(f"no HAPI launcher (fhir_cyclo.hapi): {exc}") from exc
+
+    out: dict[str, Any] = {"cases": n_cases, "workers": {}}
+    slices = iter(range(1, 100))
+
+    def new_cases(label: str) -> Path:
+        folder = tmp / f"push-{label}"
+        shutil.rmtree(folder, ignore_errors=True)
+        first = next(slices) * 1_000_000
+        folder.mkdir(parents=True)
+        for i in range(n_cases):
+            (folder / f"case-{i:06d}.json").write_bytes(orjson.dumps(case_data(first + i, 23)))
+        return folder
+
+    def ours(workers: int) -> float:
+        folder = new_cases(f"ours-{workers}")
+        argv = [*cli(), "push", str(folder), "--server", base, "--workers", str(workers)]
+        argv += ["--no-progress", "--journal", str(tmp / f"journal-{workers}.jsonl")]
+        return measured(argv, tmp / "push.rss")["seconds"]
+
+    def bare(workers: int) -> tuple[float, int]:
+        folder = new_cases(f"bare-{workers}")
+        bodies = tmp / f"bodies-{workers}.ndjson"
+        resources = _push_bodies(folder, bodies)
+        argv = [sys.executable, str(HERE / "bare_push.py"), str(bodies), base, str(workers)]
+        done = subprocess.run(argv, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise BenchError(f"bare push failed: {done.stderr[-600:]}")
+        return float(json.loads(done.stdout)["seconds"]), resources
+
+    with HapiServer() as srv:
+        base = srv.base_url
+        # Warm the server (JIT, caches, connection pools) on cases not measured.
+        warm = new_cases("warm")
+        warm_argv = [*cli(), "push", str(warm), "--server", base, "--workers", "2"]
+        measured([*warm_argv, "--no-progress", "--no-journal"], tmp / "push.rss")
+        for k, workers in enumerate(workers_list):
+            if k % 2 == 0:
+                t_ours = ours(workers)
+                t_bare, _ = bare(workers)
+            else:
+                t_bare, _ = bare(workers)
+                t_ours = ours(workers)
+            out["workers"][str(workers)] = {
+                "cases_per_s": n_cases / t_ours,
+                "bare_cases_per_s": n_cases / t_bare,
+                "ratio": t_bare / t_ours,
+            }
+            log(f"  push workers={workers}: {out['workers'][str(workers)]}")
+        # HAPI's own ceiling: the bare loop with more threads than the server has cores.
+        ceiling_workers = 2 * max(*workers_list, os.cpu_count() or 1)
+        t_ceiling, resources = bare(ceiling_workers)
+        out["hapi_ceiling_workers"] = ceiling_workers
+        out["hapi_ceiling_resources_per_s"] = resources / t_ceiling
+        out["hapi_ceiling_cases_per_s"] = n_cases / t_ceiling
     return out
 
 
@@ -409,132 +570,228 @@ def machine() -> dict[str, Any]:
     }
 
 
+def _row(name: str, value: str) -> tuple[str, str]:
+    return name, value
+
+
 def table(result: dict[str, Any]) -> str:
-    m, i, p, mem, s = (result[k] for k in ("mapping", "import", "push", "memory", "scoring"))
-    rows = [
-        (
-            "mapping: resources/s (case -> validated -> Bundle bytes)",
-            f"{m['resources_per_s']:,.0f}",
-        ),
-        ("mapping: plain dicts + orjson, resources/s", f"{m['baseline_resources_per_s']:,.0f}"),
-        ("mapping: first 20 cases of a process, resources/s", f"{m['cold_resources_per_s']:,.0f}"),
-        ("mapping ratio (ours/plain throughput, higher better)", f"{m['ratio']:.3f}"),
-        ("  same, baseline given precomputed ids", f"{m['ratio_vs_ids_free_baseline']:.3f}"),
-        (
-            "  fhir.resources model_validate per resource (ratio)",
-            f"{m['fhir_resources_validate_ratio']:.4f}",
-        ),
-        (
-            "  fhir.resources Bundle model_dump_json (ratio)",
-            f"{m['fhir_resources_dump_ratio']:.4f}",
-        ),
-        ("import: Observations/s (pages -> scoring inputs)", f"{i['observations_per_s']:,.0f}"),
-        ("import: orjson.loads only, Observations/s", f"{i['loads_observations_per_s']:,.0f}"),
-        ("import ratio (t loads / t ours, higher better)", f"{i['ratio']:.3f}"),
-        ("  same, loads run with the GC on", f"{i['ratio_vs_default_gc_loads']:.3f}"),
-        ("  strict (R4B-validated) import ratio", f"{i['strict_ratio']:.3f}"),
-    ]
+    rows: list[tuple[str, str]] = []
+    e = result.get("export")
+    if e:
+        rows += [
+            _row(
+                f"export end to end ({e['cases']:,} cases, {e['resources']:,} resources), s",
+                f"ours {e['seconds']['ours']:.2f} / ceiling {e['seconds']['ceiling']:.2f}",
+            ),
+            _row("export vs ceiling (wall, higher better)", f"{e['ratio']:.3f}"),
+            _row("  same, CPU seconds", f"{e['cpu_ratio']:.3f}"),
+        ]
+    mem = result.get("export_memory")
+    if mem:
+        rows += [
+            _row(
+                f"export peak RSS {mem['small_cases']:,} / {mem['large_cases']:,} cases (MB)",
+                f"{mem['small_rss_mb']:.1f} / {mem['large_rss_mb']:.1f} ({mem['ratio']:.3f})",
+            )
+        ]
+    sc = result.get("score_files")
+    if sc:
+        rows += [
+            _row(
+                f"score peak RSS {sc['small_patients']:,} / {sc['large_patients']:,} patients (MB)",
+                f"{sc['small_rss_mb']:.1f} / {sc['large_rss_mb']:.1f} ({sc['rss_ratio']:.3f})",
+            ),
+            _row(
+                "score patients/s NDJSON small / large / Bulk Data folder",
+                f"{sc['small_patients_per_s']:,.0f} / {sc['large_patients_per_s']:,.0f} / "
+                f"{sc['bulk_patients_per_s']:,.0f}",
+            ),
+            _row("score time per patient, large / small", f"{sc['time_per_patient_ratio']:.3f}"),
+        ]
+    memo = result.get("memo")
+    if memo:
+        rows += [
+            _row(
+                "validation memo hit rate synthetic / fixtures",
+                f"{memo['synthetic_hit_rate']:.3f} / {memo['fixture_hit_rate']:.3f}",
+            ),
+            _row(
+                "fixtures cold: memo / plain model_validate (ms)",
+                f"{memo['fixture_cold_ms']:.1f} / {memo['fixture_model_validate_ms']:.1f}",
+            ),
+        ]
+    m = result.get("mapping")
+    if m:
+        rows += [
+            _row("mapping ratio (in memory, ours/plain)", f"{m['ratio']:.3f}"),
+            _row(
+                "  mapping resources/s ours / plain",
+                f"{m['resources_per_s']:,.0f} / {m['baseline_resources_per_s']:,.0f}",
+            ),
+        ]
+    i = result.get("import")
+    if i:
+        rows += [
+            _row("import ratio (t loads / t ours)", f"{i['ratio']:.3f}"),
+            _row("  strict import ratio", f"{i['strict_ratio']:.3f}"),
+        ]
+    p = result.get("push") or {}
     for w, v in (p.get("workers") or {}).items():
         rows.append(
-            (
-                f"push {w} worker(s): cases/s ours / bare (ratio, higher better)",
+            _row(
+                f"push {w} worker(s): cases/s ours / bare (ratio)",
                 f"{v['cases_per_s']:.1f} / {v['bare_cases_per_s']:.1f} ({v['ratio']:.3f})",
             )
         )
-    if p.get("skipped"):
-        rows.append(("push", f"skipped: {p['skipped']}"))
-    rows += [
-        (
-            f"export peak RSS {mem['small_cases']:,} / {mem['large_cases']:,} cases (MB)",
-            f"{mem['small_rss_mb']:.1f} / {mem['large_rss_mb']:.1f}",
-        ),
-        ("memory ratio (large/small, lower better)", f"{mem['ratio']:.3f}"),
-        (f"scoring: patients/s ({s['patients']:,} patients)", f"{s['patients_per_s']:,.0f}"),
-    ]
+    if p.get("hapi_ceiling_resources_per_s"):
+        rows.append(
+            _row("HAPI ingest ceiling, resources/s", f"{p['hapi_ceiling_resources_per_s']:,.0f}")
+        )
+    s = result.get("scoring")
+    if s:
+        rows.append(
+            _row(
+                f"scoring in memory, patients/s ({s['patients']:,})", f"{s['patients_per_s']:,.0f}"
+            )
+        )
+    for part, error in result.get("errors", {}).items():
+        rows.append(_row(f"{part}", f"ERROR: {error}"))
+    if not rows:
+        return ""
     width = max(len(r[0]) for r in rows)
     return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
 
 
+def _round(value: Any, digits: int) -> Any:
+    return None if value is None else round(value, digits)
+
+
+def summary_line(result: dict[str, Any]) -> dict[str, Any]:
+    """The one JSON line: every key always present (None when its part did not run)."""
+    g = result.get
+    e, mem, sc = g("export") or {}, g("export_memory") or {}, g("score_files") or {}
+    memo, m, i, p, s = (
+        g("memo") or {},
+        g("mapping") or {},
+        g("import") or {},
+        g("push") or {},
+        (g("scoring") or {}),
+    )
+    push_workers = p.get("workers") or {}
+    out: dict[str, Any] = {
+        "export_vs_ceiling": _round(e.get("ratio"), 4),
+        "export_vs_ceiling_cpu": _round(e.get("cpu_ratio"), 4),
+        "export_resources_per_s": _round(e.get("resources_per_s"), 0),
+        "export_ceiling_resources_per_s": _round(e.get("ceiling_resources_per_s"), 0),
+        "export_rss_100k_over_1k": _round(mem.get("ratio"), 4),
+        "export_rss_mb": [_round(mem.get("small_rss_mb"), 1), _round(mem.get("large_rss_mb"), 1)],
+        "export_rss_cases": [mem.get("small_cases"), mem.get("large_cases")],
+        "score_rss_100k_over_10k": _round(sc.get("rss_ratio"), 4),
+        "score_rss_mb": [_round(sc.get("small_rss_mb"), 1), _round(sc.get("large_rss_mb"), 1)],
+        "score_rss_patients": [sc.get("small_patients"), sc.get("large_patients")],
+        "score_time_per_patient_large_over_small": _round(sc.get("time_per_patient_ratio"), 4),
+        "score_ndjson_patients_per_s": [
+            _round(sc.get("small_patients_per_s"), 1),
+            _round(sc.get("large_patients_per_s"), 1),
+        ],
+        "score_bulk_patients_per_s": _round(sc.get("bulk_patients_per_s"), 1),
+        "memo_hit_rate": _round(memo.get("synthetic_hit_rate"), 4),
+        "memo_hit_rate_fixtures": _round(memo.get("fixture_hit_rate"), 4),
+        "cold_validate_vs_model_validate": _round(memo.get("cold_ratio"), 4),
+        "push_ratio_by_workers": {w: round(v["ratio"], 4) for w, v in push_workers.items()},
+        "push_cases_per_s_by_workers": {
+            w: round(v["cases_per_s"], 2) for w, v in push_workers.items()
+        },
+        "push_bare_cases_per_s_by_workers": {
+            w: round(v["bare_cases_per_s"], 2) for w, v in push_workers.items()
+        },
+        "push_cases": p.get("cases"),
+        "hapi_ceiling_resources_per_s": _round(p.get("hapi_ceiling_resources_per_s"), 1),
+        "mapping_ratio": _round(m.get("ratio"), 4),
+        "import_ratio": _round(i.get("ratio"), 4),
+        "import_strict_ratio": _round(i.get("strict_ratio"), 4),
+        "scoring_patients_per_s": _round(s.get("patients_per_s"), 1),
+        "mapping_resources_per_s": _round(m.get("resources_per_s"), 0),
+        "mapping_baseline_resources_per_s": _round(m.get("baseline_resources_per_s"), 0),
+        "import_observations_per_s": _round(i.get("observations_per_s"), 0),
+        "import_loads_observations_per_s": _round(i.get("loads_observations_per_s"), 0),
+    }
+    met: dict[str, bool | None] = {}
+    for key, (op, bound) in TARGETS.items():
+        value = out.get(key)
+        if isinstance(value, dict):
+            value = min(value.values()) if value else None
+        met[key] = None if value is None else (value >= bound if op == ">=" else value <= bound)
+    out["targets_met"] = met
+    out["errors"] = result.get("errors", {})
+    out["skipped"] = result.get("skipped", [])
+    out["quick"] = result["quick"]
+    out["machine"] = result["machine"]
+    return out
+
+
+PARTS = ("mapping", "import", "memo", "export", "export_memory", "score_files", "scoring", "push")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="small sizes: under a minute")
-    parser.add_argument("--n-cases", type=int, help="cases for mapping and push (memory: N, 10N)")
-    parser.add_argument("--observations", type=int, help="Observations for the import benchmark")
-    parser.add_argument("--patients", type=int, help="patients for the scoring benchmark")
+    parser.add_argument("--quick", action="store_true", help="small sizes: a smoke test")
+    parser.add_argument("--skip-push", action="store_true", help="leave out push against HAPI")
+    parser.add_argument("--only", help=f"comma-separated parts to run ({', '.join(PARTS)})")
     parser.add_argument("--workers", default="1,2,4", help="push worker counts (default 1,2,4)")
-    parser.add_argument("--no-push", action="store_true", help="skip the sandbox push benchmark")
+    parser.add_argument("--cache", type=Path, help="keep generated inputs here between runs")
     args = parser.parse_args(argv)
 
     quick = args.quick
-    n_cases = args.n_cases or (40 if quick else 300)
-    push_cases = args.n_cases or (20 if quick else 150)
-    memory = (n_cases, 10 * n_cases) if args.n_cases else ((100, 1000) if quick else (1000, 10000))
-    observations = args.observations or (5000 if quick else 20000)
-    patients = args.patients or (1000 if quick else 10000)
+    sizes = {
+        "mapping_cases": 20 if quick else 300,
+        "observations": 1000 if quick else 20000,
+        "patients": 100 if quick else 10000,
+        "memo_cases": 20 if quick else 2000,
+        "export_cases": 30 if quick else 2000,
+        "export_memory": (30, 300) if quick else (1000, 100_000),
+        "score_files": (100, 1000) if quick else (10_000, 100_000),
+        "push_cases": 20 if quick else 1000,
+    }
     rounds = 1 if quick else 3
     workers = [int(w) for w in args.workers.split(",") if w]
+    wanted = set(args.only.split(",")) if args.only else set(PARTS)
+    if unknown := wanted - set(PARTS):
+        parser.error(f"unknown part(s): {', '.join(sorted(unknown))}")
+    skipped = [f"{p} (--only)" for p in PARTS if p not in wanted]
+    if args.skip_push and "push" in wanted:
+        wanted.discard("push")
+        skipped.append("push (--skip-push)")
 
-    result: dict[str, Any] = {"machine": machine(), "quick": quick}
-    with tempfile.TemporaryDirectory(prefix="fhir-cyclo-bench-") as raw_tmp:
-        tmp = Path(raw_tmp)
-        gc.collect()
-        log(f"mapping: {n_cases} cases")
-        result["mapping"] = bench_mapping(n_cases, rounds)
-        gc.collect()
-        log(f"import: {observations} Observations")
-        result["import"] = bench_import(observations, rounds)
-        if args.no_push:
-            result["push"] = {"skipped": "--no-push"}
-        else:
-            log(f"push: {push_cases} cases, workers {workers}")
-            result["push"] = bench_push(push_cases, workers, 1 if quick else 3, tmp)
-        log(f"memory: export {memory[0]} vs {memory[1]} cases")
-        result["memory"] = bench_memory(*memory, tmp)
-        log(f"scoring: {patients} patients")
-        gc.collect()
-        result["scoring"] = bench_scoring(patients)
-
-    push_workers = result["push"].get("workers") or {}
-    summary: dict[str, Any] = {
-        "mapping_ratio": round(result["mapping"]["ratio"], 4),
-        "import_ratio": round(result["import"]["ratio"], 4),
-        "push_ratio": (
-            round(min(v["ratio"] for v in push_workers.values()), 4) if push_workers else None
-        ),
-        "memory_ratio": round(result["memory"]["ratio"], 4),
-        "scoring_patients_per_s": round(result["scoring"]["patients_per_s"], 1),
-        "mapping_resources_per_s": round(result["mapping"]["resources_per_s"]),
-        "mapping_baseline_resources_per_s": round(result["mapping"]["baseline_resources_per_s"]),
-        "mapping_ratio_vs_ids_free_baseline": round(
-            result["mapping"]["ratio_vs_ids_free_baseline"], 4
-        ),
-        "import_observations_per_s": round(result["import"]["observations_per_s"]),
-        "import_loads_observations_per_s": round(result["import"]["loads_observations_per_s"]),
-        "import_strict_ratio": round(result["import"]["strict_ratio"], 4),
-        "import_ratio_vs_default_gc_loads": round(result["import"]["ratio_vs_default_gc_loads"], 4),
-        "push_cases_per_s": {w: round(v["cases_per_s"], 2) for w, v in push_workers.items()},
-        "push_bare_cases_per_s": {
-            w: round(v["bare_cases_per_s"], 2) for w, v in push_workers.items()
-        },
-        "push_ratio_by_workers": {w: round(v["ratio"], 4) for w, v in push_workers.items()},
-        "memory_small_rss_mb": round(result["memory"]["small_rss_mb"], 1),
-        "memory_large_rss_mb": round(result["memory"]["large_rss_mb"], 1),
-        "memory_cases": [result["memory"]["small_cases"], result["memory"]["large_cases"]],
-        "ratio_directions": "mapping/import/push: ours vs baseline throughput, higher is better; "
-        "memory: large/small peak RSS, lower is better",
-    }
-    summary["targets_met"] = {
-        key: (
-            None
-            if summary[key] is None
-            else (summary[key] >= bound if op == ">=" else summary[key] <= bound)
-        )
-        for key, (op, bound) in TARGETS.items()
-    }
-    summary["machine"] = result["machine"]
+    result: dict[str, Any] = {"machine": machine(), "quick": quick, "errors": {}}
+    result["skipped"] = skipped
+    with contextlib.ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="fhir-cyclo-bench-")))
+        cache = args.cache or tmp / "inputs"
+        cache.mkdir(parents=True, exist_ok=True)
+        jobs: dict[str, Callable[[], dict[str, Any]]] = {
+            "mapping": lambda: bench_mapping(sizes["mapping_cases"], rounds),
+            "import": lambda: bench_import(sizes["observations"], rounds),
+            "memo": lambda: bench_memo(sizes["memo_cases"]),
+            "export": lambda: bench_export(sizes["export_cases"], rounds, tmp, cache),
+            "export_memory": lambda: bench_export_memory(*sizes["export_memory"], tmp, cache),
+            "score_files": lambda: bench_score_files(*sizes["score_files"], tmp, cache),
+            "scoring": lambda: bench_scoring(sizes["patients"]),
+            "push": lambda: bench_push(sizes["push_cases"], workers, tmp),
+        }
+        for part in PARTS:
+            if part not in wanted:
+                continue
+            log(f"{part} ...")
+            gc.collect()
+            try:
+                result[part] = jobs[part]()
+            except (BenchError, SystemExit, Exception) as exc:  # reported; the run exits 1
+                result["errors"][part] = str(exc).splitlines()[0] if str(exc) else repr(exc)
+                log(f"  {part} FAILED: {result['errors'][part]}")
     print(table(result))
-    print(json.dumps(summary, separators=(",", ":")), flush=True)
-    return 0
+    print(json.dumps(summary_line(result), separators=(",", ":")), flush=True)
+    return 1 if result["errors"] else 0
 
 
 if __name__ == "__main__":

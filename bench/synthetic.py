@@ -367,3 +367,128 @@ def scoring_resources(patients: int, seed: int = 13) -> Iterator[dict[str, Any]]
                     "code": unit,
                 },
             }
+
+
+# --- scoring input as a Bulk Data export would hold it -------------------------------------------
+
+# (disease, Condition coding system, code, scored lab LOINC, unit, low, high); AIHA also has
+# LDH (2532-0) and indirect bilirubin (1971-1) next to its Hb.
+_SCORING_DISEASES = (
+    ("ITP", "http://snomed.info/sct", "2897005", "777-3", "10*9/L", 5.0, 300.0),
+    ("AIHA", "http://snomed.info/sct", "413603009", "718-7", "g/dL", 6.0, 15.0),
+    ("PRCA", "http://snomed.info/sct", "50715003", "718-7", "g/dL", 4.0, 14.0),
+    ("ITP", "http://hl7.org/fhir/sid/icd-10-cm", "D69.3", "777-3", "10*9/L", 5.0, 300.0),
+)
+_AIHA_MARKERS = (("2532-0", "U/L", 150.0, 900.0, 250.0), ("1971-1", "mg/dL", 0.2, 3.0, 0.8))
+RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
+
+
+def scoring_patient(p: int, rng: random.Random) -> dict[str, list[dict[str, Any]]]:
+    """One patient's resources by type, varying like registry data: 3 diseases (SNOMED or
+    ICD-10-CM), 3 to 300 results, reference ranges present or not, some partial dates, a few
+    value-less or unusable results, patients without a cyclosporine start or disease."""
+    pid = f"pat-{p:06d}"
+    subject = {"reference": f"Patient/{pid}"}
+    disease, system, code, loinc, unit, low, high = _SCORING_DISEASES[p % len(_SCORING_DISEASES)]
+    start = dt.date(2012, 1, 1) + dt.timedelta(days=rng.randrange(0, 3000))
+    out: dict[str, list[dict[str, Any]]] = {
+        "Patient": [
+            {
+                "resourceType": "Patient",
+                "id": pid,
+                "meta": {"versionId": "1", "lastUpdated": "2025-01-01T00:00:00Z"},
+                "identifier": [{"system": SYSTEM, "value": pid}],
+                "gender": rng.choice(["female", "male", "female", "male", "unknown"]),
+                "birthDate": str(rng.randrange(1940, 2005)),
+            }
+        ],
+        "Condition": [],
+        "MedicationStatement": [],
+        "Observation": [],
+    }
+    if rng.random() < 0.97:  # a few patients carry no scored disease
+        out["Condition"].append(
+            {
+                "resourceType": "Condition",
+                "id": f"{pid}-dx",
+                "code": {"coding": [{"system": system, "code": code}]},
+                "subject": subject,
+                **({"onsetDateTime": start.isoformat()[:7]} if rng.random() < 0.5 else {}),
+            }
+        )
+    if rng.random() < 0.97:  # ... and a few no cyclosporine start
+        when = start.isoformat()
+        if rng.random() < 0.05:
+            when = when[:7]  # "started in March"
+        out["MedicationStatement"].append(
+            {
+                "resourceType": "MedicationStatement",
+                "id": f"{pid}-csa",
+                "status": rng.choice(["completed", "active"]),
+                "medicationCodeableConcept": {"coding": [{"system": RXNORM, "code": "3008"}]},
+                "subject": subject,
+                "effectivePeriod": {"start": when},
+            }
+        )
+    panels: list[tuple[str, str, float, float, float | None]] = [(loinc, unit, low, high, None)]
+    if disease == "AIHA":
+        panels += list(_AIHA_MARKERS)
+    n = lab_count(rng)
+    spacing = max(1, 900 // n)
+    for k in range(n):
+        lab_code, lab_unit, lo, hi, upper = panels[k % len(panels)]
+        day = start + dt.timedelta(days=-30 + spacing * k + rng.randrange(0, 3))
+        obs: dict[str, Any] = {
+            "resourceType": "Observation",
+            "id": f"{pid}-lab-{k}",
+            "status": "final" if rng.random() < 0.99 else "entered-in-error",
+            "code": {"coding": [{"system": LOINC, "code": lab_code}]},
+            "subject": subject,
+            "effectiveDateTime": day.isoformat() if rng.random() > 0.03 else day.isoformat()[:7],
+        }
+        if lab_code == "718-7" and rng.random() < 0.02:
+            obs["interpretation"] = [{"coding": [{"system": _INTERP, "code": "N"}]}]
+        else:
+            value = round(rng.uniform(lo, hi), 1)
+            obs["valueQuantity"] = {"value": value, "unit": lab_unit, "system": UCUM}
+            obs["valueQuantity"]["code"] = lab_unit
+            if upper is not None and rng.random() < 0.7:
+                obs["referenceRange"] = [{"high": {"value": upper, "unit": lab_unit}}]
+        out["Observation"].append(obs)
+    return out
+
+
+_INTERP = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
+
+
+def write_scoring_export(
+    folder: Path, patients: int, seed: int = 13, manifest: bool = False
+) -> int:
+    """`patients` patients as per-type NDJSON files (Bulk Data layout: a patient's resources
+    spread over the files); with `manifest`, a Bulk Data manifest.json names them. Returns the
+    number of resources written."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    names = ("Patient", "Condition", "MedicationStatement", "Observation")
+    files = {t: (folder / f"{t}.ndjson").open("wb") for t in names}
+    counts = dict.fromkeys(names, 0)
+    try:
+        for p in range(patients):
+            for rtype, resources in scoring_patient(p, rng).items():
+                fh = files[rtype]
+                for r in resources:
+                    fh.write(orjson.dumps(r) + b"\n")
+                counts[rtype] += len(resources)
+    finally:
+        for fh in files.values():
+            fh.close()
+    if manifest:
+        doc = {
+            "transactionTime": "2025-01-01T00:00:00Z",
+            "request": "http://127.0.0.1/fhir/$export?_type=" + ",".join(names),
+            "requiresAccessToken": False,
+            "output": [{"type": t, "url": f"{t}.ndjson", "count": counts[t]} for t in names],
+            "error": [],
+        }
+        (folder / "manifest.json").write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2))
+    return sum(counts.values())

@@ -103,7 +103,9 @@ class NdjsonWriter:
         if compact is None:
             compact = [dumps(r, pretty=False) for r in resources]
         local = local_reference_lines(resources, compact)
-        lines = [(r["resourceType"], line + b"\n") for r, line in zip(resources, local, strict=True)]
+        lines = [
+            (r["resourceType"], line + b"\n") for r, line in zip(resources, local, strict=True)
+        ]
         for rtype, line in lines:
             fh = self._files.get(rtype)
             if fh is None:

@@ -55,6 +55,13 @@ def run(args: argparse.Namespace, client: Any | None) -> int:
     def notice(text: str) -> None:
         print(f"fhir-cyclo: warning: {text}", file=sys.stderr)
 
+    if paths and not (
+        patient or identifier or getattr(args, "plot", None) or getattr(args, "write_back", False)
+    ):
+        # Files of any size: scored in patient groups, out of core (see grouping.py).
+        return _run_grouped(
+            args, read_paths(paths, on_error=bad, on_notice=notice), bad_files
+        )
     if paths:
         items = read_paths(paths, on_error=bad, on_notice=notice)
     elif client is not None:
@@ -112,5 +119,39 @@ def run(args: argparse.Namespace, client: Any | None) -> int:
         else:
             print("nothing to write back: no patient could be scored", file=sys.stderr)
     if not cohort.patients:
+        print("fhir-cyclo: warning: no patient could be scored", file=sys.stderr)
+    return 1 if bad_files else 0  # bad files were reported; the rest was scored
+
+
+def _run_grouped(
+    args: argparse.Namespace, items: Iterable[SourceItem], bad_files: list[Any]
+) -> int:
+    """`run` for file input without --plot/--write-back/--patient/--identifier: the same output,
+    in constant memory per patient group."""
+    from fhir_cyclo.scoring.stream import score_groups, scratch, table, write_json
+
+    def warn(note: Any) -> None:
+        print(f"fhir-cyclo: warning: {note}", file=sys.stderr)
+
+    with scratch() as raw_tmp:
+        result = score_groups(
+            items, Path(raw_tmp), strict=bool(getattr(args, "strict", False)), on_note=warn
+        )
+        print(
+            f"scored {result.patients} patient(s); {result.skipped} resource(s) skipped, "
+            f"{result.notes} warning(s)",
+            file=sys.stderr,
+        )
+        json_target = getattr(args, "json", None)
+        if json_target == "-":
+            sys.stdout.flush()
+            write_json(result, sys.stdout.buffer)
+            sys.stdout.buffer.flush()
+        elif json_target:
+            with Path(json_target).open("wb") as out:
+                write_json(result, out)
+        if getattr(args, "table", False) or not json_target:
+            sys.stdout.write(table(result))
+    if not result.patients:
         print("fhir-cyclo: warning: no patient could be scored", file=sys.stderr)
     return 1 if bad_files else 0  # bad files were reported; the rest was scored

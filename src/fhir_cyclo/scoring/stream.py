@@ -1,0 +1,121 @@
+"""Score file input of any size in patient groups (`grouping`), writing --json and --table from
+what each group leaves behind: a sorted run of JSON entries on disk and a response tally."""
+
+from __future__ import annotations
+
+import heapq
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from typing import IO, Any
+
+import orjson
+
+from fhir_cyclo.scoring.config import ScoringConfig, load_config
+from fhir_cyclo.scoring.extract import Note, PatientInputs, extract
+from fhir_cyclo.scoring.grouping import IN_MEMORY_LIMIT, PARTITION_SIZE, grouped
+from fhir_cyclo.scoring.report import to_json, to_table
+from fhir_cyclo.scoring.rules import Assessment, CohortScore, PatientScore, score
+from fhir_cyclo.scoring.sources import SourceItem
+
+
+@dataclass
+class StreamResult:
+    """Counts of a streamed scoring run (the JSON and table are written by `write_*`)."""
+
+    patients: int
+    notes: int
+    skipped: int
+    runs: list[Path]
+    tally: list[PatientScore]  # one shared stand-in per distinct (disease, responses)
+    config: ScoringConfig
+
+
+def score_groups(
+    items: Iterable[SourceItem],
+    tmp: Path,
+    *,
+    strict: bool = False,
+    on_note: Callable[[Note], None] | None = None,
+    config: ScoringConfig | None = None,
+    in_memory_limit: int = IN_MEMORY_LIMIT,
+    partition_size: int = PARTITION_SIZE,
+) -> StreamResult:
+    """Extract and score group by group; `tmp` receives one sorted run of JSON entries per group.
+
+    Nothing per patient stays in memory but a pointer into `tally`: the table only counts
+    responses, so patients with the same disease and responses share one stand-in score.
+    """
+    cfg = config or load_config()
+    result = StreamResult(0, 0, 0, [], [], cfg)
+    shared: dict[tuple[Any, ...], PatientScore] = {}
+    groups = grouped(
+        items, in_memory_limit=in_memory_limit, partition_size=partition_size, tmp_dir=tmp
+    )
+    for n, group in enumerate(groups):
+        cohort = score(extract(group, config=cfg, strict=strict), cfg)
+        del group
+        for note in cohort.notes:
+            result.notes += 1
+            result.skipped += "skipped" in note.message
+            if on_note is not None:
+                on_note(note)
+        run = tmp / f"run-{n}"
+        with run.open("wb") as fh:
+            for entry in to_json(cohort)["patients"]:  # sorted by key already
+                fh.write(orjson.dumps([entry["patient"], entry]) + b"\n")
+        result.runs.append(run)
+        for p in cohort.patients:
+            responses = tuple((a.month, a.response) for a in p.assessments)
+            signature = (p.disease, responses)
+            stand_in = shared.get(signature)
+            if stand_in is None:
+                stand_in = shared[signature] = _stand_in(p.disease, responses, p.unit)
+            result.tally.append(stand_in)
+        result.patients += len(cohort.patients)
+    return result
+
+
+def _stand_in(disease: str, responses: tuple[tuple[int, str], ...], unit: str) -> PatientScore:
+    day = date.min
+    return PatientScore(
+        inputs=PatientInputs(key="", reference=None, identifier=None, gender=None),
+        disease=disease,
+        start=day,
+        baseline=None,
+        assessments=[Assessment(m, day, (day, day), response) for m, response in responses],
+        unit=unit,
+    )
+
+
+def _entries(runs: list[Path]) -> Iterator[Any]:
+    def read(path: Path) -> Iterator[list[Any]]:
+        with path.open("rb") as fh:
+            for line in fh:
+                yield orjson.loads(line)
+
+    for _, entry in heapq.merge(*(read(r) for r in runs), key=lambda pair: pair[0]):
+        yield entry
+
+
+def write_json(result: StreamResult, out: IO[bytes]) -> None:
+    """The --json document, byte for byte as `orjson.dumps(to_json(cohort), OPT_INDENT_2)`
+    plus a newline would write it, streamed entry by entry in key order."""
+    first = True
+    for entry in _entries(result.runs):
+        out.write(b'{\n  "patients": [\n' if first else b",\n")
+        first = False
+        text = orjson.dumps(entry, option=orjson.OPT_INDENT_2)
+        out.write(b"\n".join(b"    " + line for line in text.split(b"\n")))
+    out.write(b'{\n  "patients": []\n}\n' if first else b"\n  ]\n}\n")
+
+
+def table(result: StreamResult) -> str:
+    return to_table(CohortScore(patients=result.tally, notes=[], config=result.config))
+
+
+def scratch() -> tempfile.TemporaryDirectory[str]:
+    """A temporary folder for the spool, partitions and runs (removed when closed)."""
+    return tempfile.TemporaryDirectory(prefix="fhir-cyclo-score-")
