@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -27,9 +28,9 @@ KEYS = {
 }
 
 
-def _run(*extra: str) -> tuple[int, dict[str, object], str]:
+def _run(*extra: str, env: dict[str, str] | None = None) -> tuple[int, dict[str, object], str]:
     argv = [sys.executable, str(ROOT / "bench" / "run.py"), "--quick", *extra]
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=600, check=False)
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=600, check=False, env=env)
     return done.returncode, json.loads(done.stdout.strip().splitlines()[-1]), done.stderr
 
 
@@ -51,12 +52,12 @@ def test_quick_bench_prints_the_json_line_with_every_key() -> None:
     assert summary["errors"] == {}
 
 
-def test_a_part_that_cannot_run_fails_the_run() -> None:
-    # No HAPI launcher in reach of a 1-worker push on 20 cases: an error and exit 1, not a skip.
-    code, summary, _ = _run("--only", "push", "--workers", "1")
-    if code == 0:  # a HAPI server really ran: then the push keys are filled
-        assert set(summary["push_ratio_by_workers"]) == {"1"}  # type: ignore[arg-type]
-        return
+def test_a_part_that_cannot_run_fails_the_run(tmp_path: Path) -> None:
+    # No HAPI server jar: the push part is an error and the run exits 1, never a silent skip.
+    env = {**os.environ, "FHIR_CYCLO_HAPI_JAR": str(tmp_path / "missing.jar")}
+    code, summary, _ = _run("--only", "push", "--workers", "1", env=env)
     assert code == 1
     assert "push" in summary["errors"]  # type: ignore[operator]
+    assert "missing.jar" in summary["errors"]["push"]  # type: ignore[index]
     assert summary["push_ratio_by_workers"] == {}
+    assert summary["targets_met"]["push_ratio_by_workers"] is None  # type: ignore[index]
