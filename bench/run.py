@@ -478,12 +478,16 @@ def bench_push(n_cases: int, workers_list: list[int], tmp: Path) -> dict[str, An
     slices = iter(range(1, 100))
 
     def new_cases(label: str) -> Path:
+        # The same cases every time (HAPI's cost grows with a case's size, and sizes vary from 6
+        # to 300 resources), under new identifiers: every run creates, none updates.
         folder = tmp / f"push-{label}"
         shutil.rmtree(folder, ignore_errors=True)
-        first = next(slices) * 1_000_000
+        run = next(slices)
         folder.mkdir(parents=True)
         for i in range(n_cases):
-            (folder / f"case-{i:06d}.json").write_bytes(orjson.dumps(case_data(first + i, 23)))
+            case = case_data(i, 23)
+            case["identifier"]["value"] = f"push-{run:02d}-{i:06d}"
+            (folder / f"case-{i:06d}.json").write_bytes(orjson.dumps(case))
         return folder
 
     def ours(workers: int) -> float:
@@ -740,6 +744,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", help=f"comma-separated parts to run ({', '.join(PARTS)})")
     parser.add_argument("--workers", default="1,2,4", help="push worker counts (default 1,2,4)")
     parser.add_argument("--cache", type=Path, help="keep generated inputs here between runs")
+    parser.add_argument("--push-cases", type=int, help="cases per push run (full run: 1000)")
     args = parser.parse_args(argv)
 
     quick = args.quick
@@ -751,7 +756,7 @@ def main(argv: list[str] | None = None) -> int:
         "export_cases": 30 if quick else 2000,
         "export_memory": (30, 300) if quick else (1000, 100_000),
         "score_files": (100, 1000) if quick else (10_000, 100_000),
-        "push_cases": 20 if quick else 1000,
+        "push_cases": args.push_cases or (20 if quick else 1000),
     }
     rounds = 1 if quick else 3
     workers = [int(w) for w in args.workers.split(",") if w]
