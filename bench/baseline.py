@@ -141,7 +141,7 @@ class PlainBuilder:
             "coding": [
                 {
                     "system": "http://terminology.hl7.org/CodeSystem/adverse-event-seriousness",
-                    "code": "non-serious",
+                    "code": "Non-serious",
                 }
             ]
         }
