@@ -43,7 +43,7 @@ lint: install
 	$(BIN)/ruff format --check src tests bench fixtures fuzz
 	$(BIN)/mypy
 
-bench: install
+bench: install $(HAPI_JAR)
 	$(PY) bench/run.py
 
 # Long fuzz run: every reader's atheris harness for FUZZ_SECONDS each (seeds from fixtures and
