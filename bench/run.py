@@ -251,7 +251,7 @@ def measured(argv: list[str], report: Path, ok_codes: tuple[int, ...] = (0,)) ->
     fields = report.read_text().split()
     maxrss_kib, code, took, cpu = int(fields[0]), int(fields[1]), float(fields[2]), float(fields[3])
     if done.returncode != 0 or code not in ok_codes:
-        errors = [line for line in done.stderr.splitlines() if "error" in line.lower()]
+        errors = [line for line in done.stderr.splitlines() if line.startswith("fhir-cyclo: error")]
         said = (errors[-1] if errors else done.stderr.strip()[-300:]).strip()
         raise BenchError(f"`{' '.join(Path(a).name for a in argv[:3])} ...` exited {code}: {said}")
     return {"seconds": took, "cpu_seconds": cpu, "rss_mb": maxrss_kib / 1024}
@@ -419,12 +419,16 @@ def bench_score_files(small: int, large: int, tmp: Path, cache: Path) -> dict[st
             raise BenchError(f"score scored {scored} of {count} patients")
         out[f"{label}_rss_mb"] = m["rss_mb"]
         out[f"{label}_seconds"] = m["seconds"]
+        out[f"{label}_cpu_seconds"] = m["cpu_seconds"]
         out[f"{label}_patients_per_s"] = count / m["seconds"]
         out[f"{label}_scored"] = scored
         log(f"  score {count} patients (NDJSON): {m['rss_mb']:.1f} MB, {m['seconds']:.1f} s")
     out["rss_ratio"] = out["large_rss_mb"] / out["small_rss_mb"]
     # Time per patient, large over small: 1.0 is linear.
     out["time_per_patient_ratio"] = (out["large_seconds"] / large) / (out["small_seconds"] / small)
+    out["cpu_per_patient_ratio"] = (out["large_cpu_seconds"] / large) / (
+        out["small_cpu_seconds"] / small
+    )
     bulk = cached(
         cache, f"score-bulk-{small}", lambda f: write_scoring_export(f, small, manifest=True)
     )
@@ -699,6 +703,7 @@ def summary_line(result: dict[str, Any]) -> dict[str, Any]:
         "score_rss_mb": [_round(sc.get("small_rss_mb"), 1), _round(sc.get("large_rss_mb"), 1)],
         "score_rss_patients": [sc.get("small_patients"), sc.get("large_patients")],
         "score_time_per_patient_large_over_small": _round(sc.get("time_per_patient_ratio"), 4),
+        "score_cpu_per_patient_large_over_small": _round(sc.get("cpu_per_patient_ratio"), 4),
         "score_ndjson_patients_per_s": [
             _round(sc.get("small_patients_per_s"), 1),
             _round(sc.get("large_patients_per_s"), 1),
