@@ -226,7 +226,7 @@ class BenchError(Exception):
 # across exec, so a child forked straight from this (large) benchmark process would report this
 # process's RSS as its own minimum; a small wrapper forks the command and reports its wait4 usage
 # (peak RSS, CPU) and its wall time, measured around the child alone.
-_RSS_WRAPPER = """
+_RSS_WRAPPER = r"""
 import os, subprocess, sys, time
 start = time.perf_counter()
 proc = subprocess.Popen(sys.argv[2:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -236,7 +236,8 @@ took = time.perf_counter() - start
 with open(sys.argv[1], "w") as out:
     out.write(f"{usage.ru_maxrss} {os.waitstatus_to_exitcode(status)} {took} "
               f"{usage.ru_utime + usage.ru_stime}")
-sys.stderr.buffer.write(err[-4000:])
+said = [line for line in err.splitlines() if line.startswith(b"fhir-cyclo: error")][:5]
+sys.stderr.buffer.write(b"\n".join(said) + b"\n" + err[-2000:])
 """
 
 
