@@ -59,9 +59,7 @@ def run(args: argparse.Namespace, client: Any | None) -> int:
         patient or identifier or getattr(args, "plot", None) or getattr(args, "write_back", False)
     ):
         # Files of any size: scored in patient groups, out of core (see grouping.py).
-        return _run_grouped(
-            args, read_paths(paths, on_error=bad, on_notice=notice), bad_files
-        )
+        return _run_grouped(args, read_paths(paths, on_error=bad, on_notice=notice), bad_files)
     if paths:
         items = read_paths(paths, on_error=bad, on_notice=notice)
     elif client is not None:
@@ -138,7 +136,7 @@ def _run_grouped(
             items, Path(raw_tmp), strict=bool(getattr(args, "strict", False)), on_note=warn
         )
         print(
-            f"scored {result.patients} patient(s); {result.skipped} resource(s) skipped, "
+            f"{result.accounting.summary()}; {result.skipped} resource(s) skipped, "
             f"{result.notes} warning(s)",
             file=sys.stderr,
         )

@@ -17,7 +17,7 @@ from fhir_cyclo.scoring.config import ScoringConfig, load_config
 from fhir_cyclo.scoring.extract import Note, PatientInputs, extract
 from fhir_cyclo.scoring.grouping import IN_MEMORY_LIMIT, PARTITION_SIZE, grouped
 from fhir_cyclo.scoring.report import to_json, to_table
-from fhir_cyclo.scoring.rules import Assessment, CohortScore, PatientScore, score
+from fhir_cyclo.scoring.rules import Accounting, Assessment, CohortScore, PatientScore, score
 from fhir_cyclo.scoring.sources import SourceItem
 
 
@@ -31,6 +31,7 @@ class StreamResult:
     runs: list[Path]
     tally: list[PatientScore]  # one shared stand-in per distinct (disease, responses)
     config: ScoringConfig
+    accounting: Accounting
 
 
 def score_groups(
@@ -49,7 +50,7 @@ def score_groups(
     responses, so patients with the same disease and responses share one stand-in score.
     """
     cfg = config or load_config()
-    result = StreamResult(0, 0, 0, [], [], cfg)
+    result = StreamResult(0, 0, 0, [], [], cfg, Accounting())
     shared: dict[tuple[Any, ...], PatientScore] = {}
     groups = grouped(
         items, in_memory_limit=in_memory_limit, partition_size=partition_size, tmp_dir=tmp
@@ -75,6 +76,12 @@ def score_groups(
                 stand_in = shared[signature] = _stand_in(p.disease, responses, p.unit)
             result.tally.append(stand_in)
         result.patients += len(cohort.patients)
+        # Groups hold disjoint patients: their counts add up to the whole input's.
+        total, part = result.accounting, cohort.accounting
+        total.read += part.read
+        total.scored += part.scored
+        for reason, count in part.not_scored.items():
+            total.not_scored[reason] = total.not_scored.get(reason, 0) + count
     return result
 
 
@@ -102,18 +109,25 @@ def _entries(runs: list[Path]) -> Iterator[Any]:
 
 def write_json(result: StreamResult, out: IO[bytes]) -> None:
     """The --json document, byte for byte as `orjson.dumps(to_json(cohort), OPT_INDENT_2)`
-    plus a newline would write it, streamed entry by entry in key order."""
+    plus a newline would write it, the patients streamed entry by entry in key order."""
+    frame = {"patients": [], "accounting": result.accounting.to_json()}
+    head, tail = (orjson.dumps(frame, option=orjson.OPT_INDENT_2) + b"\n").split(b"[]", 1)
+    out.write(head)
     first = True
     for entry in _entries(result.runs):
-        out.write(b'{\n  "patients": [\n' if first else b",\n")
+        out.write(b"[\n" if first else b",\n")
         first = False
         text = orjson.dumps(entry, option=orjson.OPT_INDENT_2)
         out.write(b"\n".join(b"    " + line for line in text.split(b"\n")))
-    out.write(b'{\n  "patients": []\n}\n' if first else b"\n  ]\n}\n")
+    out.write(b"[]" if first else b"\n  ]")
+    out.write(tail)
 
 
 def table(result: StreamResult) -> str:
-    return to_table(CohortScore(patients=result.tally, notes=[], config=result.config))
+    cohort = CohortScore(
+        patients=result.tally, notes=[], config=result.config, accounting=result.accounting
+    )
+    return to_table(cohort)
 
 
 def scratch() -> tempfile.TemporaryDirectory[str]:
