@@ -55,9 +55,14 @@ def run(args: argparse.Namespace, client: Any | None) -> int:
     def notice(text: str) -> None:
         print(f"fhir-cyclo: warning: {text}", file=sys.stderr)
 
-    if paths and not (
-        patient or identifier or getattr(args, "plot", None) or getattr(args, "write_back", False)
-    ):
+    in_memory = (  # these need every patient's full inputs at the end
+        patient
+        or identifier
+        or getattr(args, "plot", None)
+        or getattr(args, "report", None)
+        or getattr(args, "write_back", False)
+    )
+    if paths and not in_memory:
         # Files of any size: scored in patient groups, out of core (see grouping.py).
         return _run_grouped(args, read_paths(paths, on_error=bad, on_notice=notice), bad_files)
     if paths:
@@ -124,8 +129,8 @@ def run(args: argparse.Namespace, client: Any | None) -> int:
 def _run_grouped(
     args: argparse.Namespace, items: Iterable[SourceItem], bad_files: list[Any]
 ) -> int:
-    """`run` for file input without --plot/--write-back/--patient/--identifier: the same output,
-    in constant memory per patient group."""
+    """`run` for file input without --plot/--report/--write-back/--patient/--identifier: the
+    same output, in constant memory per patient group."""
     from fhir_cyclo.scoring.stream import score_groups, scratch, table, write_json
 
     def warn(note: Any) -> None:

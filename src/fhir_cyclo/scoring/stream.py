@@ -17,6 +17,7 @@ from fhir_cyclo.scoring.config import ScoringConfig, load_config
 from fhir_cyclo.scoring.extract import Note, PatientInputs, extract
 from fhir_cyclo.scoring.grouping import IN_MEMORY_LIMIT, PARTITION_SIZE, grouped
 from fhir_cyclo.scoring.report import to_json, to_table
+from fhir_cyclo.scoring.report.document import FORMAT, tail
 from fhir_cyclo.scoring.rules import Accounting, Assessment, CohortScore, PatientScore, score
 from fhir_cyclo.scoring.sources import SourceItem
 
@@ -32,6 +33,7 @@ class StreamResult:
     tally: list[PatientScore]  # one shared stand-in per distinct (disease, responses)
     config: ScoringConfig
     accounting: Accounting
+    warnings: list[Note]  # every note, group by group (the --json "warnings")
 
 
 def score_groups(
@@ -50,7 +52,7 @@ def score_groups(
     responses, so patients with the same disease and responses share one stand-in score.
     """
     cfg = config or load_config()
-    result = StreamResult(0, 0, 0, [], [], cfg, Accounting())
+    result = StreamResult(0, 0, 0, [], [], cfg, Accounting(), [])
     shared: dict[tuple[Any, ...], PatientScore] = {}
     groups = grouped(
         items, in_memory_limit=in_memory_limit, partition_size=partition_size, tmp_dir=tmp
@@ -58,6 +60,7 @@ def score_groups(
     for n, group in enumerate(groups):
         cohort = score(extract(group, config=cfg, strict=strict), cfg)
         del group
+        result.warnings.extend(cohort.notes)
         for note in cohort.notes:
             result.notes += 1
             result.skipped += "skipped" in note.message
@@ -108,10 +111,20 @@ def _entries(runs: list[Path]) -> Iterator[Any]:
 
 
 def write_json(result: StreamResult, out: IO[bytes]) -> None:
-    """The --json document, byte for byte as `orjson.dumps(to_json(cohort), OPT_INDENT_2)`
-    plus a newline would write it, the patients streamed entry by entry in key order."""
-    frame = {"patients": [], "accounting": result.accounting.to_json()}
-    head, tail = (orjson.dumps(frame, option=orjson.OPT_INDENT_2) + b"\n").split(b"[]", 1)
+    """The --json document as `orjson.dumps(to_json(cohort), OPT_INDENT_2)` plus a newline
+    writes it, the patients streamed entry by entry in key order; with several groups the
+    "warnings" come group by group (the only difference from the in-memory path)."""
+    stand_ins = CohortScore(
+        patients=result.tally,
+        notes=result.warnings,
+        config=result.config,
+        accounting=result.accounting,
+    )
+    frame = {"format": FORMAT, "patients": [], **tail(stand_ins)}
+    head, rest = (orjson.dumps(frame, option=orjson.OPT_INDENT_2) + b"\n").split(
+        b'"patients": []', 1
+    )
+    head += b'"patients": '
     out.write(head)
     first = True
     for entry in _entries(result.runs):
@@ -120,7 +133,7 @@ def write_json(result: StreamResult, out: IO[bytes]) -> None:
         text = orjson.dumps(entry, option=orjson.OPT_INDENT_2)
         out.write(b"\n".join(b"    " + line for line in text.split(b"\n")))
     out.write(b"[]" if first else b"\n  ]")
-    out.write(tail)
+    out.write(rest)
 
 
 def table(result: StreamResult) -> str:
