@@ -150,6 +150,18 @@ def test_warnings_name_file_case_and_item(exported: Path, tmp_path: Path) -> Non
     assert "itp-01" not in warning  # the case identifier value is hashed, never printed
 
 
+def test_imputed_date_warnings_name_file_case_and_item(exported: Path) -> None:
+    # The scoring rules' own warnings (a partial date placed at a day) are located too.
+    bundle_path = next(p for p in sorted(exported.glob("isshiki-*.json")))
+    result = run("score", str(bundle_path), "--json")
+    imputed = [line for line in result.stderr.splitlines() if "imputed as" in line]
+    assert imputed, result.stderr
+    for line in imputed:
+        assert "<case>" in line and "[case #" in line and ", item " in line, line
+        assert "isshiki-thymoma-prca" not in line  # the case value is hashed, never printed
+    assert any("item hb-2011]" in line and "(baseline)" in line for line in imputed)
+
+
 def test_unreachable_server_is_one_line_with_the_cause(tmp_path: Path) -> None:
     for argv in (["score"], ["push", str(CASE), "--no-journal"]):
         result = run(*argv, "--server", "http://127.0.0.1:9/fhir", cwd=tmp_path)

@@ -23,7 +23,7 @@ def test_json_to_stdout_and_warnings_to_stderr(capsys: pytest.CaptureFixture[str
     assert code == 0
     doc = json.loads(out)
     assert [a["response"] for a in doc["patients"][0]["assessments"]] == ["CR", "NE", "NE"]
-    assert "warning: Observation/7c0f3a52-1111-5d7e-9c1a-000000000005" in err
+    assert "case_report_transaction.json Observation/7c0f3a52-1111-5d7e-9c1a-000000000005" in err
 
 
 def test_default_is_the_table_and_files_can_be_plotted(

@@ -73,12 +73,14 @@ def test_case_report_json(case: CohortScore) -> None:
 def test_case_report_warns_about_every_imputed_date(case: CohortScore) -> None:
     text = [str(n) for n in case.notes]
     prefix = "7c0f3a52-1111-5d7e-9c1a-00000000000"
+    # The lab warnings name the file they came from (no case-item identifier in this file).
+    where = DATA / "case_report_transaction.json"
     assert text == [
         f"MedicationStatement/{prefix}4: effectivePeriod.start: partial date '2011-12': "
         "cyclosporine start taken as 2011-12-01 (first day)",
-        f"Observation/{prefix}5: effectiveDateTime: partial date '2011' imputed as 2011-12-01 "
-        "(baseline)",
-        f"Observation/{prefix}7: effectiveDateTime: partial date '2012-02' imputed as "
+        f"{where} Observation/{prefix}5: effectiveDateTime: partial date '2011' imputed as "
+        "2011-12-01 (baseline)",
+        f"{where} Observation/{prefix}7: effectiveDateTime: partial date '2012-02' imputed as "
         "2012-02-29 (month 3)",
     ]
 

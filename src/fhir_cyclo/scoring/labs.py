@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fhir_cyclo.scoring.config import Analyte, ScoringConfig
-from fhir_cyclo.scoring.dates import Span, parse_span
+from fhir_cyclo.scoring.dates import Span, is_partial, parse_span
 from fhir_cyclo.scoring.model import Measurement, codes_text, coding_list
 from fhir_cyclo.scoring.reader import ReaderBase
 
@@ -176,6 +176,8 @@ class LabReader(ReaderBase):
         measurement = Measurement(
             ref, analyte.name, value, when[0], when[1], when[2], low, high, normal
         )
+        if is_partial(when[0]):
+            measurement.context = self.context()
         bucket = self.labs.get(subject)
         if bucket is None:
             self.labs[subject] = [measurement]

@@ -59,6 +59,9 @@ class Measurement:
     high: float | None = None  # referenceRange.high, normalised
     normal: bool = False  # interpretation N without a value
     derived_from: tuple[str, ...] = ()  # the measurements a derived value was computed from
+    # File, case (hashed) and item, for the warning a partial date's imputation gives; kept
+    # only for partial dates (the only ones warned about), so full dates cost nothing.
+    context: str = ""
 
     @property
     def partial(self) -> bool:

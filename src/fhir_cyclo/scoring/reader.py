@@ -33,6 +33,11 @@ class ReaderBase:
         context = item_context(current[0], current[1]) if current is not None else ""
         self.notes.append(Note(source, path, message, context))
 
+    def context(self) -> str:
+        """File, case (hashed) and item of the resource being read ("" for plain dicts)."""
+        current = self._current
+        return item_context(current[0], current[1]) if current is not None else ""
+
     def where(self, ref: str) -> str:
         """`ref` with the file, case (hashed) and item of the resource being read."""
         current = self._current

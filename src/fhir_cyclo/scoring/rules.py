@@ -489,6 +489,7 @@ def _imputed_note(pick: Pick, role: str) -> Note:
         m.ref,
         m.date_field,
         f"partial date {m.date_text!r} imputed as {pick.date.isoformat()} ({role})",
+        m.context,
     )
 
 
