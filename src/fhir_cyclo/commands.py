@@ -212,8 +212,10 @@ def cmd_push(args: argparse.Namespace) -> int:
         journal = PushJournal(journal_path, client.base_url)
 
     def report(case: CaseResult) -> None:
-        if not case.ok and not case.not_sent:
-            say(f"failed: {case.error}")  # each failed case once, as it happens
+        if not case.ok:
+            # Each failed case once, as it happens; "not sent" ones too, so every case the
+            # summary counts as failed is named (the journal and --resume send them later).
+            say(f"failed: {case.error}")
 
     items = _bundles(args.paths, input_failures, skipped_files)
     try:
