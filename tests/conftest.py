@@ -59,6 +59,17 @@ def hapi_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HapiServer
     except HapiError as exc:
         pytest.fail(f"{exc}\n--- end of the server log ---\n{exc.log_tail}", pytrace=False)
     with hapi:
-        print(f"\nHAPI test server ready in {hapi.started_in:.0f}s at {hapi.base_url}")
+        HAPI_STATS["started in"] = f"{hapi.started_in:.0f} s"
         yield hapi
-        print(f"\nHAPI test server peak RSS {hapi.peak_rss_mb:.0f} MB; log {hapi.log_path}")
+        HAPI_STATS["peak RSS"] = f"{hapi.peak_rss_mb:.0f} MB"
+        HAPI_STATS["log"] = str(hapi.log_path)
+
+
+HAPI_STATS: dict[str, str] = {}
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """One line on the session's HAPI server (start-up time, peak memory), for the README."""
+    if HAPI_STATS:
+        stats = ", ".join(f"{k} {v}" for k, v in HAPI_STATS.items())
+        terminalreporter.write_line(f"HAPI test server: {stats}")
