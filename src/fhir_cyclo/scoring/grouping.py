@@ -32,13 +32,13 @@ from typing import IO, Any
 
 import orjson
 
+from fhir_cyclo.scoring.reader import IDENTIFIER, raw_subject
 from fhir_cyclo.scoring.sources import SourceItem
 
 # About 20 MB of parsed resources either way; at most _MAX_PARTITIONS files open at once.
 IN_MEMORY_LIMIT = 20_000
 PARTITION_SIZE = 20_000
 _MAX_PARTITIONS = 512
-_IDENTIFIER = "identifier:"
 
 
 def grouped(
@@ -94,19 +94,6 @@ def _type_id(ref: str, resource_type: str) -> str | None:
     return None
 
 
-def _raw_subject(resource: dict[str, Any]) -> str:
-    """The patient key extraction reads: the literal reference, else an identifier token."""
-    subject = resource.get("subject") or resource.get("patient")
-    if isinstance(subject, dict):
-        literal = subject.get("reference")
-        if isinstance(literal, str) and literal:
-            return literal
-        ident = subject.get("identifier")
-        if isinstance(ident, dict) and ident.get("value"):
-            return f"{_IDENTIFIER}{ident.get('system') or ''}|{ident['value']}"
-    return ""
-
-
 class _Spool:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
@@ -126,7 +113,7 @@ class _Spool:
         if rtype == "Patient":
             raw = self._patient(resource, full_url, origin)
         else:
-            raw = _raw_subject(resource)
+            raw = raw_subject(resource)
         self.file.write(orjson.dumps([raw, full_url, origin]) + b"\t")
         self.file.write(orjson.dumps(resource) + b"\n")
         self.count += 1
@@ -154,8 +141,8 @@ class _Spool:
     def _key(self, raw: str) -> str:
         anchor = self.patient_urls.get(raw)
         if anchor is None:
-            if raw.startswith(_IDENTIFIER):
-                anchor = self.by_identifier.get(raw[len(_IDENTIFIER) :])
+            if raw.startswith(IDENTIFIER):
+                anchor = self.by_identifier.get(raw[len(IDENTIFIER) :])
             else:
                 anchor = _type_id(raw, "Patient")
         if anchor is None:

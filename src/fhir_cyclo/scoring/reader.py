@@ -11,6 +11,20 @@ from fhir_cyclo.scoring.model import Measurement, Note, item_context
 IDENTIFIER = "identifier:"
 
 
+def raw_subject(resource: dict[str, Any]) -> str:
+    """The patient key a resource names: its literal subject/patient reference, else an
+    identifier token (`identifier:system|value`); "" when it names none."""
+    subject = resource.get("subject") or resource.get("patient")
+    if isinstance(subject, dict):
+        literal = subject.get("reference")
+        if isinstance(literal, str) and literal:
+            return literal
+        ident = subject.get("identifier")
+        if isinstance(ident, dict) and ident.get("value"):
+            return f"{IDENTIFIER}{ident.get('system') or ''}|{ident['value']}"
+    return ""
+
+
 class ReaderBase:
     """What every resource reader needs: the config, the warnings, subject and date lookups.
 
@@ -51,15 +65,10 @@ class ReaderBase:
         return full_url or f"{resource['resourceType']} (no id) in {origin}"
 
     def _subject(self, resource: dict[str, Any], ref: str) -> str | None:
-        """Raw subject key: the literal reference, or an identifier token; None (noted) if none."""
-        subject = resource.get("subject") or resource.get("patient")
-        if isinstance(subject, dict):
-            literal = subject.get("reference")
-            if isinstance(literal, str) and literal:
-                return literal
-            ident = subject.get("identifier")
-            if isinstance(ident, dict) and ident.get("value"):
-                return f"{IDENTIFIER}{ident.get('system') or ''}|{ident['value']}"
+        """Raw subject key (see raw_subject); None, and a note, when there is none."""
+        key = raw_subject(resource)
+        if key:
+            return key
         self.note(ref, "subject", "no patient reference; skipped")
         return None
 
