@@ -471,13 +471,16 @@ def _push_bodies(folder: Path, target: Path) -> int:
     return count
 
 
-def bench_push(n_cases: int, workers_list: list[int], tmp: Path) -> dict[str, Any]:
+def bench_push(
+    n_cases: int, workers_list: list[int], tmp: Path, server_url: str | None = None
+) -> dict[str, Any]:
     """`fhir-cyclo push` against a bare requests loop (bare_push.py), each in its own process,
     against one HAPI FHIR JPA server (fhir_cyclo.hapi), then HAPI's own ingest ceiling.
 
     Every run sends new cases (another slice of the same generator), so both sides create
     resources rather than update them; the bare loop sends exactly the bytes push would send for
-    its slice. The order of the two sides alternates between worker counts.
+    its slice. The order of the two sides alternates between worker counts. With `server_url`
+    the server is one already running (the test suite's), not one started here.
     """
     try:
         from fhir_cyclo.hapi import HapiServer  # type: ignore[import-not-found,unused-ignore]
@@ -487,14 +490,14 @@ def bench_push(n_cases: int, workers_list: list[int], tmp: Path) -> dict[str, An
     out: dict[str, Any] = {"cases": n_cases, "workers": {}}
     slices = iter(range(1, 100))
 
-    def new_cases(label: str) -> Path:
+    def new_cases(label: str, count: int = n_cases) -> Path:
         # The same cases every time (HAPI's cost grows with a case's size, and sizes vary from 6
         # to 300 resources), under new identifiers: every run creates, none updates.
         folder = tmp / f"push-{label}"
         shutil.rmtree(folder, ignore_errors=True)
         run = next(slices)
         folder.mkdir(parents=True)
-        for i in range(n_cases):
+        for i in range(count):
             case = case_data(i, 23)
             case["identifier"]["value"] = f"push-{run:02d}-{i:06d}"
             (folder / f"case-{i:06d}.json").write_bytes(orjson.dumps(case))
@@ -516,10 +519,14 @@ def bench_push(n_cases: int, workers_list: list[int], tmp: Path) -> dict[str, An
             raise BenchError(f"bare push failed: {done.stderr[-600:]}")
         return float(json.loads(done.stdout)["seconds"]), resources
 
-    with HapiServer() as srv:
-        base = srv.base_url
+    # An H2 file database and a 2 GB heap: with the in-memory database the ~250,000 resources of
+    # a full run fill the test server's 1 GB heap and its ingest rate collapses (seen at ~1,400
+    # cases), which would measure the garbage collector rather than the client.
+    server = HapiServer(data_dir=tmp / "hapi-db", log_path=tmp / "hapi.log", heap="2g")
+    with contextlib.ExitStack() as stack:
+        base = server_url or stack.enter_context(server).base_url
         # Warm the server (JIT, caches, connection pools) on cases not measured.
-        warm = new_cases("warm")
+        warm = new_cases("warm", min(n_cases, 100))
         warm_argv = [*cli(), "push", str(warm), "--server", base, "--workers", "2"]
         measured([*warm_argv, "--no-progress", "--no-journal"], tmp / "push.rss")
         for k, workers in enumerate(workers_list):
@@ -756,6 +763,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", default="1,2,4", help="push worker counts (default 1,2,4)")
     parser.add_argument("--cache", type=Path, help="keep generated inputs here between runs")
     parser.add_argument("--push-cases", type=int, help="cases per push run (full run: 1000)")
+    parser.add_argument(
+        "--server", help="push against this running FHIR server instead of starting HAPI"
+    )
     args = parser.parse_args(argv)
 
     quick = args.quick
@@ -793,7 +803,7 @@ def main(argv: list[str] | None = None) -> int:
             "export_memory": lambda: bench_export_memory(*sizes["export_memory"], tmp, cache),
             "score_files": lambda: bench_score_files(*sizes["score_files"], tmp, cache),
             "scoring": lambda: bench_scoring(sizes["patients"]),
-            "push": lambda: bench_push(sizes["push_cases"], workers, tmp),
+            "push": lambda: bench_push(sizes["push_cases"], workers, tmp, args.server),
         }
         for part in PARTS:
             if part not in wanted:

@@ -1,0 +1,39 @@
+"""bench/run.py's push part runs end to end against the HAPI test server (keys checked, not timings)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from fhir_cyclo.hapi import HapiServer
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def hapi(hapi_server: HapiServer) -> Iterator[HapiServer]:
+    hapi_server.reset()
+    yield hapi_server
+    hapi_server.reset()  # the bench's cases are not for the tests that follow
+
+
+def test_push_part_measures_both_sides_and_the_ceiling(hapi: HapiServer) -> None:
+    argv = [sys.executable, str(ROOT / "bench" / "run.py"), "--quick", "--only", "push"]
+    argv += ["--server", hapi.base_url, "--push-cases", "4", "--workers", "1,2"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert summary["errors"] == {}
+    assert summary["push_cases"] == 4
+    for key in ("push_ratio_by_workers", "push_cases_per_s_by_workers"):
+        assert set(summary[key]) == {"1", "2"}, (key, summary[key])
+        assert all(v > 0 for v in summary[key].values()), (key, summary[key])
+    assert summary["hapi_ceiling_resources_per_s"] > 0
+    # Every side really created its cases on the server: 4 warm + 4 per side and worker count
+    # + 4 for the ceiling, each case one Patient.
+    assert hapi.counts(("Patient",))["Patient"] == 4 * (1 + 2 * 2 + 1)
