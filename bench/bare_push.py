@@ -1,9 +1,10 @@
 """Push baseline: POST pre-serialised transaction Bundles with a bare requests loop.
 
-`python bench/bare_push.py BODIES BASE_URL WORKERS` reads BODIES (one compact Bundle per line,
+`python bench/bare_push.py BODIES BASE_URL WORKERS [OUT]` reads BODIES (one compact Bundle per line,
 exactly the bytes `fhir-cyclo push` sends for the same cases), POSTs each to BASE_URL with
 WORKERS threads (one Session per thread), checks every answer is 200, and prints the seconds
-taken (from the first request to the last answer) and the resources sent, as JSON.
+taken (from the first request to the last answer) and the resources sent, as JSON, on stdout or
+into OUT.
 """
 
 from __future__ import annotations
@@ -43,7 +44,11 @@ def main(argv: list[str]) -> int:
             list(pool.map(post, bodies))
     took = time.perf_counter() - start
     resources = sum(body.count(b'"request":') for body in bodies)
-    print(json.dumps({"seconds": took, "bundles": len(bodies), "resources": resources}))
+    line = json.dumps({"seconds": took, "bundles": len(bodies), "resources": resources})
+    if len(argv) > 3:
+        Path(argv[3]).write_text(line)
+    else:
+        print(line)
     return 0
 
 

@@ -7,6 +7,7 @@ import contextlib
 import datetime as dt
 import gc
 import json
+import math
 import os
 import platform
 import shutil
@@ -505,8 +506,11 @@ def bench_push(
             (folder / f"case-{i:06d}.json").write_bytes(orjson.dumps(case))
         return folder
 
+    current: int | None = None  # pid of the server started for the side being measured
+
     @contextlib.contextmanager
     def fresh_server(label: str) -> Iterator[str]:
+        nonlocal current
         warm = new_cases(f"warm-{label}", min(n_cases, 100))
         if server_url:
             HapiServer.attach(server_url).reset()
@@ -518,6 +522,7 @@ def bench_push(
             data = tmp / f"hapi-db-{label}"
             server = HapiServer(data_dir=data, log_path=tmp / f"hapi-{label}.log", heap="2g")
             base = server.start()
+            current = server.pid
         try:
             # Warm the server (JIT, caches, connection pools) on cases not measured.
             argv = [*cli(), "push", str(warm), "--server", base, "--workers", "2"]
@@ -528,40 +533,61 @@ def bench_push(
                 server.stop()
                 shutil.rmtree(tmp / f"hapi-db-{label}", ignore_errors=True)
 
-    def ours(workers: int) -> float:
-        folder = new_cases(f"ours-{workers}")
-        with fresh_server(f"ours-{workers}") as base:
-            argv = [*cli(), "push", str(folder), "--server", base, "--workers", str(workers)]
-            argv += ["--no-progress", "--journal", str(tmp / f"journal-{workers}.jsonl")]
-            return measured(argv, tmp / "push.rss")["seconds"]
+    def server_cpu() -> float:
+        # CPU seconds the server's JVM has used so far (utime + stime in /proc, Linux).
+        if server_url or current is None:
+            return float("nan")
+        fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
-    def bare(workers: int, label: str = "bare") -> tuple[float, int]:
+    def side(label: str, argv: list[str]) -> dict[str, float]:
+        """One measured process against its own fresh server: wall and CPU seconds of the
+        whole client process (start-up included, the same for both sides), and the server's."""
+        with fresh_server(label) as base:
+            before = server_cpu()
+            m = measured([a.replace("{BASE}", base) for a in argv], tmp / "push.rss")
+            m["server_cpu_seconds"] = server_cpu() - before
+        return m
+
+    def ours(workers: int) -> dict[str, float]:
+        folder = new_cases(f"ours-{workers}")
+        argv = [*cli(), "push", str(folder), "--server", "{BASE}", "--workers", str(workers)]
+        argv += ["--no-progress", "--journal", str(tmp / f"journal-{workers}.jsonl")]
+        return side(f"ours-{workers}", argv)
+
+    def bare(workers: int, label: str = "bare") -> tuple[dict[str, float], int]:
         folder = new_cases(f"{label}-{workers}")
         bodies = tmp / f"bodies-{workers}.ndjson"
         resources = _push_bodies(folder, bodies)
-        with fresh_server(f"{label}-{workers}") as base:
-            argv = [sys.executable, str(HERE / "bare_push.py"), str(bodies), base, str(workers)]
-            done = subprocess.run(argv, capture_output=True, text=True, check=False)
-        if done.returncode != 0:
-            raise BenchError(f"bare push failed: {done.stderr[-600:]}")
-        return float(json.loads(done.stdout)["seconds"]), resources
+        said = tmp / "bare.json"
+        argv = [sys.executable, str(HERE / "bare_push.py"), str(bodies), "{BASE}", str(workers)]
+        m = side(f"{label}-{workers}", [*argv, str(said)])
+        if json.loads(said.read_text())["bundles"] != n_cases:
+            raise BenchError("bare push did not send every case")
+        return m, resources
 
     for k, workers in enumerate(workers_list):
         if k % 2 == 0:
-            t_ours = ours(workers)
-            t_bare, _ = bare(workers)
+            m_ours = ours(workers)
+            m_bare, _ = bare(workers)
         else:
-            t_bare, _ = bare(workers)
-            t_ours = ours(workers)
+            m_bare, _ = bare(workers)
+            m_ours = ours(workers)
         out["workers"][str(workers)] = {
-            "cases_per_s": n_cases / t_ours,
-            "bare_cases_per_s": n_cases / t_bare,
-            "ratio": t_bare / t_ours,
+            "cases_per_s": n_cases / m_ours["seconds"],
+            "bare_cases_per_s": n_cases / m_bare["seconds"],
+            "ratio": m_bare["seconds"] / m_ours["seconds"],
+            # CPU per case: the client's, and the server's while serving that client.
+            "client_cpu_ms_per_case": 1000 * m_ours["cpu_seconds"] / n_cases,
+            "bare_cpu_ms_per_case": 1000 * m_bare["cpu_seconds"] / n_cases,
+            "server_cpu_ms_per_case": 1000 * m_ours["server_cpu_seconds"] / n_cases,
+            "bare_server_cpu_ms_per_case": 1000 * m_bare["server_cpu_seconds"] / n_cases,
         }
         log(f"  push workers={workers}: {out['workers'][str(workers)]}")
     # HAPI's own ceiling: the bare loop with more threads than the server has cores.
     ceiling_workers = 2 * max(*workers_list, os.cpu_count() or 1)
-    t_ceiling, resources = bare(ceiling_workers, "ceiling")
+    m_ceiling, resources = bare(ceiling_workers, "ceiling")
+    t_ceiling = m_ceiling["seconds"]
     out["hapi_ceiling_workers"] = ceiling_workers
     out["hapi_ceiling_resources_per_s"] = resources / t_ceiling
     out["hapi_ceiling_cases_per_s"] = n_cases / t_ceiling
@@ -682,6 +708,13 @@ def table(result: dict[str, Any]) -> str:
                 f"{v['cases_per_s']:.1f} / {v['bare_cases_per_s']:.1f} ({v['ratio']:.3f})",
             )
         )
+        rows.append(
+            _row(
+                "  CPU ms per case: client ours / bare, server ours / bare",
+                f"{v['client_cpu_ms_per_case']:.1f} / {v['bare_cpu_ms_per_case']:.1f}, "
+                f"{v['server_cpu_ms_per_case']:.0f} / {v['bare_server_cpu_ms_per_case']:.0f}",
+            )
+        )
     if p.get("hapi_ceiling_resources_per_s"):
         rows.append(
             _row("HAPI ingest ceiling, resources/s", f"{p['hapi_ceiling_resources_per_s']:,.0f}")
@@ -702,7 +735,8 @@ def table(result: dict[str, Any]) -> str:
 
 
 def _round(value: Any, digits: int) -> Any:
-    return None if value is None else round(value, digits)
+    # NaN (a figure this run could not take, e.g. the CPU of a server started elsewhere): null.
+    return None if value is None or math.isnan(value) else round(value, digits)
 
 
 def summary_line(result: dict[str, Any]) -> dict[str, Any]:
@@ -744,6 +778,18 @@ def summary_line(result: dict[str, Any]) -> dict[str, Any]:
         },
         "push_bare_cases_per_s_by_workers": {
             w: round(v["bare_cases_per_s"], 2) for w, v in push_workers.items()
+        },
+        "push_client_cpu_ms_per_case_by_workers": {
+            w: round(v["client_cpu_ms_per_case"], 2) for w, v in push_workers.items()
+        },
+        "push_bare_cpu_ms_per_case_by_workers": {
+            w: round(v["bare_cpu_ms_per_case"], 2) for w, v in push_workers.items()
+        },
+        "push_server_cpu_ms_per_case_by_workers": {
+            w: _round(v["server_cpu_ms_per_case"], 1) for w, v in push_workers.items()
+        },
+        "push_bare_server_cpu_ms_per_case_by_workers": {
+            w: _round(v["bare_server_cpu_ms_per_case"], 1) for w, v in push_workers.items()
         },
         "push_cases": p.get("cases"),
         "hapi_ceiling_resources_per_s": _round(p.get("hapi_ceiling_resources_per_s"), 1),

@@ -15,6 +15,8 @@ KEYS = {
     "score_rss_100k_over_10k",
     "push_ratio_by_workers",
     "push_cases_per_s_by_workers",
+    "push_client_cpu_ms_per_case_by_workers",
+    "push_server_cpu_ms_per_case_by_workers",
     "hapi_ceiling_resources_per_s",
     "memo_hit_rate",
     "mapping_ratio",
