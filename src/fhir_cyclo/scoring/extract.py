@@ -6,9 +6,7 @@ data model in `model`; this module dispatches resources to them and links everyt
 
 from __future__ import annotations
 
-import gc
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from datetime import date
 from typing import Any
 
@@ -28,7 +26,7 @@ from fhir_cyclo.scoring.model import (
     key_hash,
     type_id,
 )
-from fhir_cyclo.scoring.reader import IDENTIFIER
+from fhir_cyclo.scoring.reader import IDENTIFIER, gc_paused
 from fhir_cyclo.scoring.sources import SourceItem
 
 __all__ = [
@@ -373,7 +371,7 @@ def extract(
     """
     extractor = _Extractor(config or load_config(), strict)
     add = extractor.add
-    with _gc_paused():
+    with gc_paused():
         for item in items:
             if isinstance(item, SourceItem):
                 resource, full_url, origin = item  # unpacking beats three attribute reads
@@ -382,20 +380,3 @@ def extract(
                 add(item, None, "input")
     extractor._current = None  # notes from here on are about the whole input
     return extractor.finish()
-
-
-@contextmanager
-def _gc_paused() -> Iterator[None]:
-    """No cyclic GC while pages are parsed and read (the sources parse lazily, inside the loop).
-
-    Parsed JSON trees hold no reference cycles, so reference counting frees every page; the
-    collector would only walk the ever-larger heap of young dicts again and again (a third of
-    the import time on 20,000 Observations). The previous state comes back afterwards.
-    """
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()

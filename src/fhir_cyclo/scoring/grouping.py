@@ -22,17 +22,15 @@ query; plain files do that at disk speed with nothing to install, and the index 
 
 from __future__ import annotations
 
-import gc
 import tempfile
 import zlib
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
 import orjson
 
-from fhir_cyclo.scoring.reader import IDENTIFIER, raw_subject
+from fhir_cyclo.scoring.reader import IDENTIFIER, gc_paused, raw_subject
 from fhir_cyclo.scoring.sources import SourceItem
 
 # About 20 MB of parsed resources either way; at most _MAX_PARTITIONS files open at once.
@@ -61,7 +59,7 @@ def grouped(
     with tempfile.TemporaryDirectory(prefix="fhir-cyclo-score-", dir=tmp_dir) as tmp:
         spool = _Spool(Path(tmp))
         try:
-            with _gc_paused():
+            with gc_paused():
                 for item in buffer:
                     spool.add(item)
                 buffer.clear()
@@ -70,19 +68,6 @@ def grouped(
         finally:
             spool.close()
         yield from spool.partitions(partition_size)
-
-
-@contextmanager
-def _gc_paused() -> Iterator[None]:
-    # Parsed JSON holds no reference cycles: the cyclic GC would only walk the growing heap of
-    # young dicts again and again (as in extract._gc_paused).
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def _type_id(ref: str, resource_type: str) -> str | None:
@@ -166,7 +151,7 @@ class _Spool:
         for i in range(n):
             path = self.folder / f"part-{i}"
             items = list(self.shared)
-            with path.open("rb") as part, _gc_paused():
+            with path.open("rb") as part, gc_paused():
                 for line in part:
                     cut = line.index(b"\t")
                     _, full_url, origin = orjson.loads(line[:cut])

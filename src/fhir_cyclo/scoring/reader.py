@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import gc
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from fhir_cyclo.scoring.config import ScoringConfig
@@ -9,6 +12,23 @@ from fhir_cyclo.scoring.dates import Span, parse_span
 from fhir_cyclo.scoring.model import Measurement, Note, item_context
 
 IDENTIFIER = "identifier:"
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """No cyclic GC while pages or NDJSON lines are parsed and read (sources parse lazily).
+
+    Parsed JSON trees hold no reference cycles, so reference counting frees every page; the
+    collector would only walk the ever-larger heap of young dicts again and again (a third of
+    the import time on 20,000 Observations). The previous state comes back afterwards.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def raw_subject(resource: dict[str, Any]) -> str:
