@@ -281,15 +281,7 @@ def figure(p: PatientScore, cfg: ScoringConfig) -> Any:
     ax.set_ylim(0, y_top)
     ax.set_ylabel(f"{name} ({unit})", fontsize=10)
     ax.grid(alpha=0.3)
-    unique = {h.get_label(): h for h in handles}  # one legend entry per label
-    ax.legend(
-        unique.values(),
-        unique.keys(),
-        loc="upper left",
-        bbox_to_anchor=(1.01, 1),
-        fontsize=9,
-        frameon=False,
-    )
+    _side_legend(ax, {h.get_label(): h for h in handles})  # one legend entry per label
     ax.set_title(
         f"{short_label(p.inputs)} - {p.disease}, {name} ({unit}), cyclosporine from {p.start}",
         fontsize=11,
@@ -368,10 +360,14 @@ def _markers_panel(ax2: Any, p: PatientScore, cfg: ScoringConfig, x_min: date, x
     ax2.set_ylim(0, max(ratios) * 1.15)
     ax2.grid(alpha=0.3)
     handles, labels = ax2.get_legend_handles_labels()
-    unique = dict(zip(labels, handles, strict=True))
-    ax2.legend(
-        unique.values(),
-        unique.keys(),
+    _side_legend(ax2, dict(zip(labels, handles, strict=True)))
+
+
+def _side_legend(ax: Any, by_label: dict[str, Any]) -> None:
+    """The legend right of the axes, outside the data, one entry per label."""
+    ax.legend(
+        by_label.values(),
+        by_label.keys(),
         loc="upper left",
         bbox_to_anchor=(1.01, 1),
         fontsize=9,
