@@ -476,14 +476,17 @@ def bench_push(
     n_cases: int, workers_list: list[int], tmp: Path, server_url: str | None = None
 ) -> dict[str, Any]:
     """`fhir-cyclo push` against a bare requests loop (bare_push.py), each in its own process,
-    each against a fresh HAPI FHIR JPA server (fhir_cyclo.hapi), then HAPI's own ingest ceiling.
+    on one fresh HAPI FHIR JPA server (fhir_cyclo.hapi) per worker count, then HAPI's own ingest
+    ceiling.
 
-    Both sides send the same cases under new identifiers, so both create rather than update; the
-    bare loop sends exactly the bytes push would send. Every measured side gets a server of its
-    own, started on an empty database and warmed on 100 other cases: HAPI slows as its database
-    fills, so two sides sharing one server measure their order (the first of a pair came out up
-    to 1.19x "faster" that way). With `server_url` (the test suite's server) that server is
-    emptied instead of replaced.
+    HAPI slows as its database fills and two fresh servers fed the same bytes differ by up to a
+    fifth in CPU per case, so neither "one server, one side after the other" (the first side won
+    by up to 1.19x) nor "a server per side" (the ratio measured the instance) holds still. Here
+    both sides share one server per worker count and take turns in four slices of `n_cases / 2`
+    cases, ours, bare, bare, ours: a drift linear in time falls equally on both, and the server
+    is the same. Every slice sends the same cases under new identifiers (all create, none
+    update); the bare loop sends exactly the bytes push would send. With `server_url` (the test
+    suite's server) that server is emptied instead of replaced.
     """
     try:
         from fhir_cyclo.hapi import HapiServer  # type: ignore[import-not-found,unused-ignore]
@@ -491,27 +494,29 @@ def bench_push(
         raise BenchError(f"no HAPI launcher (fhir_cyclo.hapi): {exc}") from exc
 
     out: dict[str, Any] = {"cases": n_cases, "workers": {}}
-    slices = iter(range(1, 100))
+    runs = iter(range(1, 1000))
+    half = max(1, n_cases // 2)
 
-    def new_cases(label: str, count: int = n_cases) -> Path:
+    def new_cases(label: str, count: int) -> Path:
         # The same cases every time (HAPI's cost grows with a case's size, and sizes vary from 6
-        # to 300 resources), under new identifiers: every run creates, none updates.
+        # to 300 resources), under new identifiers: every slice creates, none updates.
         folder = tmp / f"push-{label}"
         shutil.rmtree(folder, ignore_errors=True)
-        run = next(slices)
+        run = next(runs)
         folder.mkdir(parents=True)
         for i in range(count):
             case = case_data(i, 23)
-            case["identifier"]["value"] = f"push-{run:02d}-{i:06d}"
+            case["identifier"]["value"] = f"push-{run:03d}-{i:06d}"
             (folder / f"case-{i:06d}.json").write_bytes(orjson.dumps(case))
         return folder
 
-    current: int | None = None  # pid of the server started for the side being measured
+    current: int | None = None  # pid of the server started for the worker count measured
 
     @contextlib.contextmanager
     def fresh_server(label: str) -> Iterator[str]:
         nonlocal current
-        warm = new_cases(f"warm-{label}", min(n_cases, 100))
+        # 300 cases: on 100, four slices of 100 cases still sped up from 21 s to 16 s (the JIT).
+        warm = new_cases(f"warm-{label}", min(n_cases, 300))
         if server_url:
             HapiServer.attach(server_url).reset()
             base = server_url
@@ -540,54 +545,63 @@ def bench_push(
         fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
-    def side(label: str, argv: list[str]) -> dict[str, float]:
-        """One measured process against its own fresh server: wall and CPU seconds of the
-        whole client process (start-up included, the same for both sides), and the server's."""
-        with fresh_server(label) as base:
-            before = server_cpu()
-            m = measured([a.replace("{BASE}", base) for a in argv], tmp / "push.rss")
-            m["server_cpu_seconds"] = server_cpu() - before
+    def timed(argv: list[str]) -> dict[str, float]:
+        """One measured client process: wall and CPU seconds of the whole process (start-up
+        included, the same for both sides), and the server's CPU while it served it."""
+        before = server_cpu()
+        m = measured(argv, tmp / "push.rss")
+        m["server_cpu_seconds"] = server_cpu() - before
         return m
 
-    def ours(workers: int) -> dict[str, float]:
-        folder = new_cases(f"ours-{workers}")
-        argv = [*cli(), "push", str(folder), "--server", "{BASE}", "--workers", str(workers)]
-        argv += ["--no-progress", "--journal", str(tmp / f"journal-{workers}.jsonl")]
-        return side(f"ours-{workers}", argv)
+    def ours(base: str, workers: int, count: int) -> dict[str, float]:
+        folder = new_cases(f"ours-{workers}", count)
+        journal = tmp / f"journal-{workers}.jsonl"
+        journal.unlink(missing_ok=True)
+        argv = [*cli(), "push", str(folder), "--server", base, "--workers", str(workers)]
+        return timed([*argv, "--no-progress", "--journal", str(journal)])
 
-    def bare(workers: int, label: str = "bare") -> tuple[dict[str, float], int]:
-        folder = new_cases(f"{label}-{workers}")
+    def bare(base: str, workers: int, count: int, label: str = "bare") -> dict[str, float]:
+        folder = new_cases(f"{label}-{workers}", count)
         bodies = tmp / f"bodies-{workers}.ndjson"
-        resources = _push_bodies(folder, bodies)
+        resources = _push_bodies(folder, bodies)  # mapped before the clock starts
         said = tmp / "bare.json"
-        argv = [sys.executable, str(HERE / "bare_push.py"), str(bodies), "{BASE}", str(workers)]
-        m = side(f"{label}-{workers}", [*argv, str(said)])
-        if json.loads(said.read_text())["bundles"] != n_cases:
+        argv = [sys.executable, str(HERE / "bare_push.py"), str(bodies), base, str(workers)]
+        m = timed([*argv, str(said)])
+        if json.loads(said.read_text())["bundles"] != count:
             raise BenchError("bare push did not send every case")
-        return m, resources
+        m["resources"] = resources
+        return m
 
-    for k, workers in enumerate(workers_list):
-        if k % 2 == 0:
-            m_ours = ours(workers)
-            m_bare, _ = bare(workers)
-        else:
-            m_bare, _ = bare(workers)
-            m_ours = ours(workers)
+    keys = ("seconds", "cpu_seconds", "server_cpu_seconds")
+    for workers in workers_list:
+        total = {side: dict.fromkeys(keys, 0.0) for side in ("ours", "bare")}
+        slices: list[list[Any]] = []
+        with fresh_server(f"w{workers}") as base:
+            for side in ("ours", "bare", "bare", "ours"):
+                m = (ours if side == "ours" else bare)(base, workers, half)
+                for key in keys:
+                    total[side][key] += m[key]
+                slices.append([side, round(m["seconds"], 3)])
+        o, b, cases = total["ours"], total["bare"], 2 * half
         out["workers"][str(workers)] = {
-            "cases_per_s": n_cases / m_ours["seconds"],
-            "bare_cases_per_s": n_cases / m_bare["seconds"],
-            "ratio": m_bare["seconds"] / m_ours["seconds"],
+            "cases_per_s": cases / o["seconds"],
+            "bare_cases_per_s": cases / b["seconds"],
+            "ratio": b["seconds"] / o["seconds"],
+            # Each half on its own (ours first, then bare first): how much the order moves it.
+            "pair_ratios": [slices[1][1] / slices[0][1], slices[2][1] / slices[3][1]],
+            "slices": slices,
             # CPU per case: the client's, and the server's while serving that client.
-            "client_cpu_ms_per_case": 1000 * m_ours["cpu_seconds"] / n_cases,
-            "bare_cpu_ms_per_case": 1000 * m_bare["cpu_seconds"] / n_cases,
-            "server_cpu_ms_per_case": 1000 * m_ours["server_cpu_seconds"] / n_cases,
-            "bare_server_cpu_ms_per_case": 1000 * m_bare["server_cpu_seconds"] / n_cases,
+            "client_cpu_ms_per_case": 1000 * o["cpu_seconds"] / cases,
+            "bare_cpu_ms_per_case": 1000 * b["cpu_seconds"] / cases,
+            "server_cpu_ms_per_case": 1000 * o["server_cpu_seconds"] / cases,
+            "bare_server_cpu_ms_per_case": 1000 * b["server_cpu_seconds"] / cases,
         }
         log(f"  push workers={workers}: {out['workers'][str(workers)]}")
     # HAPI's own ceiling: the bare loop with more threads than the server has cores.
     ceiling_workers = 2 * max(*workers_list, os.cpu_count() or 1)
-    m_ceiling, resources = bare(ceiling_workers, "ceiling")
-    t_ceiling = m_ceiling["seconds"]
+    with fresh_server("ceiling") as base:
+        m_ceiling = bare(base, ceiling_workers, n_cases, "ceiling")
+    t_ceiling, resources = m_ceiling["seconds"], m_ceiling["resources"]
     out["hapi_ceiling_workers"] = ceiling_workers
     out["hapi_ceiling_resources_per_s"] = resources / t_ceiling
     out["hapi_ceiling_cases_per_s"] = n_cases / t_ceiling
@@ -715,6 +729,8 @@ def table(result: dict[str, Any]) -> str:
                 f"{v['server_cpu_ms_per_case']:.0f} / {v['bare_server_cpu_ms_per_case']:.0f}",
             )
         )
+        pairs = " / ".join(f"{r:.3f}" for r in v["pair_ratios"])
+        rows.append(_row("  ratio of each half (ours first / bare first)", pairs))
     if p.get("hapi_ceiling_resources_per_s"):
         rows.append(
             _row("HAPI ingest ceiling, resources/s", f"{p['hapi_ceiling_resources_per_s']:,.0f}")
@@ -791,6 +807,9 @@ def summary_line(result: dict[str, Any]) -> dict[str, Any]:
         "push_bare_server_cpu_ms_per_case_by_workers": {
             w: _round(v["bare_server_cpu_ms_per_case"], 1) for w, v in push_workers.items()
         },
+        "push_pair_ratios_by_workers": {
+            w: [round(r, 4) for r in v["pair_ratios"]] for w, v in push_workers.items()
+        },
         "push_cases": p.get("cases"),
         "hapi_ceiling_resources_per_s": _round(p.get("hapi_ceiling_resources_per_s"), 1),
         "mapping_ratio": _round(m.get("ratio"), 4),
@@ -861,7 +880,9 @@ def main(argv: list[str] | None = None) -> int:
         cache.mkdir(parents=True, exist_ok=True)
         jobs: dict[str, Callable[[], dict[str, Any]]] = {
             "mapping": lambda: bench_mapping(sizes["mapping_cases"], rounds),
-            "import": lambda: bench_import(sizes["observations"], rounds),
+            # A round takes 0.2 s: more of them make each side's minimum its cost, not the noise
+            # (best of 3 swung 0.23-0.30 between runs, best of 15 0.31-0.32, same code).
+            "import": lambda: bench_import(sizes["observations"], 15 if not quick else 1),
             "memo": lambda: bench_memo(sizes["memo_cases"]),
             "export": lambda: bench_export(sizes["export_cases"], rounds, tmp, cache),
             "export_memory": lambda: bench_export_memory(*sizes["export_memory"], tmp, cache),

@@ -86,9 +86,12 @@ class ShapeValidator:
         # shape tokens -> one step per primitive value; None: that shape is always validated
         # in full (e.g. `contained`, whose model depends on each value's resourceType).
         self._plans: dict[tuple[Any, ...], tuple[Step, ...] | None] = {}
+        self._seen_once: set[tuple[Any, ...]] = set()  # valid once, not planned yet
         self._checkers: dict[tuple[Any, str], Callable[[Any], Any]] = {}
         self._good: dict[tuple[Any, type], set[Any]] = {}  # (checker key, JSON type) -> values
         self._fields: dict[type, dict[str, Any]] = {}
+        self._annotations: dict[tuple[Any, str], Any] = {}  # (model, key) -> field annotation
+        self._field_steps: dict[tuple[tuple[Any, ...], type], Step] = {}  # (field, JSON type)
         self._lock = threading.Lock()
         # Resources checked, and those answered from memory (the benchmark prints the rate).
         self.checked = 0
@@ -120,7 +123,16 @@ class ShapeValidator:
         model = self._model_class(str(resource.get("resourceType")))
         model.model_validate(resource)
         if shape is not None and not known and len(self._plans) < _MAX_SHAPES:
-            self._plans[shape] = self._plan(model, resource)
+            # A shape is planned the second time it validates: a plan costs about two
+            # model_validate calls, and in real cases many shapes occur once (the fixtures:
+            # 21 of 40), where planning would only make the cold path slower.
+            if shape in self._seen_once:
+                self._seen_once.discard(shape)
+                self._plans[shape] = self._plan(model, resource)
+            else:
+                if len(self._seen_once) >= _MAX_SHAPES:
+                    self._seen_once.clear()
+                self._seen_once.add(shape)
 
     def first_error(self, resource: dict[str, Any]) -> str | None:
         """First validation error of `resource` (`loc: message`), None when it validates."""
@@ -184,17 +196,23 @@ class ShapeValidator:
         for key, value in node.items():
             if key in _TYPE_KEYS and type(value) is str:
                 continue
-            info = fields.get(key)
-            if info is None:
-                return False
-            annotation = info.annotation
-            if info.metadata:
-                annotation = typing.Annotated[(annotation, *info.metadata)]
-            if not self._plan_value(model, annotation, value, steps):
+            where = (model, key)
+            annotation = self._annotations.get(where)
+            if annotation is None:
+                info = fields.get(key)
+                if info is None:
+                    return False
+                annotation = info.annotation
+                if info.metadata:
+                    annotation = typing.Annotated[(annotation, *info.metadata)]
+                self._annotations[where] = annotation
+            if not self._plan_value(model, where, annotation, value, steps):
                 return False
         return True
 
-    def _plan_value(self, owner: Any, annotation: Any, value: Any, steps: list[Step]) -> bool:
+    def _plan_value(
+        self, owner: Any, where: tuple[Any, ...], annotation: Any, value: Any, steps: list[Step]
+    ) -> bool:
         if value is None:
             steps.append(None)
             return True
@@ -210,9 +228,15 @@ class ShapeValidator:
             if typing.get_origin(inner) is not list:
                 return False
             (item,) = typing.get_args(inner)
-            return all(self._plan_value(owner, item, v, steps) for v in value)
+            return all(self._plan_value(owner, (*where, 0), item, v, steps) for v in value)
         if kind in _PRIMITIVES:
-            steps.append(self._step(annotation, kind, owner.model_config))
+            # Looked up by field first: hashing a typing.Annotated (the checkers' key) costs
+            # more than the rest of planning together, and fields repeat across shapes.
+            slot = (where, kind)
+            step = self._field_steps.get(slot)
+            if step is None:
+                step = self._field_steps[slot] = self._step(annotation, kind, owner.model_config)
+            steps.append(step)
             return True
         return False
 

@@ -34,10 +34,13 @@ def test_push_part_measures_both_sides_and_the_ceiling(hapi: HapiServer) -> None
         assert set(summary[key]) == {"1", "2"}, (key, summary[key])
         assert all(v > 0 for v in summary[key].values()), (key, summary[key])
     assert summary["hapi_ceiling_resources_per_s"] > 0
+    # Both sides took turns on one server, ours / bare / bare / ours: one ratio per half.
+    pairs = summary["push_pair_ratios_by_workers"]
+    assert set(pairs) == {"1", "2"} and all(len(v) == 2 and min(v) > 0 for v in pairs.values())
     for key in ("push_client_cpu_ms_per_case_by_workers", "push_bare_cpu_ms_per_case_by_workers"):
         assert all(v > 0 for v in summary[key].values()), (key, summary[key])
     # The server's CPU is read from the JVM the bench started; this one it did not start.
     assert set(summary["push_server_cpu_ms_per_case_by_workers"].values()) == {None}
-    # Each side starts on an emptied server; the last one (the ceiling) left its 4 warm-up and
+    # Each worker count starts on an emptied server; the last (the ceiling) left its 4 warm-up and
     # 4 measured cases, one Patient each: the bare loop's bytes were stored, not just sent.
     assert hapi.counts(("Patient",))["Patient"] == 4 + 4

@@ -123,6 +123,7 @@ def test_mutated_resources_get_the_model_verdict_and_message() -> None:
     resources = sample_resources()
     for resource in resources:  # learn every shape first, so mutants hit memorised plans
         assert validator.first_error(resource) is None
+        assert validator.first_error(resource) is None  # a shape is planned when seen twice
     rejected_by_values = 0
     for resource in resources:
         known = validator.plan_count()
@@ -142,9 +143,20 @@ def test_values_invalid_for_a_memorised_shape_are_caught() -> None:
     validator = ShapeValidator()
     resource = next(r for r in sample_resources() if "effectiveDateTime" in r)
     assert validator.first_error(resource) is None
+    assert not validator.knows_shape_of(resource)  # once: validated, not planned
+    assert validator.first_error(resource) is None
+    assert validator.knows_shape_of(resource)
     for bad in ({"effectiveDateTime": "2021-13-01"}, {"status": ""}, {"id": "bad id!"}):
         mutant = {**resource, **bad}
         assert validator.first_error(mutant) == reference(mutant) is not None
+
+
+def test_a_shape_is_answered_from_memory_from_its_third_sighting() -> None:
+    validator = ShapeValidator()
+    resource = next(r for r in sample_resources() if "effectiveDateTime" in r)
+    for _ in range(3):
+        assert validator.first_error(resource) is None
+    assert (validator.checked, validator.hits, validator.plan_count()) == (3, 1, 1)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])

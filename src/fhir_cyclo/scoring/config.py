@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from fhir_cyclo import units
@@ -39,13 +39,20 @@ class Analyte:
     unit: str
     substance: str | None  # key of mappings/units.yaml molar_masses
     default_upper_limit: float | None
+    # unit -> factor, as units.factor answered: looked up for every lab result of a cohort,
+    # where a plain dict beats building units.factor's three-argument cache key.
+    _factors: dict[str, float | None] = field(default_factory=dict, compare=False, repr=False)
 
     def factor(self, unit: str) -> float | None:
         """Conversion factor to the canonical unit, or None for a unit that cannot convert.
 
         The same units.factor the case reader uses: one UCUM library, one alias table.
         """
-        return units.factor(unit, self.unit, self.substance)
+        try:
+            return self._factors[unit]
+        except KeyError:
+            found = self._factors[unit] = units.factor(unit, self.unit, self.substance)
+            return found
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fhir_cyclo.scoring.config import Analyte, ScoringConfig
-from fhir_cyclo.scoring.dates import Span, is_partial, parse_span
+from fhir_cyclo.scoring.dates import Span, parse_span
 from fhir_cyclo.scoring.model import Measurement, codes_text, coding_list
 from fhir_cyclo.scoring.reader import ReaderBase
 
@@ -58,8 +58,6 @@ class LabReader(ReaderBase):
             return
         analyte = self._analyte_of(code)
         components = resource.get("component")
-        if analyte is None and not components:
-            return
         # Which components hold a scored analyte (a blood-count or bilirubin panel sent as one
         # Observation with components instead of one Observation per result).
         parts: list[tuple[int, dict[str, Any], Analyte]] = []
@@ -68,7 +66,9 @@ class LabReader(ReaderBase):
                 found = self._analyte_of(component.get("code"))
                 if found is not None:
                     parts.append((i, component, found))
-        if analyte is None and not parts:
+            if analyte is None and not parts:
+                return
+        elif analyte is None:
             return
         rid = resource.get("id")
         ref = f"Observation/{rid}" if rid else self._ref(resource, full_url, origin)
@@ -87,8 +87,9 @@ class LabReader(ReaderBase):
                 return
         if analyte is not None:
             self._measure(resource, resource, analyte, ref, subject)
-        for i, component, part in parts:
-            self._measure(component, resource, part, ref, subject, prefix=f"component[{i}].")
+        if components:
+            for i, component, part in parts:
+                self._measure(component, resource, part, ref, subject, prefix=f"component[{i}].")
 
     def _measure(
         self,
@@ -169,14 +170,23 @@ class LabReader(ReaderBase):
             when = self._date(resource, ref, _OBSERVATION_DATES)
         if when is None:
             return
+        low = high = None
         ranges = holder.get("referenceRange")
-        low, high = (
-            self._reference_range(ranges, analyte, factor, unit, ref) if ranges else (None, None)
-        )
+        if ranges:
+            chosen = ranges[0]
+            if "type" in chosen:
+                # A typed range may be "treatment"/"therapeutic": a target, not the limits of
+                # normal.
+                chosen = next((c for c in ranges if _is_normal_range(c)), None)
+            if chosen is not None:
+                # Positional calls: this runs twice for nearly every lab result of a cohort.
+                low = self._bound(chosen.get("low"), "low", analyte, factor, unit, ref)
+                high = self._bound(chosen.get("high"), "high", analyte, factor, unit, ref)
+        span = when[0]
         measurement = Measurement(
-            ref, analyte.name, value, when[0], when[1], when[2], low, high, normal
+            ref, analyte.name, value, span, when[1], when[2], low, high, normal
         )
-        if is_partial(when[0]):
+        if span[0] != span[1]:  # dates.is_partial, inline
             measurement.context = self.context()
         bucket = self.labs.get(subject)
         if bucket is None:
@@ -225,36 +235,17 @@ class LabReader(ReaderBase):
                     return True
         return False
 
-    def _reference_range(
-        self, ranges: list[Any], analyte: Analyte, factor: float, unit: str | None, ref: str
-    ) -> tuple[float | None, float | None]:
-        """Normalised (low, high) of the range of normal; bounds in the value's unit reuse its
-        factor (the common case, kept cheap because every lab result passes here)."""
-        chosen = ranges[0]
-        if "type" in chosen:
-            # A typed range may be "treatment"/"therapeutic": a target, not the limits of normal.
-            chosen = next((c for c in ranges if _is_normal_range(c)), None)
-            if chosen is None:
-                return None, None
-        return (
-            self._bound(
-                chosen.get("low"), "low", analyte=analyte, factor=factor, value_unit=unit, ref=ref
-            ),
-            self._bound(
-                chosen.get("high"), "high", analyte=analyte, factor=factor, value_unit=unit, ref=ref
-            ),
-        )
-
-    def _bound(
+    def _bound(  # noqa: PLR0917 - positional on purpose: called twice per lab result
         self,
         quantity: Any,
         name: str,
-        *,
         analyte: Analyte,
         factor: float,
         value_unit: str | None,
         ref: str,
     ) -> float | None:
+        """A reference-range bound normalised to the analyte's unit; one in the value's unit
+        reuses its factor (the common case)."""
         if not quantity:
             return None
         value = quantity.get("value")
