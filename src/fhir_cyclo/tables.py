@@ -24,12 +24,17 @@ def mappings_dir() -> Path:
     raise TerminologyError("mappings/ folder not found (set FHIR_CYCLO_MAPPINGS)")
 
 
+# libyaml's safe loader when PyYAML was built with it: the same data (a unit test compares every
+# table), parsed 6-20x faster; terminology.yaml alone took 96 ms of each command's start-up.
+_SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 @functools.cache
 def load_table(name: str) -> dict[str, Any]:
     """Parse mappings/<name>.yaml once; a missing or malformed file is a TerminologyError."""
     path = mappings_dir() / f"{name}.yaml"
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_SAFE_LOADER)  # noqa: S506
     except FileNotFoundError as exc:
         raise TerminologyError(f"{path}: table missing") from exc
     except yaml.YAMLError as exc:

@@ -89,3 +89,16 @@ def test_alternative_codes_are_read_but_never_written() -> None:
     assert ("http://loinc.org", "59260-0") not in {
         (c.system, c.code) for c in t.analytes["hemoglobin"].codings
     }
+
+
+def test_tables_load_as_pyyaml_safe_load_reads_them() -> None:
+    # load_table uses libyaml's loader when there is one: it must give the very same data.
+    import yaml
+
+    from fhir_cyclo.tables import load_table, mappings_dir
+
+    names = sorted(p.stem for p in mappings_dir().glob("*.yaml"))
+    assert {"terminology", "units", "scoring", "unit_factors"} <= set(names)
+    for name in names:
+        text = (mappings_dir() / f"{name}.yaml").read_text(encoding="utf-8")
+        assert load_table(name) == yaml.safe_load(text), name

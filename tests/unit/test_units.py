@@ -176,3 +176,49 @@ def test_case_unit_spelling_is_stored_as_its_ucum_code() -> None:
     case = _case("platelets", 45, "x10^9/L")
     assert case.labs[0].unit == "10*9/L"
     assert _case("platelets", 45, "bananas").labs[0].unit == "bananas"  # reported by check_case
+
+
+def test_factor_table_is_what_ucumvert_computes_now() -> None:
+    # Regenerated from ucumvert and the tables: a new alias, analyte unit, molar mass or ucumvert
+    # release that changes an answer fails here until `python -m fhir_cyclo.units` is rerun.
+    from fhir_cyclo.tables import mappings_dir
+
+    generated = units.factor_table(units._analyte_units())
+    assert generated == (mappings_dir() / "unit_factors.yaml").read_text(encoding="utf-8")
+
+
+def test_listed_units_convert_without_loading_the_ucum_parser(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def no_parser(*args: object) -> None:
+        raise AssertionError("the UCUM parser was loaded")
+
+    units.factor.cache_clear()
+    monkeypatch.setattr(units, "_registry", no_parser)
+    monkeypatch.setattr(units, "_parse", no_parser)
+    try:
+        assert units.factor("10*9/L", "/uL") == 1000.0
+        assert units.factor("x10^3/uL", "10*9/L") == 1.0  # alias, then the table
+        assert units.factor("mmol/L", "g/dL", "hemoglobin") == 1.61145
+        assert units.factor("mg/dL", "10*9/L") is None  # listed as not converting
+        with pytest.raises(AssertionError, match="parser was loaded"):
+            units.factor("mmol/L", "g/dL")  # no substance: not listed, the parser decides
+    finally:
+        units.factor.cache_clear()
+
+
+def test_listed_factors_equal_the_parsers_answers() -> None:
+    for (code, target, substance), listed in units._listed_factors().items():
+        assert units.convert(code, target, substance or None) == listed, (code, target)
+
+
+def test_a_malformed_factor_row_is_a_terminology_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fhir_cyclo.errors import TerminologyError
+
+    units._listed_factors.cache_clear()
+    monkeypatch.setattr(units, "load_table", lambda name: {"factors": [["g/L", "g/dL", 0.1]]})
+    try:
+        with pytest.raises(TerminologyError, match=r"unit_factors\.yaml: factors\[0\]"):
+            units._listed_factors()
+    finally:
+        units._listed_factors.cache_clear()
