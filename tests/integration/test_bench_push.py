@@ -34,8 +34,9 @@ def test_push_part_measures_both_sides_and_the_ceiling(hapi: HapiServer) -> None
         assert set(summary[key]) == {"1", "2"}, (key, summary[key])
         assert all(v > 0 for v in summary[key].values()), (key, summary[key])
     assert summary["hapi_ceiling_resources_per_s"] > 0
-    # Both sides took turns on one server, ours / bare / bare / ours: one ratio per half.
-    pairs = summary["push_pair_ratios_by_workers"]
+    # Both sides took turns on one server (ours bare bare ours, bare ours ours bare): a ratio per
+    # block of four.
+    pairs = summary["push_block_ratios_by_workers"]
     assert set(pairs) == {"1", "2"} and all(len(v) == 2 and min(v) > 0 for v in pairs.values())
     for key in ("push_client_cpu_ms_per_case_by_workers", "push_bare_cpu_ms_per_case_by_workers"):
         assert all(v > 0 for v in summary[key].values()), (key, summary[key])
