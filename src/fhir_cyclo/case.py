@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import re
 from typing import Annotated, Literal
 
@@ -25,6 +26,8 @@ _PARTIAL_DATE = re.compile(
 _ITEM_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
+# Dates repeat across a cohort's labs: a valid one is checked once per process (a bounded LRU).
+@functools.lru_cache(maxsize=4096)
 def _check_partial_date(value: str) -> str:
     match = _PARTIAL_DATE.match(value)
     if not match:
@@ -49,6 +52,7 @@ ItemId = Annotated[str, Field(pattern=_ITEM_ID.pattern)]
 """Case-local key of an item; with the case identifier it makes the resource id and identifier."""
 
 
+@functools.lru_cache(maxsize=4096)
 def date_lower_bound(value: str) -> dt.date:
     """First calendar day a partial date can mean ("2011" -> 2011-01-01)."""
     return dt.date(int(value[0:4]), int(value[5:7] or 1), int(value[8:10] or 1))
@@ -248,11 +252,7 @@ class Lab(Model):
         # Lab spellings (K/uL, x10^9/L, g/dl) become their UCUM code, so the Observation carries
         # a valid UCUM code and reads back equal; units that cannot be read stay as written and
         # are reported by inputs.check_case with the analyte they belong to.
-        if unit is None:
-            return None
-        from fhir_cyclo.units import to_ucum
-
-        return to_ucum(unit) or unit
+        return None if unit is None else _ucum_or_as_written(unit)
 
     @model_validator(mode="after")
     def _value_or_interpretation(self) -> Lab:
@@ -263,6 +263,13 @@ class Lab(Model):
         if self.value is None and self.unit is not None:
             raise ValueError("a unit without a value")
         return self
+
+
+@functools.lru_cache(maxsize=1024)
+def _ucum_or_as_written(unit: str) -> str:
+    from fhir_cyclo.units import to_ucum
+
+    return to_ucum(unit) or unit
 
 
 ImagingResponse = Literal[

@@ -124,24 +124,15 @@ def _bundles(
     """(label, transaction bytes) per case; bad inputs are reported once and skipped."""
     from fhir_cyclo.bundle import dumps, transaction_bundle
     from fhir_cyclo.export import map_case
-    from fhir_cyclo.inputs import discover, load, read_structured
+    from fhir_cyclo.inputs import load
     from fhir_cyclo.terminology import terminology
 
     terms = terminology()
-    case_paths: list[Path] = []
-    for path in discover(paths, skipped):
-        if path.suffix == ".json" and path.is_file():
-            try:
-                data = read_structured(path)
-            except InputError as exc:
-                failures.append(str(exc))
-                say(f"error: invalid input: {exc}")
-                continue
-            if isinstance(data, dict) and data.get("resourceType") == "Bundle":
-                yield str(path), dumps(data, pretty=False)
-                continue
-        case_paths.append(path)
-    for loaded in load(case_paths, terms):
+    # One pass, each file read once: a Bundle file is sent as it is, a case file is mapped.
+    for loaded in load(paths, terms, skipped, bundles=True):
+        if loaded.bundle is not None:
+            yield loaded.source, dumps(loaded.bundle, pretty=False)
+            continue
         if loaded.case is None:
             failures.append(str(loaded.error))
             say(f"error: invalid input: {loaded.error}")

@@ -1,18 +1,23 @@
-"""Export's fast paths give exactly what the plain ways give: ids, local references."""
+"""Export's fast paths give exactly what the plain ways give: ids, local references, reading."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from fhir_cyclo.bundle import dumps, local_reference_lines, with_local_references
+from fhir_cyclo.case import Case
+from fhir_cyclo.errors import InputError
 from fhir_cyclo.export import map_case
 from fhir_cyclo.ids import NAMESPACE, uuid5_text
-from fhir_cyclo.inputs import load
+from fhir_cyclo.inputs import load, read_structured
 from fhir_cyclo.terminology import terminology
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
@@ -85,3 +90,68 @@ def test_ids_json_would_escape_take_the_plain_way() -> None:
     compact = [dumps(r, pretty=False) for r in resources]
     assert local_reference_lines(resources, compact) == _plain(resources)
     assert b"Patient/a" in local_reference_lines(resources, compact)[1]
+
+
+# --- reading: orjson first, json's rules and messages ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"a": 1, "a": 2}',  # duplicate key: the last one wins, as in json
+        '{"big": 123456789012345678901234567890}',  # beyond 64 bits: orjson would make a float
+        '{"big": -18446744073709551616, "id": "12345678901234567890123"}',
+        '{"x": NaN, "y": -Infinity}',  # json's extensions, accepted as they always were
+        '{"s": "caf\\u00e9 \\ud83d\\ude00"}',
+        '{"lone": "\\ud800"}',  # a lone surrogate: orjson refuses, json reads
+        "[1.5, 2, -0.0, 1e400]",
+    ],
+)
+def test_json_case_files_read_as_the_json_module_reads_them(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "case.json"
+    path.write_text(text, encoding="utf-8")
+    got, want = read_structured(path), json.loads(text)
+    assert repr(got) == repr(want)  # repr: NaN != NaN, and 1 == 1.0 would hide a type change
+
+
+def test_invalid_json_keeps_the_json_module_message(tmp_path: Path) -> None:
+    path = tmp_path / "bad.json"
+    path.write_text('{\n  "identifier": }\n')
+    with pytest.raises(InputError) as caught:
+        read_structured(path)
+    assert caught.value.message == "invalid JSON: Expecting value at line 2 column 17"
+
+
+def test_cached_date_and_unit_checks_still_refuse_bad_values() -> None:
+    base = {"identifier": {"system": "s", "value": "v"}, "patient": {"sex": "female"}}
+    lab = {"id": "l1", "analyte": "hemoglobin", "date": "2011-02-28", "value": 9.1, "unit": "g/dl"}
+    for _ in range(2):  # the second time answers from the caches
+        case = Case.model_validate({**base, "labs": [lab]})
+        assert case.labs[0].unit == "g/dL"
+        with pytest.raises(ValidationError, match="not a real calendar date"):
+            Case.model_validate({**base, "labs": [{**lab, "date": "2011-02-30"}]})
+
+
+def test_push_reads_each_input_file_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A folder of case files and an exported Bundle: each is parsed once (it was twice).
+    from fhir_cyclo import inputs
+    from fhir_cyclo.bundle import transaction_bundle
+    from fhir_cyclo.commands import _bundles
+
+    terms = terminology()
+    cases = [loaded.case for loaded in load([FIXTURES], terms) if loaded.case]
+    assert len(cases) >= 3
+    for n, one in enumerate(cases[:3]):
+        (tmp_path / f"case-{n}.json").write_bytes(dumps(one.model_dump(exclude_defaults=True)))
+    case = cases[0]
+    bundle = transaction_bundle(case, terms, map_case(case, terms))
+    (tmp_path / "exported-bundle.json").write_bytes(dumps(bundle))
+    reads: list[str] = []
+    real = inputs.read_structured
+    monkeypatch.setattr(inputs, "read_structured", lambda p: reads.append(p.name) or real(p))
+    failures: list[str] = []
+    sent = list(_bundles([str(tmp_path)], failures, []))
+    assert failures == []
+    assert len(sent) == 4
+    assert sorted(reads) == sorted(p.name for p in tmp_path.iterdir())
+    assert dumps(bundle, pretty=False) in [data for _, data in sent]
