@@ -481,7 +481,11 @@ def _block_ratio(slices: list[list[Any]]) -> float:
 
 
 def bench_push(
-    n_cases: int, workers_list: list[int], tmp: Path, server_url: str | None = None
+    n_cases: int,
+    workers_list: list[int],
+    tmp: Path,
+    server_url: str | None = None,
+    push_from: str = "cases",
 ) -> dict[str, Any]:
     """`fhir-cyclo push` against a bare requests loop (bare_push.py), each in its own process,
     on one fresh HAPI FHIR JPA server (fhir_cyclo.hapi) per worker count, then HAPI's own ingest
@@ -497,14 +501,16 @@ def bench_push(
     ours bare bare ours left partly on ours), and the server is the same. Every slice sends the
     same cases under new identifiers (all create, none update); the bare loop sends exactly the
     bytes push would send. With `server_url` (the test suite's server) that server is emptied
-    instead of replaced.
+    instead of replaced. With `push_from="bundles"` our side pushes the Bundle files `export`
+    wrote for its cases (exported before the clock starts), the other way users push: the same
+    bytes go out, with no reading, mapping or validating of cases on the client.
     """
     try:
         from fhir_cyclo.hapi import HapiServer  # type: ignore[import-not-found,unused-ignore]
     except ImportError as exc:
         raise BenchError(f"no HAPI launcher (fhir_cyclo.hapi): {exc}") from exc
 
-    out: dict[str, Any] = {"cases": n_cases, "workers": {}}
+    out: dict[str, Any] = {"cases": n_cases, "workers": {}, "push_from": push_from}
     runs = iter(range(1, 1000))
     slice_cases = max(1, n_cases // 4)
     order = ("ours", "bare", "bare", "ours", "bare", "ours", "ours", "bare")
@@ -567,6 +573,11 @@ def bench_push(
 
     def ours(base: str, workers: int, count: int) -> dict[str, float]:
         folder = new_cases(f"ours-{workers}", count)
+        if push_from == "bundles":
+            bundles = tmp / f"push-ours-{workers}-bundles"
+            shutil.rmtree(bundles, ignore_errors=True)
+            measured([*cli(), "export", str(folder), "--out", str(bundles)], tmp / "export.rss")
+            folder = bundles
         journal = tmp / f"journal-{workers}.jsonl"
         journal.unlink(missing_ok=True)
         argv = [*cli(), "push", str(folder), "--server", base, "--workers", str(workers)]
@@ -826,6 +837,7 @@ def summary_line(result: dict[str, Any]) -> dict[str, Any]:
             w: [round(r, 4) for r in v["block_ratios"]] for w, v in push_workers.items()
         },
         "push_cases": p.get("cases"),
+        "push_from": p.get("push_from"),
         "hapi_ceiling_resources_per_s": _round(p.get("hapi_ceiling_resources_per_s"), 1),
         "mapping_ratio": _round(m.get("ratio"), 4),
         "import_ratio": _round(i.get("ratio"), 4),
@@ -863,6 +875,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--push-cases", type=int, help="cases per push run (full run: 1000)")
     parser.add_argument(
         "--server", help="push against this running FHIR server instead of starting HAPI"
+    )
+    parser.add_argument(
+        "--push-from",
+        choices=("cases", "bundles"),
+        default="cases",
+        help="push's input: the case files (default) or the Bundle files export wrote for them",
     )
     args = parser.parse_args(argv)
 
@@ -903,7 +921,9 @@ def main(argv: list[str] | None = None) -> int:
             "export_memory": lambda: bench_export_memory(*sizes["export_memory"], tmp, cache),
             "score_files": lambda: bench_score_files(*sizes["score_files"], tmp, cache),
             "scoring": lambda: bench_scoring(sizes["patients"]),
-            "push": lambda: bench_push(sizes["push_cases"], workers, tmp, args.server),
+            "push": lambda: bench_push(
+                sizes["push_cases"], workers, tmp, args.server, args.push_from
+            ),
         }
         for part in PARTS:
             if part not in wanted:

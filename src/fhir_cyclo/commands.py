@@ -376,7 +376,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument(
         "--journal",
         metavar="FILE",
-        help="record each case the server acknowledged here (JSONL, fsynced per line; default "
+        help="record each case the server acknowledged here (JSONL, fsynced once a second; default "
         ".fhir-cyclo/push-journal.jsonl in the current folder)",
     )
     p.add_argument(

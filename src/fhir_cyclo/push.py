@@ -235,7 +235,7 @@ def push_bundles(
     `on_result` runs on the calling thread, in completion order. Items are pulled lazily, at
     most 2 x workers at a time, so a generator of bundles is never held in memory whole.
 
-    `journal` records each acknowledged case (on the calling thread, fsynced, before
+    `journal` records each acknowledged case (on the calling thread, written before
     `on_result`); with `resume`, cases it already holds for this exact Bundle are skipped.
     `give_up_after`: unreachable failures in a row after which the remaining cases are not sent
     (default max(GIVE_UP_AFTER, workers); 0 never gives up).
