@@ -503,7 +503,9 @@ def bench_push(
     bytes push would send. With `server_url` (the test suite's server) that server is emptied
     instead of replaced. With `push_from="bundles"` our side pushes the Bundle files `export`
     wrote for its cases (exported before the clock starts), the other way users push: the same
-    bytes go out, with no reading, mapping or validating of cases on the client.
+    bytes go out, with no reading, mapping or validating of cases on the client. With
+    `push_from="bare"` (a calibration, not a measure of push) both sides are the bare loop: the
+    ratio then shows how far the protocol itself scatters around 1.
     """
     try:
         from fhir_cyclo.hapi import HapiServer  # type: ignore[import-not-found,unused-ignore]
@@ -572,6 +574,8 @@ def bench_push(
         return m
 
     def ours(base: str, workers: int, count: int) -> dict[str, float]:
+        if push_from == "bare":
+            return bare(base, workers, count, "bare-as-ours")
         folder = new_cases(f"ours-{workers}", count)
         if push_from == "bundles":
             bundles = tmp / f"push-ours-{workers}-bundles"
@@ -878,9 +882,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--push-from",
-        choices=("cases", "bundles"),
+        choices=("cases", "bundles", "bare"),
         default="cases",
-        help="push's input: the case files (default) or the Bundle files export wrote for them",
+        help="push's input: the case files (default) or the Bundle files export wrote for them; "
+        "`bare` runs the bare loop on both sides (calibrates the protocol's scatter)",
     )
     args = parser.parse_args(argv)
 

@@ -47,17 +47,19 @@ def test_push_part_measures_both_sides_and_the_ceiling(hapi: HapiServer) -> None
     assert hapi.counts(("Patient",))["Patient"] == 4 + 4
 
 
-def test_push_part_can_push_the_exported_bundles(hapi: HapiServer) -> None:
-    # --push-from bundles: our side pushes the Bundle files export wrote (the bytes are the same).
+@pytest.mark.parametrize("push_from", ["bundles", "bare"])
+def test_push_part_other_inputs(hapi: HapiServer, push_from: str) -> None:
+    # bundles: our side pushes the Bundle files export wrote (the bytes are the same); bare: the
+    # bare loop on both sides, the calibration of the protocol.
     argv = [sys.executable, str(ROOT / "bench" / "run.py"), "--quick", "--only", "push"]
     argv += ["--server", hapi.base_url, "--push-cases", "4", "--workers", "2"]
     done = subprocess.run(
-        [*argv, "--push-from", "bundles"], capture_output=True, text=True, timeout=600, check=False
+        [*argv, "--push-from", push_from], capture_output=True, text=True, timeout=600, check=False
     )
     assert done.returncode == 0, done.stderr[-2000:]
     summary = json.loads(done.stdout.strip().splitlines()[-1])
     assert summary["errors"] == {}
-    assert summary["push_from"] == "bundles"
+    assert summary["push_from"] == push_from
     assert summary["push_ratio_by_workers"]["2"] > 0
     # Worker count 2 then the ceiling, each on an emptied server: the ceiling's 4 warm-up and 4
     # measured cases are what is left, so the exported Bundles were pushed and then cleared.
