@@ -270,7 +270,8 @@ def _load_file(path: Path, terms: Terminology, bundles: bool = False) -> Loaded:
                 f"top level must be a mapping (one case), found {type(data).__name__}",
                 source=source,
             )
-        if bundles and data.get("resourceType") == "Bundle":
+        # Only JSON Bundles are passed through, as before this was one pass (a YAML file is a case).
+        if bundles and path.suffix == ".json" and data.get("resourceType") == "Bundle":
             return Loaded(source, bundle=data)
         case = Case.model_validate(data)
         problems = check_case(case, terms)

@@ -155,3 +155,12 @@ def test_push_reads_each_input_file_once(tmp_path: Path, monkeypatch: pytest.Mon
     assert len(sent) == 4
     assert sorted(reads) == sorted(p.name for p in tmp_path.iterdir())
     assert dumps(bundle, pretty=False) in [data for _, data in sent]
+
+
+def test_only_json_bundles_pass_through_unread(tmp_path: Path) -> None:
+    # A YAML file is always a case file: one that says resourceType Bundle fails as a case.
+    (tmp_path / "b.yaml").write_text("resourceType: Bundle\ntype: transaction\n")
+    (tmp_path / "b.json").write_text('{"resourceType": "Bundle", "type": "transaction"}')
+    got = {Path(x.source).name: x for x in load([tmp_path], terminology(), bundles=True)}
+    assert got["b.json"].bundle == {"resourceType": "Bundle", "type": "transaction"}
+    assert got["b.yaml"].bundle is None and got["b.yaml"].error is not None
