@@ -11,11 +11,14 @@ import os
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fhir_cyclo import preflight
 from fhir_cyclo.cli import HelpFormatter, say
 from fhir_cyclo.errors import FhirCycloError, InputError, UsageError
+
+if TYPE_CHECKING:
+    from fhir_cyclo.push import Outgoing
 
 PUBLIC_HAPI = "https://hapi.fhir.org/baseR4"
 SERVER_ENV = "FHIR_CYCLO_SERVER"
@@ -118,20 +121,21 @@ def _server_options(p: argparse.ArgumentParser) -> None:
 # --- push ---------------------------------------------------------------------------------------
 
 
-def _bundles(
-    paths: list[str], failures: list[str], skipped: list[str]
-) -> Iterator[tuple[str, bytes]]:
-    """(label, transaction bytes) per case; bad inputs are reported once and skipped."""
+def _bundles(paths: list[str], failures: list[str], skipped: list[str]) -> Iterator[Outgoing]:
+    """(label, transaction bytes[, identifier]) per case; bad inputs reported once, skipped."""
     from fhir_cyclo.bundle import dumps, transaction_bundle
     from fhir_cyclo.export import map_case
     from fhir_cyclo.inputs import load
+    from fhir_cyclo.journal import bundle_identifier
+    from fhir_cyclo.push import Outgoing
     from fhir_cyclo.terminology import terminology
 
     terms = terminology()
     # One pass, each file read once: a Bundle file is sent as it is, a case file is mapped.
     for loaded in load(paths, terms, skipped, bundles=True):
         if loaded.bundle is not None:
-            yield loaded.source, dumps(loaded.bundle, pretty=False)
+            data = dumps(loaded.bundle, pretty=False)
+            yield Outgoing(loaded.source, data, bundle_identifier(loaded.bundle))
             continue
         if loaded.case is None:
             failures.append(str(loaded.error))
@@ -146,7 +150,8 @@ def _bundles(
         # Logs name the file and a hash, never the identifier value (PHI, e.g. an MRN).
         digest = hashlib.sha256(loaded.case.identifier.token.encode()).hexdigest()[:10]
         label = f"{loaded.source} [case #{digest}]"
-        yield label, dumps(transaction_bundle(loaded.case, terms, resources), pretty=False)
+        data = dumps(transaction_bundle(loaded.case, terms, resources), pretty=False)
+        yield Outgoing(label, data, loaded.case.identifier.token)
 
 
 def check_push(args: argparse.Namespace) -> None:
@@ -168,14 +173,15 @@ def check_push(args: argparse.Namespace) -> None:
     resolve_server(args, required=not args.dry_run)
 
 
-def _plan(items: Iterator[tuple[str, bytes]]) -> Iterator[tuple[str, bytes]]:
+def _plan(items: Iterator[Outgoing]) -> Iterator[Outgoing]:
     """--dry-run: print what each transaction would send (data, so stdout), pass it on."""
     from collections import Counter
 
     import orjson
 
-    for label, data in items:
-        bundle = orjson.loads(data)
+    for item in items:
+        label, data = item.label, item.bundle
+        bundle = orjson.loads(data) if isinstance(data, bytes) else data
         kinds = Counter(
             (e.get("request") or {}).get("method", "?")
             + " "
@@ -185,7 +191,7 @@ def _plan(items: Iterator[tuple[str, bytes]]) -> Iterator[tuple[str, bytes]]:
         )
         detail = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items()))
         print(f"would send {label}: transaction of {sum(kinds.values())} entries ({detail})")
-        yield label, data
+        yield item
 
 
 def cmd_push(args: argparse.Namespace) -> int:

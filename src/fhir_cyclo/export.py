@@ -46,26 +46,25 @@ def bundle_filename(case: Case) -> str:
 
 def map_case(case: Case, terms: Terminology, *, validate: bool = True) -> list[Resource]:
     """Case -> resources, each validated with fhir.resources R4B unless `validate` is off."""
-    return map_case_compact(case, terms, validate=validate)[0]
-
-
-def map_case_compact(
-    case: Case, terms: Terminology, *, validate: bool = True
-) -> tuple[list[Resource], list[bytes]]:
-    """`map_case` and each resource's compact JSON bytes (NDJSON writes them with references
-    made local, see `bundle.local_reference_lines`)."""
     resources = list(case_to_resources(case, terms))
-    lines = []
-    for res in resources:
-        if validate:
+    if validate:
+        for res in resources:
             problem = validate_resource(res)
             if problem:
                 raise MappingError(
                     f"{res['resourceType']} does not validate (R4B): {problem}",
                     source=case.identifier.token,
                 )
-        lines.append(dumps(res, pretty=False))
-    return resources, lines
+    return resources
+
+
+def map_case_compact(
+    case: Case, terms: Terminology, *, validate: bool = True
+) -> tuple[list[Resource], list[bytes]]:
+    """`map_case` and each resource's compact JSON bytes (NDJSON writes them with references
+    made local, see `bundle.local_reference_lines`). push wants no lines, hence two functions."""
+    resources = map_case(case, terms, validate=validate)
+    return resources, [dumps(res, pretty=False) for res in resources]
 
 
 @functools.cache

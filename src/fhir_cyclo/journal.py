@@ -43,14 +43,16 @@ def bundle_digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def case_key(label: str, data: bytes) -> str:
+def case_key(label: str, data: bytes, identifier: str | None = None) -> str:
     """sha256 of the case identifier token (system|value), so the journal holds no identifier.
 
     The token is read from the Bundle itself (its Patient), which gives the same key whether the
     case was pushed from a case file, a cohort folder or an exported Bundle. A Bundle without a
-    Patient identifier falls back to its label (the file path).
+    Patient identifier falls back to its label (the file path). `identifier`: the token, when
+    the caller built the Bundle from it (`bundle.transaction_bundle` puts exactly that token in
+    the Patient's conditional URL), which spares parsing the Bundle again.
     """
-    token = _identifier_token(data)
+    token = identifier if identifier is not None else _identifier_token(data)
     material = f"identifier:{token}" if token is not None else f"label:{label}"
     return hashlib.sha256(material.encode("utf-8")).hexdigest()
 
@@ -60,6 +62,11 @@ def _identifier_token(data: bytes) -> str | None:
         bundle = orjson.loads(data)
     except orjson.JSONDecodeError:
         return None
+    return bundle_identifier(bundle)
+
+
+def bundle_identifier(bundle: Any) -> str | None:
+    """The identifier token of a transaction Bundle's Patient (None: none found)."""
     if not isinstance(bundle, Mapping):
         return None
     for entry in bundle.get("entry") or []:

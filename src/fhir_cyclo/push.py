@@ -12,7 +12,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sized
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 from tqdm import tqdm
@@ -30,6 +30,19 @@ from fhir_cyclo.journal import PushJournal, bundle_digest, case_key
 log = logging.getLogger("fhir_cyclo.push")
 
 Bundle = Mapping[str, Any] | bytes
+
+
+class Outgoing(NamedTuple):
+    """A case to push. `identifier`: its token (system|value) when the Bundle was built from
+    it, so the journal keys the case without parsing the Bundle again; None: read from it."""
+
+    label: str
+    bundle: Bundle
+    identifier: str | None = None
+
+
+# A plain (label, bundle) pair is an Outgoing without a known identifier.
+Item = Outgoing | tuple[str, Bundle]
 
 # When this many cases in a row (at least one per worker) fail because the server is unreachable
 # or overloaded, each after its own full retry cycle, the server is taken to be down: the cases
@@ -220,7 +233,7 @@ def _dry_one(label: str, bundle: Bundle) -> CaseResult:
 
 def push_bundles(
     client: FhirClient,
-    items: Iterable[tuple[str, Bundle]],
+    items: Iterable[Item],
     *,
     workers: int = 1,
     dry_run: bool = False,
@@ -276,10 +289,12 @@ def push_bundles(
 
     def jobs() -> Iterator[tuple[int, str, Bundle]]:
         """(job number, label, bundle) for each case to send; skipped ones are recorded here."""
-        for job, (label, bundle) in enumerate(items):
+        for job, item in enumerate(items):
+            label, bundle = item[0], item[1]
             if journal is not None and not dry_run:
                 data = bundle if isinstance(bundle, bytes) else orjson.dumps(bundle)
-                key = (case_key(label, data), bundle_digest(data))
+                identifier = item.identifier if isinstance(item, Outgoing) else None
+                key = (case_key(label, data, identifier), bundle_digest(data))
                 if resume and journal.acknowledged(*key):
                     record(
                         CaseResult(

@@ -38,6 +38,9 @@ def test_push_part_measures_both_sides_and_the_ceiling(hapi: HapiServer) -> None
     # block of four.
     pairs = summary["push_block_ratios_by_workers"]
     assert set(pairs) == {"1", "2"} and all(len(v) == 2 and min(v) > 0 for v in pairs.values())
+    # An uncounted slice settles each worker count's server before the eight that count.
+    settle = summary["push_settle_seconds_by_workers"]
+    assert set(settle) == {"1", "2"} and min(settle.values()) > 0
     for key in ("push_client_cpu_ms_per_case_by_workers", "push_bare_cpu_ms_per_case_by_workers"):
         assert all(v > 0 for v in summary[key].values()), (key, summary[key])
     # The server's CPU is read from the JVM the bench started; this one it did not start.

@@ -154,7 +154,33 @@ def test_push_reads_each_input_file_once(tmp_path: Path, monkeypatch: pytest.Mon
     assert failures == []
     assert len(sent) == 4
     assert sorted(reads) == sorted(p.name for p in tmp_path.iterdir())
-    assert dumps(bundle, pretty=False) in [data for _, data in sent]
+    assert dumps(bundle, pretty=False) in [item.bundle for item in sent]
+
+
+def test_push_keys_each_case_as_the_journal_would_from_the_bundle(tmp_path: Path) -> None:
+    # push hands the journal each case's identifier instead of having it parse the Bundle again:
+    # the key must be the one the Bundle's Patient gives, for case files and exported Bundles.
+    from fhir_cyclo.bundle import transaction_bundle
+    from fhir_cyclo.commands import _bundles
+    from fhir_cyclo.journal import case_key
+
+    terms = terminology()
+    cases = [loaded.case for loaded in load([FIXTURES], terms) if loaded.case]
+    for n, one in enumerate(cases):
+        (tmp_path / f"case-{n}.json").write_bytes(dumps(one.model_dump(exclude_defaults=True)))
+        exported = transaction_bundle(one, terms, map_case(one, terms))
+        (tmp_path / f"bundle-{n}.json").write_bytes(dumps(exported))
+    sent = list(_bundles([str(tmp_path)], [], []))
+    assert len(sent) == 2 * len(cases)
+    for label, data, identifier in sent:
+        assert isinstance(data, bytes) and identifier is not None
+        assert case_key(label, data, identifier) == case_key(label, data)
+    # Some tokens need quoting in the conditional URL (a space, '&'): the key is still the same.
+    tricky = cases[0].model_copy(
+        update={"identifier": cases[0].identifier.model_copy(update={"value": "A 1&b=2"})}
+    )
+    data = dumps(transaction_bundle(tricky, terms, map_case(tricky, terms)), pretty=False)
+    assert case_key("x", data, tricky.identifier.token) == case_key("x", data)
 
 
 def test_only_json_bundles_pass_through_unread(tmp_path: Path) -> None:
