@@ -67,9 +67,10 @@ def _identifier_token(data: bytes) -> str | None:
 
 def bundle_identifier(bundle: Any) -> str | None:
     """The identifier token of a transaction Bundle's Patient (None: none found)."""
-    if not isinstance(bundle, Mapping):
-        return None
-    for entry in bundle.get("entry") or []:
+    # Any JSON can arrive here (a Bundle file is only checked by the server): wrong shapes mean
+    # "no identifier", never an exception.
+    entries = bundle.get("entry") if isinstance(bundle, Mapping) else None
+    for entry in entries if isinstance(entries, list) else []:
         if not isinstance(entry, Mapping):
             continue
         resource = entry.get("resource")
@@ -80,7 +81,8 @@ def bundle_identifier(bundle: Any) -> str | None:
         # The conditional URL is how the server itself recognises the case; prefer it.
         if isinstance(url, str) and url.startswith(_PATIENT_CONDITIONAL):
             return unquote(url[len(_PATIENT_CONDITIONAL) :].split("&", 1)[0])
-        for ident in resource.get("identifier") or []:
+        idents = resource.get("identifier")
+        for ident in idents if isinstance(idents, list) else []:
             if isinstance(ident, Mapping) and ident.get("value"):
                 return f"{ident.get('system', '')}|{ident['value']}"
     return None

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import stat
 from pathlib import Path
+from typing import Any
 
+import orjson
 import pytest
 
 from fhir_cyclo.bundle import dumps, transaction_bundle
@@ -120,3 +122,20 @@ def test_lines_are_written_at_once_and_fsynced_in_groups(
         for n in range(3):
             journal.record(f"more-{n}", "d", entries=1)
         assert len(synced) == 3  # an interval of 0: every line, as before
+
+
+@pytest.mark.parametrize(
+    "bundle",
+    [
+        {"resourceType": "Bundle", "entry": 5},
+        {"resourceType": "Bundle", "entry": {"resource": {}}},
+        {"entry": [{"resource": {"resourceType": "Patient", "identifier": 5}}]},
+        {"entry": [{"resource": {"resourceType": "Patient", "identifier": "x"}}]},
+        [1, 2],
+    ],
+)
+def test_a_malformed_bundle_is_keyed_by_its_label_not_a_crash(bundle: Any) -> None:
+    # push journals whatever Bundle file it is given (the server judges it): a wrong shape must
+    # fall back to the label, as a Bundle without a Patient does (was a TypeError, exit 70).
+    data = orjson.dumps(bundle)
+    assert case_key("a.json", data) == case_key("a.json", b"{}") != case_key("b.json", data)
