@@ -292,28 +292,33 @@ def same_tree(a: Path, b: Path) -> str | None:
 
 
 def bench_export(n_cases: int, rounds: int, tmp: Path, cache: Path) -> dict[str, Any]:
-    """`fhir-cyclo export DIR --out OUT --ndjson` against the ceiling (ceiling.py), both in their
-    own process, same case files, same files written (checked byte for byte)."""
+    """`fhir-cyclo export DIR --out OUT --ndjson` against the ceiling (ceiling.py) and the
+    ceiling with export's checks (ceiling.py --checks), each in its own process, same case
+    files, same files written (checked byte for byte)."""
     folder = cached(cache, f"export-cases-{n_cases}", lambda f: write_case_files(f, n_cases))
-    ours_out, ceiling_out = tmp / "export-ours", tmp / "export-ceiling"
+    plain = [sys.executable, str(HERE / "ceiling.py")]
     sides = {
-        "ours": [*cli(), "export", str(folder), "--out", str(ours_out), "--ndjson"],
-        "ceiling": [sys.executable, str(HERE / "ceiling.py"), str(folder), str(ceiling_out)],
+        "ours": [*cli(), "export", str(folder), "--out", str(tmp / "export-ours"), "--ndjson"],
+        "ceiling": [*plain, str(folder), str(tmp / "export-ceiling")],
+        "checked": [*plain, "--checks", str(folder), str(tmp / "export-checked")],
     }
-    outs = {"ours": ours_out, "ceiling": ceiling_out}
-    times: dict[str, list[dict[str, float]]] = {"ours": [], "ceiling": []}
+    outs = {side: tmp / f"export-{side}" for side in sides}
+    times: dict[str, list[dict[str, float]]] = {side: [] for side in sides}
     for r in range(rounds):
-        order = ["ours", "ceiling"] if r % 2 == 0 else ["ceiling", "ours"]
+        # Each side takes each place in turn, so none always runs first (a cold page cache).
+        order = list(sides)[r % 3 :] + list(sides)[: r % 3]
         for side in order:
             shutil.rmtree(outs[side], ignore_errors=True)
             times[side].append(measured(sides[side], tmp / "export.rss"))
         if r == 0:
-            diff = same_tree(ours_out, ceiling_out)
-            if diff:
-                raise BenchError(f"export and ceiling wrote different files: {diff}")
-    resources = sum(sum(1 for _ in p.open("rb")) for p in (ours_out / "ndjson").glob("*.ndjson"))
-    shutil.rmtree(ours_out)
-    shutil.rmtree(ceiling_out)
+            for side in ("ceiling", "checked"):
+                diff = same_tree(outs["ours"], outs[side])
+                if diff:
+                    raise BenchError(f"export and the {side} side wrote different files: {diff}")
+    ndjson = outs["ours"] / "ndjson"
+    resources = sum(sum(1 for _ in p.open("rb")) for p in ndjson.glob("*.ndjson"))
+    for out in outs.values():
+        shutil.rmtree(out)
     best = {side: min(t["seconds"] for t in runs) for side, runs in times.items()}
     best_cpu = {side: min(t["cpu_seconds"] for t in runs) for side, runs in times.items()}
     return {
@@ -326,6 +331,9 @@ def bench_export(n_cases: int, rounds: int, tmp: Path, cache: Path) -> dict[str,
         "ceiling_resources_per_s": resources / best["ceiling"],
         "ratio": best["ceiling"] / best["ours"],
         "cpu_ratio": best_cpu["ceiling"] / best_cpu["ours"],
+        # The most any export keeping these checks can reach, and how near ours comes to it.
+        "checked_ratio": best["ceiling"] / best["checked"],
+        "vs_checked_ratio": best["checked"] / best["ours"],
     }
 
 
@@ -698,6 +706,11 @@ def table(result: dict[str, Any]) -> str:
             ),
             _row("export vs ceiling (wall, higher better)", f"{e['ratio']:.3f}"),
             _row("  same, CPU seconds", f"{e['cpu_ratio']:.3f}"),
+            _row(
+                "ceiling with export's checks, s / vs ceiling",
+                f"{e['seconds']['checked']:.2f} / {e['checked_ratio']:.3f}",
+            ),
+            _row("export vs ceiling with its checks", f"{e['vs_checked_ratio']:.3f}"),
         ]
     mem = result.get("export_memory")
     if mem:
@@ -808,6 +821,8 @@ def summary_line(result: dict[str, Any]) -> dict[str, Any]:
         "export_vs_ceiling_cpu": _round(e.get("cpu_ratio"), 4),
         "export_resources_per_s": _round(e.get("resources_per_s"), 0),
         "export_ceiling_resources_per_s": _round(e.get("ceiling_resources_per_s"), 0),
+        "export_checked_ceiling_vs_ceiling": _round(e.get("checked_ratio"), 4),
+        "export_vs_checked_ceiling": _round(e.get("vs_checked_ratio"), 4),
         "export_rss_100k_over_1k": _round(mem.get("ratio"), 4),
         "export_rss_mb": [_round(mem.get("small_rss_mb"), 1), _round(mem.get("large_rss_mb"), 1)],
         "export_rss_cases": [mem.get("small_cases"), mem.get("large_cases")],

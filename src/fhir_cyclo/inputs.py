@@ -289,7 +289,8 @@ def _load_file(path: Path, terms: Terminology, bundles: bool = False) -> Loaded:
 def read_structured(path: Path) -> Any:
     source = str(path)
     try:
-        text = path.read_bytes().decode("utf-8")
+        raw = path.read_bytes()
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise InputError(f"not UTF-8 text (byte {exc.start})", source=source) from None
     except OSError as exc:
@@ -298,7 +299,7 @@ def read_structured(path: Path) -> Any:
         raise InputError("file is empty", source=source)
     try:
         if path.suffix == ".json":
-            return _json(text)
+            return _json(text, raw)
         return yaml.safe_load(text)
     except RecursionError:  # "[[[[..." thousands deep: the parsers recurse per level
         raise InputError("nested too deeply to read (thousands of levels)", source=source) from None
@@ -313,14 +314,19 @@ def read_structured(path: Path) -> Any:
         raise InputError(f"invalid YAML: {problem}{where}", source=source) from None
 
 
-# Twenty digits in a row may be an integer beyond 64 bits, which orjson reads as a float.
-_LONG_DIGITS = re.compile(r"\d{20}")
+# Twenty digits in a row may be an integer beyond 64 bits, which orjson reads as a float. Found
+# by mapping every ASCII digit to "0" and everything else to " " (UTF-8 continuation bytes are
+# >= 0x80, so a run in the bytes is a run of ASCII digits in the text): bytes.translate and a
+# substring search take ~20 us on a 29 KB case file where re's `\d{20}` took ~370 us.
+_DIGITS_AS_ZERO = bytes(0x30 if 0x30 <= b <= 0x39 else 0x20 for b in range(256))
+_TWENTY_ZEROS = b"0" * 20
 
 
-def _json(text: str) -> Any:
+def _json(text: str, raw: bytes) -> Any:
     # orjson reads a case file ~4x faster than json; a file it refuses (or that may hold a huge
     # integer) goes to json, whose rules decide and whose message (line, column) the user sees.
-    if _LONG_DIGITS.search(text):
+    # `raw` is the UTF-8 encoding of `text`.
+    if _TWENTY_ZEROS in raw.translate(_DIGITS_AS_ZERO):
         return json.loads(text)
     try:
         return orjson.loads(text)

@@ -11,6 +11,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 KEYS = {
     "export_vs_ceiling",
+    "export_checked_ceiling_vs_ceiling",
+    "export_vs_checked_ceiling",
     "export_rss_100k_over_1k",
     "score_rss_100k_over_10k",
     "push_ratio_by_workers",
@@ -41,7 +43,14 @@ def test_quick_bench_prints_the_json_line_with_every_key() -> None:
     code, summary, stderr = _run("--skip-push", "--only", "mapping,memo,export,export_memory,push")
     assert code == 0, stderr[-2000:]
     assert not KEYS - set(summary), KEYS - set(summary)
-    for key in ("export_vs_ceiling", "export_rss_100k_over_1k", "memo_hit_rate", "mapping_ratio"):
+    for key in (
+        "export_vs_ceiling",
+        "export_checked_ceiling_vs_ceiling",
+        "export_vs_checked_ceiling",
+        "export_rss_100k_over_1k",
+        "memo_hit_rate",
+        "mapping_ratio",
+    ):
         value = summary[key]
         assert isinstance(value, float) and value > 0, (key, value)
     assert summary["export_rss_cases"] == [30, 300]

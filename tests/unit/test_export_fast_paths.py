@@ -101,6 +101,9 @@ def test_ids_json_would_escape_take_the_plain_way() -> None:
         '{"a": 1, "a": 2}',  # duplicate key: the last one wins, as in json
         '{"big": 123456789012345678901234567890}',  # beyond 64 bits: orjson would make a float
         '{"big": -18446744073709551616, "id": "12345678901234567890123"}',
+        '{"big": 18446744073709551616}',  # exactly twenty digits, one past the largest u64
+        '{"é": "ü", "big": 99999999999999999999}',  # the run after multi-byte characters
+        '{"n": 1234567890123456789, "s": "١٢٣٤٥٦٧٨٩٠١٢٣٤٥٦٧٨٩٠"}',  # Arabic-Indic digits: text
         '{"x": NaN, "y": -Infinity}',  # json's extensions, accepted as they always were
         '{"s": "caf\\u00e9 \\ud83d\\ude00"}',
         '{"lone": "\\ud800"}',  # a lone surrogate: orjson refuses, json reads
