@@ -20,11 +20,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import jwt
 import orjson
 import requests
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from requests.auth import AuthBase
 
 from fhir_cyclo.client.auth import REDACTED, Redactor
@@ -147,6 +144,12 @@ class SigningKey:
 
 def load_signing_key(config: SmartConfig) -> SigningKey:
     """Load a PEM private key or a private JWK (or a JWKS holding one); RS384 or ES384."""
+    # PyJWT and cryptography are imported here, not with the module: together they add ~40 ms
+    # to every command's start-up (push, score, bulk), and only a SMART client needs them.
+    import jwt
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
     text = config.key_text.strip()
     where = config.key_source
     kid = config.kid
@@ -313,6 +316,8 @@ class SmartBackendAuth(AuthBase):
             "exp": now + ASSERTION_LIFETIME,
             "jti": uuid.uuid4().hex,
         }
+        import jwt  # loaded already by load_signing_key (see there)
+
         headers = {"kid": self._key.kid, "typ": "JWT"}
         return jwt.encode(claims, self._key.key, algorithm=self._key.algorithm, headers=headers)
 
