@@ -74,7 +74,9 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
 def check_export(args: argparse.Namespace) -> None:
     preflight.inputs_exist(args.paths)
-    preflight.output_folder(args.out, "--out")
+    preflight.output_folder(args.out, "--out", args.paths)
+    if args.key_file:
+        preflight.not_an_input(args.key_file, "--key-file", args.paths, folder=False)
     if args.key_file and not args.deidentify:
         raise UsageError("--key-file is only used with --deidentify")
     if args.deidentify:

@@ -21,6 +21,9 @@ if TYPE_CHECKING:
     from fhir_cyclo.push import Outgoing
 
 PUBLIC_HAPI = "https://hapi.fhir.org/baseR4"
+# What an existing --json / --report file must hold to be replaced: only what score wrote.
+JSON_MARKER = b'"fhir-cyclo-score/'
+REPORT_MARKER = b'<meta name="generator" content="fhir-cyclo score report">'
 SERVER_ENV = "FHIR_CYCLO_SERVER"
 CONFIG_ENV = "FHIR_CYCLO_CONFIG"
 
@@ -168,7 +171,7 @@ def check_push(args: argparse.Namespace) -> None:
         journal = Path(args.journal) if args.journal else DEFAULT_JOURNAL
         if journal.is_dir():
             raise UsageError(f"--journal {journal}: is a folder; give a file name")
-        preflight.output_folder(str(journal.parent), f"--journal {journal}: folder")
+        preflight.output_file(str(journal), "--journal", args.paths)
     check_server_options(args)
     resolve_server(args, required=not args.dry_run)
 
@@ -288,14 +291,20 @@ def check_score(args: argparse.Namespace) -> None:
             f"${SERVER_ENV})"
         )
     resolve_server(args, required=bool(args.write_back), why="--write-back needs a server")
+    preflight.one_stdout([("--json -", args.json == "-"), ("--table", args.table)])
+    inputs = [*args.paths, *([args.bulk_dir] if args.bulk else [])]  # --bulk-dir is read back
+    outputs = [(o, v) for o, v in (("--json", args.json), ("--report", args.report)) if v]
     if args.json and args.json != "-":
-        preflight.output_file(args.json, "--json")
+        preflight.output_file(args.json, "--json", inputs, marker=JSON_MARKER)
     if args.plot:
-        preflight.output_folder(args.plot, "--plot")
-    if getattr(args, "report", None):  # the report writer creates missing folders
-        if Path(args.report).is_dir():
-            raise UsageError(f"--report {args.report}: is a folder; give a file name")
-        preflight.output_folder(str(Path(args.report).parent), f"--report {args.report}: folder")
+        preflight.output_folder(args.plot, "--plot", inputs)
+        outputs.append(("--plot", args.plot))
+    if args.report:
+        preflight.output_file(args.report, "--report", inputs, marker=REPORT_MARKER)
+    for i, (option, value) in enumerate(outputs):
+        for other, other_value in outputs[i + 1 :]:
+            if value != "-" and Path(value).resolve() == Path(other_value).resolve():
+                raise UsageError(f"{option} and {other} name the same path {value}")
 
 
 def cmd_score(args: argparse.Namespace) -> int:
@@ -412,10 +421,8 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     )
     p.add_argument(
         "--json",
-        nargs="?",
-        const="-",
         metavar="FILE",
-        help="JSON result to FILE (bare --json: stdout)",
+        help="JSON result to FILE, or `--json -` for stdout",
     )
     p.add_argument(
         "--table", action="store_true", help="Table 2 style summary (the default output)"

@@ -34,28 +34,70 @@ def _writable_folder(folder: Path, what: str) -> None:
         raise UsageError(f"{what}: cannot write in {probe} (permission denied)")
 
 
-def output_folder(raw: str, option: str) -> None:
-    """An output folder: existing and writable, or creatable."""
+def _inside(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def not_an_input(raw: str, option: str, inputs: Iterable[str], *, folder: bool) -> None:
+    """No output may overwrite an input: an output that is an input, lies inside an input
+    folder, or (for an output folder) holds an input is refused before any work."""
+    out = Path(raw).resolve()
+    for given in inputs:
+        src = Path(given).resolve()
+        if _inside(out, src) or (folder and _inside(src, out)):
+            raise UsageError(
+                f"{option} {raw}: would write over or inside the input {given}; "
+                "choose an output outside the inputs"
+            )
+
+
+def output_folder(raw: str, option: str, inputs: Iterable[str] = ()) -> None:
+    """An output folder: existing and writable, or creatable (missing folders are created)."""
     path = Path(raw)
     if path.exists() and not path.is_dir():
         raise UsageError(f"{option} {raw}: exists and is not a folder")
+    not_an_input(raw, option, inputs, folder=True)
     _writable_folder(path, f"{option} {raw}")
 
 
-def output_file(raw: str, option: str) -> None:
-    """An output file: not a folder, in an existing writable folder."""
+def output_file(
+    raw: str, option: str, inputs: Iterable[str] = (), *, marker: bytes | None = None
+) -> None:
+    """An output file: not a folder, not an input, its folder writable or creatable (missing
+    folders are created, as for every output option). With `marker`, an existing file is
+    replaced only if its first KiB holds the marker, i.e. it is what this option writes."""
     path = Path(raw)
     if path.is_dir():
         raise UsageError(f"{option} {raw}: is a folder; give a file name")
-    parent = path.parent
-    if not parent.exists():
-        raise UsageError(f"{option} {raw}: folder {parent} does not exist")
-    if not parent.is_dir():
-        raise UsageError(f"{option} {raw}: {parent} is a file, not a folder")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise UsageError(f"{option} {raw}: cannot write in {parent} (permission denied)")
-    if path.exists() and not os.access(path, os.W_OK):
-        raise UsageError(f"{option} {raw}: file is read-only")
+    not_an_input(raw, option, inputs, folder=False)
+    _writable_folder(path.parent, f"{option} {raw}")
+    if path.exists():
+        if not os.access(path, os.W_OK):
+            raise UsageError(f"{option} {raw}: file is read-only")
+        if marker is not None and not _holds_marker(path, marker):
+            raise UsageError(
+                f"{option} {raw}: exists and was not written by this option; remove it or "
+                "choose another name"
+            )
+
+
+def _holds_marker(path: Path, marker: bytes) -> bool:
+    if not path.is_file():
+        return False
+    try:
+        with path.open("rb") as handle:
+            return marker in handle.read(1024)
+    except OSError:
+        return False
+
+
+def one_stdout(options: Iterable[tuple[str, bool]]) -> None:
+    """At most one output goes to stdout (two would interleave into something no tool reads)."""
+    on_stdout = [name for name, used in options if used]
+    if len(on_stdout) > 1:
+        raise UsageError(
+            f"{' and '.join(on_stdout)} would both write to stdout; send one to a file"
+        )
 
 
 def readable_file(raw: str, option: str) -> None:

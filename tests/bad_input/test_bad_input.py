@@ -68,7 +68,7 @@ def test_whole_corpus_in_one_run_keeps_the_valid_cases(tmp_path: Path) -> None:
 
 def score(*paths: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "fhir_cyclo.cli", "score", *map(str, paths), "--json"],
+        [sys.executable, "-m", "fhir_cyclo.cli", "score", *map(str, paths), "--json", "-"],
         capture_output=True,
         text=True,
         check=False,

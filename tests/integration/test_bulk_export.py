@@ -43,7 +43,7 @@ def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
 
 
 def scores(*paths: Path) -> list[dict[str, Any]]:
-    result = cli("score", *map(str, paths), "--json")
+    result = cli("score", *map(str, paths), "--json", "-")
     assert result.returncode == 0, result.stderr
     # Patient warnings name the Patient by id or by a hash depending on the input form.
     doc = without_warning_sources(json.loads(result.stdout))
@@ -199,6 +199,7 @@ def test_bulk_export_scores_like_the_files(
         "--bulk-dir",
         str(tmp_path / "b2"),
         "--json",
+        "-",
         "--no-progress",
         *FAST,
     )

@@ -27,7 +27,7 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def score(*args: str) -> dict[str, Any]:
-    result = cli("score", *args, "--json")
+    result = cli("score", *args, "--json", "-")
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
 

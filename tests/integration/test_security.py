@@ -84,7 +84,15 @@ def test_bearer_token_never_printed(server: Server, tmp_path: Path) -> None:
             str(token_file),
             "--no-journal",
         ),
-        cli("-v", "score", "--server", server.base_url, "--json", env={"FHIR_CYCLO_TOKEN": TOKEN}),
+        cli(
+            "-v",
+            "score",
+            "--server",
+            server.base_url,
+            "--json",
+            "-",
+            env={"FHIR_CYCLO_TOKEN": TOKEN},
+        ),
     ]
     assert runs[0].returncode == 0, runs[0].stderr
     assert runs[1].returncode == 3

@@ -46,7 +46,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["score", "{b}", "--json", "{t}/nodir/x.json"], "folder {t}/nodir does not exist"),
+        (["score", "{b}", "--json", "{t}/a-file/x.json"], "is a file, not a folder"),
         (["export", str(CASE), "--out", "{t}/a-file"], "exists and is not a folder"),
         (["score", "{b}", "--plot", "{t}/a-file"], "exists and is not a folder"),
         (
@@ -84,8 +84,8 @@ def test_mm3_platelets_in_a_bundle_are_scored_not_dropped(exported: Path, tmp_pa
             changed += 1
     assert changed
     (tmp_path / "b.json").write_text(json.dumps(bundle))
-    result = run("score", str(tmp_path / "b.json"), "--json")
-    original = run("score", str(bundle_path), "--json")
+    result = run("score", str(tmp_path / "b.json"), "--json", "-")
+    original = run("score", str(bundle_path), "--json", "-")
     assert result.returncode == 0 and "unknown unit" not in result.stderr, result.stderr
     assert json.loads(result.stdout)["patients"] == json.loads(original.stdout)["patients"]
 
@@ -143,7 +143,7 @@ def test_warnings_name_file_case_and_item(exported: Path, tmp_path: Path) -> Non
     observation = next(e for e in bundle["entry"] if e["resource"].get("valueQuantity"))
     observation["resource"]["valueQuantity"].update(unit="bananas", code="bananas")
     (tmp_path / "b.json").write_text(json.dumps(bundle))
-    result = run("score", str(tmp_path / "b.json"), "--json")
+    result = run("score", str(tmp_path / "b.json"), "--json", "-")
     warning = next(line for line in result.stderr.splitlines() if "bananas" in line)
     item = observation["resource"]["identifier"][0]["value"].rpartition("|")[2]
     assert str(tmp_path / "b.json") in warning and f"item {item}]" in warning
@@ -153,7 +153,7 @@ def test_warnings_name_file_case_and_item(exported: Path, tmp_path: Path) -> Non
 def test_imputed_date_warnings_name_file_case_and_item(exported: Path) -> None:
     # The scoring rules' own warnings (a partial date placed at a day) are located too.
     bundle_path = next(p for p in sorted(exported.glob("isshiki-*.json")))
-    result = run("score", str(bundle_path), "--json")
+    result = run("score", str(bundle_path), "--json", "-")
     imputed = [line for line in result.stderr.splitlines() if "imputed as" in line]
     assert imputed, result.stderr
     for line in imputed:
@@ -267,9 +267,9 @@ def test_export_summary_on_stderr_and_data_streams_are_the_same_for_every_comman
 
 def test_folder_with_bundles_and_ndjson_copy_reads_each_resource_once(exported: Path) -> None:
     (exported / "notes.txt").write_text("not FHIR")
-    both = run("score", str(exported), "--json")
-    bundles_only = run("score", *map(str, sorted(exported.glob("*.json"))), "--json")
-    ndjson_only = run("score", str(exported / "ndjson"), "--json")
+    both = run("score", str(exported), "--json", "-")
+    bundles_only = run("score", *map(str, sorted(exported.glob("*.json"))), "--json", "-")
+    ndjson_only = run("score", str(exported / "ndjson"), "--json", "-")
     assert both.returncode == bundles_only.returncode == ndjson_only.returncode == 0
     assert json.loads(both.stdout)["patients"] == json.loads(bundles_only.stdout)["patients"]
     assert len(json.loads(both.stdout)["patients"]) == len(
@@ -382,7 +382,7 @@ def test_cohort_csv_values_ignore_case(tmp_path: Path) -> None:
 def test_warnings_mask_the_case_value_in_exported_file_names(exported: Path) -> None:
     """Exported Bundles are named after the case value (an MRN in real data): warnings that name
     the file mask that part, so no identifier reaches a log line."""
-    result = run("score", str(exported), "--json")
+    result = run("score", str(exported), "--json", "-")
     warnings = [x for x in result.stderr.splitlines() if "[case #" in x]
     assert warnings, result.stderr  # the case report has value-less labs: warned with the file
     assert all("<case>-" in w and "isshiki-thymoma-prca" not in w for w in warnings), warnings

@@ -191,7 +191,7 @@ MATRIX: list[tuple[str, str, Argv]] = [
         ],
     ),
     ("score", "missing configuration", lambda w: ["score", str(w / "b.json"), "--write-back"]),
-    ("score", "unusable output", lambda w: ["score", str(w / "b.json"), "--json", "nodir/x.json"]),
+    ("score", "unusable output", lambda w: ["score", str(w), "--json", str(w / "b.json")]),
     ("score", "unusable output", lambda w: ["score", str(w / "b.json"), "--json", str(w)]),
     (
         "score",
@@ -391,7 +391,7 @@ def test_help_lists_arguments_with_defaults(capsys: pytest.CaptureFixture[str]) 
         ("sandbox", ["--port PORT", "(default: 8080)"]),
         ("validate", ["PATH", "case files, cohort folders, Bundle JSON"]),
         ("export", ["--out DIR", "--key-file FILE", "required with --deidentify"]),
-        ("score", ["--json [FILE]", "--plot DIR", "--write-back"]),
+        ("score", ["--json FILE", "--plot DIR", "--write-back"]),
     ]:
         assert main([command, "--help"]) == 0
         out = capsys.readouterr().out

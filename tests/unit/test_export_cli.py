@@ -125,7 +125,7 @@ def test_non_utf8_and_good_case_in_same_run(tmp_path: Path) -> None:
 def test_duplicate_case_ids_across_files(tmp_path: Path) -> None:
     (tmp_path / "a.yaml").write_text(GOOD, encoding="utf-8")
     (tmp_path / "b.yaml").write_text(GOOD, encoding="utf-8")
-    result = run("export", str(tmp_path), "--out", str(tmp_path / "out"))
+    result = run("export", str(tmp_path), "--out", str(tmp_path.with_name(tmp_path.name + "-out")))
     assert result.returncode == 1 and "already read from" in result.stderr
 
 
@@ -166,7 +166,7 @@ def test_bad_cohort_csv(tmp_path: Path, patients: str, labs: str, message: str) 
     (tmp_path / "cohort.yaml").write_text("identifier_system: http://example.org/sid\n")
     (tmp_path / "patients.csv").write_text(patients)
     (tmp_path / "labs.csv").write_text(labs)
-    result = run("export", str(tmp_path), "--out", str(tmp_path / "out"))
+    result = run("export", str(tmp_path), "--out", str(tmp_path.with_name(tmp_path.name + "-out")))
     assert result.returncode == 1
     assert message in result.stderr, result.stderr
 

@@ -22,7 +22,7 @@ spec.loader.exec_module(make_cohort)
 
 def score_json(*paths: Path) -> dict[str, Any]:
     result = subprocess.run(
-        [sys.executable, "-m", "fhir_cyclo.cli", "score", *map(str, paths), "--json"],
+        [sys.executable, "-m", "fhir_cyclo.cli", "score", *map(str, paths), "--json", "-"],
         capture_output=True,
         text=True,
         check=False,

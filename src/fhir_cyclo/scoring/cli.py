@@ -97,7 +97,10 @@ def run(args: argparse.Namespace, client: Any | None) -> int:
         if json_target == "-":
             sys.stdout.write(data.decode())
         else:
-            Path(json_target).write_bytes(data)
+            from fhir_cyclo.export import write_atomic
+
+            Path(json_target).parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(Path(json_target), data)
     if table:
         sys.stdout.write(to_table(cohort))
     if plot_dir:
@@ -151,8 +154,12 @@ def _run_grouped(
             write_json(result, sys.stdout.buffer)
             sys.stdout.buffer.flush()
         elif json_target:
-            with Path(json_target).open("wb") as out:
+            target = Path(json_target)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            partial = target.with_name(target.name + ".partial")
+            with partial.open("wb") as out:
                 write_json(result, out)
+            partial.replace(target)  # never a half-written --json file
         if getattr(args, "table", False) or not json_target:
             sys.stdout.write(table(result))
     if not result.patients:
