@@ -99,15 +99,14 @@ CASES: list[tuple[str, Callable[[Path, Path], list[str]], str]] = [
 ]
 
 
-@pytest.mark.parametrize(("name", "argv", "which"), CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_output_option_pointed_at_an_input_is_refused_and_input_unchanged(
     tmp_path: Path,
     bundles: Path,
-    name: str,
-    argv: Callable[[Path, Path], list[str]],
-    which: str,
+    case: tuple[str, Callable[[Path, Path], list[str]], str],
     capsys: pytest.CaptureFixture[str],
 ) -> None:
+    name, argv, which = case
     b = tmp_path / "bundles"
     shutil.copytree(bundles, b)
     c = tmp_path / "cases" / "case.yaml"
