@@ -39,8 +39,8 @@ test: install $(HAPI_JAR)
 	$(PY) -m pytest -q --durations=15
 
 lint: install
-	$(BIN)/ruff check src tests bench fixtures fuzz
-	$(BIN)/ruff format --check src tests bench fixtures fuzz
+	$(BIN)/ruff check src tools tests bench fixtures fuzz
+	$(BIN)/ruff format --check src tools tests bench fixtures fuzz
 	$(BIN)/mypy
 
 bench: install $(HAPI_JAR)

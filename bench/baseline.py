@@ -14,9 +14,9 @@ from urllib.parse import quote
 
 import orjson
 
-from fhir_cyclo.terminology import Terminology
+from fhir_cyclo.core.terminology import Terminology
 
-# The same uuid5 namespace and id recipe as fhir_cyclo.ids (a builder must derive the same ids).
+# The same uuid5 namespace and id recipe as fhir_cyclo.core.ids (a builder derives the same ids).
 NAMESPACE = uuid.UUID("6f0f3c8e-2a4b-5d7e-9c1a-3b5e7d9f1a2c")
 UCUM = "http://unitsofmeasure.org"
 ITEM_SYSTEM = "http://fhir-cyclo.example.org/fhir/sid/case-item"

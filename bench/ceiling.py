@@ -29,7 +29,7 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from baseline import PlainBuilder
-from fhir_cyclo.terminology import terminology
+from fhir_cyclo.core.terminology import terminology
 
 _URN = re.compile(rb'"reference":"urn:uuid:([0-9a-f-]{36})"')
 
@@ -50,9 +50,9 @@ def main(argv: list[str]) -> int:
     builder = PlainBuilder(terms)
     check_input = check_resource = None
     if checks:
-        from fhir_cyclo.case import Case
-        from fhir_cyclo.inputs import check_case
-        from fhir_cyclo.r4b import shape_validator
+        from fhir_cyclo.core.case import Case
+        from fhir_cyclo.fhir.r4b import shape_validator
+        from fhir_cyclo.readers.case_files import check_case
 
         def check_input(data: dict[str, Any], path: Path) -> None:
             if check_case(Case.model_validate(data), terms):

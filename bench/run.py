@@ -68,11 +68,11 @@ def best_of(rounds: int, *runs: Callable[[], object]) -> list[float]:
 
 def bench_mapping(n_cases: int, rounds: int) -> dict[str, Any]:
     """Case -> validated resources -> Bundle bytes, against the plain-dict builder + orjson."""
-    from fhir_cyclo import r4b
-    from fhir_cyclo.bundle import dumps, transaction_bundle
-    from fhir_cyclo.case import Case
-    from fhir_cyclo.export import map_case
-    from fhir_cyclo.terminology import terminology
+    from fhir_cyclo.core.case import Case
+    from fhir_cyclo.core.terminology import terminology
+    from fhir_cyclo.export.writer import map_case
+    from fhir_cyclo.fhir import r4b
+    from fhir_cyclo.fhir.bundle import dumps, transaction_bundle
 
     terms = terminology()
     builder = PlainBuilder(terms)
@@ -174,8 +174,8 @@ class _PagedStub:
 
 def bench_import(n_obs: int, rounds: int) -> dict[str, Any]:
     """Searchset pages -> scoring inputs (iter_from_server + extract), against orjson.loads."""
+    from fhir_cyclo.readers.fhir import iter_from_server
     from fhir_cyclo.scoring.extract import extract
-    from fhir_cyclo.scoring.sources import iter_from_server
 
     pages = searchset_pages(n_obs)
     stub = _PagedStub(pages)
@@ -364,12 +364,12 @@ def bench_memo(n_cases: int) -> dict[str, Any]:
     fixtures through `validate_resource` with a fresh memo against plain `model_validate`."""
     from fhir.resources.R4B import get_fhir_model_class
 
-    from fhir_cyclo import r4b
-    from fhir_cyclo.bundle import validate_resource
-    from fhir_cyclo.case import Case
-    from fhir_cyclo.export import map_case
-    from fhir_cyclo.inputs import load
-    from fhir_cyclo.terminology import terminology
+    from fhir_cyclo.core.case import Case
+    from fhir_cyclo.core.terminology import terminology
+    from fhir_cyclo.export.writer import map_case
+    from fhir_cyclo.fhir import r4b
+    from fhir_cyclo.fhir.bundle import validate_resource
+    from fhir_cyclo.readers.case_files import load
 
     terms = terminology()
     out: dict[str, Any] = {}
@@ -464,10 +464,10 @@ def bench_score_files(small: int, large: int, tmp: Path, cache: Path) -> dict[st
 
 def _push_bodies(folder: Path, target: Path) -> int:
     """The compact Bundle bytes `fhir-cyclo push` sends for the case files, one per line."""
-    from fhir_cyclo.bundle import dumps, transaction_bundle
-    from fhir_cyclo.case import Case
-    from fhir_cyclo.export import map_case
-    from fhir_cyclo.terminology import terminology
+    from fhir_cyclo.core.case import Case
+    from fhir_cyclo.core.terminology import terminology
+    from fhir_cyclo.export.writer import map_case
+    from fhir_cyclo.fhir.bundle import dumps, transaction_bundle
 
     terms = terminology()
     count = 0
@@ -496,8 +496,8 @@ def bench_push(
     push_from: str = "cases",
 ) -> dict[str, Any]:
     """`fhir-cyclo push` against a bare requests loop (bare_push.py), each in its own process,
-    on one fresh HAPI FHIR JPA server (fhir_cyclo.hapi) per worker count, then HAPI's own ingest
-    ceiling.
+    on one fresh HAPI FHIR JPA server (fhir_cyclo.server.hapi) per worker count, then HAPI's own
+    ingest ceiling.
 
     HAPI slows as its database fills and two fresh servers fed the same bytes differ by up to a
     fifth in CPU per case, so neither "one server, one side after the other" (the first side won
@@ -519,9 +519,9 @@ def bench_push(
     ratio then shows how far the protocol itself scatters around 1.
     """
     try:
-        from fhir_cyclo.hapi import HapiServer  # type: ignore[import-not-found,unused-ignore]
+        from fhir_cyclo.server.hapi import HapiServer  # type: ignore[import-not-found,unused-ignore]
     except ImportError as exc:
-        raise BenchError(f"no HAPI launcher (fhir_cyclo.hapi): {exc}") from exc
+        raise BenchError(f"no HAPI launcher (fhir_cyclo.server.hapi): {exc}") from exc
 
     out: dict[str, Any] = {"cases": n_cases, "workers": {}, "push_from": push_from}
     runs = iter(range(1, 1000))

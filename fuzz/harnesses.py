@@ -13,7 +13,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from fhir_cyclo.errors import FhirCycloError
+from fhir_cyclo.core.errors import FhirCycloError
 
 _WORK = Path(tempfile.mkdtemp(prefix="fhir-cyclo-fuzz-"))
 atexit.register(shutil.rmtree, _WORK, ignore_errors=True)
@@ -28,9 +28,9 @@ def _write(name: str, data: bytes) -> Path:
 
 def case_file(data: bytes) -> None:
     """Case file reader (YAML, or JSON when it starts with '{'), model, table checks, mapping."""
-    from fhir_cyclo.export import map_case
-    from fhir_cyclo.inputs import load
-    from fhir_cyclo.terminology import terminology
+    from fhir_cyclo.core.terminology import terminology
+    from fhir_cyclo.export.writer import map_case
+    from fhir_cyclo.readers.case_files import load
 
     suffix = ".json" if data[:1] == b"{" else ".yaml"
     path = _write(f"case/case{suffix}", data)
@@ -45,9 +45,9 @@ def case_file(data: bytes) -> None:
 
 def cohort_folder(data: bytes) -> None:
     """Cohort CSV folder: the input is cohort.yaml, patients.csv and labs.csv split on b'\\x00'."""
-    from fhir_cyclo.cohort import cohort_cases
-    from fhir_cyclo.export import map_case
-    from fhir_cyclo.terminology import terminology
+    from fhir_cyclo.core.terminology import terminology
+    from fhir_cyclo.export.writer import map_case
+    from fhir_cyclo.readers.cohort import cohort_cases
 
     parts = [*data.split(b"\x00", 2), b"", b""][:3]
     folder = _WORK / "cohort"
@@ -60,9 +60,9 @@ def cohort_folder(data: bytes) -> None:
 
 
 def _score(path: Path) -> None:
+    from fhir_cyclo.readers.fhir import read_paths
     from fhir_cyclo.scoring.extract import extract
     from fhir_cyclo.scoring.rules import score
-    from fhir_cyclo.scoring.sources import read_paths
 
     errors: list[FhirCycloError] = []
     score(extract(read_paths([path], on_error=errors.append)))
@@ -81,7 +81,7 @@ def ndjson(data: bytes) -> None:
 def manifest(data: bytes) -> None:
     """A Bulk Data export manifest.json (scoring.sources.read_manifest), beside one output file
     its urls may name."""
-    from fhir_cyclo.scoring.sources import read_manifest
+    from fhir_cyclo.readers.fhir import read_manifest
 
     path = _write("bulk/manifest.json", data)
     _write("bulk/Patient.ndjson", b'{"resourceType": "Patient", "id": "p1"}\n')

@@ -17,12 +17,6 @@ with atheris.instrument_imports(include=["fhir_cyclo"]):
     import harnesses
 
     # Import the readers under instrumentation so coverage guides the fuzzer through them.
-    import fhir_cyclo.cohort
-    import fhir_cyclo.export
-    import fhir_cyclo.inputs
-    import fhir_cyclo.scoring.extract
-    import fhir_cyclo.scoring.rules
-    import fhir_cyclo.scoring.sources  # noqa: F401
 
 
 def main() -> None:
@@ -30,8 +24,8 @@ def main() -> None:
     if target not in harnesses.TARGETS:
         raise SystemExit(f"unknown target {target!r}; one of {sorted(harnesses.TARGETS)}")
     # Load tables once, outside the measured loop.
-    from fhir_cyclo.scoring.config import load_config
-    from fhir_cyclo.terminology import terminology
+    from fhir_cyclo.core.scoring_config import load_config
+    from fhir_cyclo.core.terminology import terminology
 
     terminology()
     load_config()

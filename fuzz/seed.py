@@ -20,10 +20,10 @@ MANIFEST = b"""{"transactionTime": "2026-01-01T00:00:00Z", "request": "https://f
 
 
 def seeds() -> dict[str, list[bytes]]:
-    from fhir_cyclo.bundle import dumps, transaction_bundle, with_local_references
-    from fhir_cyclo.export import map_case
-    from fhir_cyclo.inputs import load
-    from fhir_cyclo.terminology import terminology
+    from fhir_cyclo.core.terminology import terminology
+    from fhir_cyclo.export.writer import map_case
+    from fhir_cyclo.fhir.bundle import dumps, transaction_bundle, with_local_references
+    from fhir_cyclo.readers.case_files import load
 
     out: dict[str, list[bytes]] = {
         k: [] for k in ("case_file", "cohort_folder", "fhir_json", "ndjson", "manifest")

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from fhir_cyclo.case import Case
-from fhir_cyclo.hapi import HapiError, HapiServer
-from fhir_cyclo.inputs import load
+from fhir_cyclo.core.case import Case
+from fhir_cyclo.readers.case_files import load
+from fhir_cyclo.server.hapi import HapiError, HapiServer
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "fixtures"

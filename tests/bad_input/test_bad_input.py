@@ -84,7 +84,7 @@ def test_bad_fhir_input_to_score(name: str, tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "fhir_cyclo.cli",
+            "fhir_cyclo.cli.app",
             "export",
             str(HERE.parents[1] / "fixtures" / "cases"),
             "--out",
@@ -109,8 +109,8 @@ def test_bad_fhir_input_to_score(name: str, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("name", sorted(EXPECTED["manifest"]))
 def test_bad_manifest(name: str) -> None:
-    from fhir_cyclo.errors import InputError
-    from fhir_cyclo.scoring.sources import read_manifest
+    from fhir_cyclo.core.errors import InputError
+    from fhir_cyclo.readers.fhir import read_manifest
 
     path = HERE / "manifest" / name
     with pytest.raises(InputError) as info:

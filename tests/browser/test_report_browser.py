@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from fhir_cyclo.cli import main
+from fhir_cyclo.cli.app import main
 from tests.conftest import FIXTURES, ROOT
 
 ARTIFACTS = Path(os.environ.get("FHIR_CYCLO_ARTIFACTS", ROOT / "out" / "test-artifacts"))

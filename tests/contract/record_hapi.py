@@ -26,7 +26,7 @@ from typing import Any
 
 import requests
 
-from fhir_cyclo.hapi import HapiServer, reset_clinical_data
+from fhir_cyclo.server.hapi import HapiServer, reset_clinical_data
 
 DATA = Path(__file__).parent / "data"
 LOG = Path(__file__).resolve().parents[2] / "out" / "test-artifacts" / "hapi-record.log"

@@ -12,7 +12,7 @@ import pytest
 import responses
 from requests.exceptions import ConnectionError as RequestsConnectionError
 
-from fhir_cyclo.cli import main
+from fhir_cyclo.cli.app import main
 from fhir_cyclo.client.bulk import (
     MANIFEST,
     STATE_FILE,
@@ -21,10 +21,10 @@ from fhir_cyclo.client.bulk import (
     BulkRequest,
     observation_filter,
 )
+from fhir_cyclo.readers.fhir import read_paths
+from fhir_cyclo.report import to_json
 from fhir_cyclo.scoring.extract import extract
-from fhir_cyclo.scoring.report import to_json
 from fhir_cyclo.scoring.rules import score
-from fhir_cyclo.scoring.sources import read_paths
 
 from .helpers import BASE, MakeClient
 

@@ -7,7 +7,7 @@ import requests
 import responses
 
 from fhir_cyclo.client import FhirClient
-from fhir_cyclo.errors import FatalTransportError, ServerError
+from fhir_cyclo.core.errors import FatalTransportError, ServerError
 
 from .helpers import BASE, FHIR_JSON
 

@@ -7,7 +7,7 @@ import pytest
 import responses
 
 from fhir_cyclo.client import FhirClient
-from fhir_cyclo.errors import FatalTransportError, InputError, NotFound
+from fhir_cyclo.core.errors import FatalTransportError, InputError, NotFound
 
 from .helpers import BASE, FHIR_JSON, outcome, sent_body
 

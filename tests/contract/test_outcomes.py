@@ -6,7 +6,7 @@ import pytest
 import responses
 
 from fhir_cyclo.client import FhirClient
-from fhir_cyclo.errors import (
+from fhir_cyclo.core.errors import (
     Conflict,
     NotFound,
     PreconditionFailed,

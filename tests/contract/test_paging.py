@@ -11,7 +11,7 @@ import requests
 import responses
 
 from fhir_cyclo.client import FhirClient
-from fhir_cyclo.errors import FatalTransportError, NotFound
+from fhir_cyclo.core.errors import FatalTransportError, NotFound
 
 from .helpers import BASE, FHIR_JSON, MakeClient, load, obs, outcome, searchset, sent_url
 

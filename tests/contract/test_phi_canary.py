@@ -18,7 +18,7 @@ import pytest
 import responses
 import yaml
 
-from fhir_cyclo.cli import main
+from fhir_cyclo.cli.app import main
 
 from .helpers import BASE
 

@@ -11,7 +11,7 @@ import requests
 import responses
 
 from fhir_cyclo.client import FhirClient
-from fhir_cyclo.push import CaseResult, push_bundles
+from fhir_cyclo.server.push import CaseResult, push_bundles
 
 from .helpers import BASE, FHIR_JSON, load, outcome, tx_bundle
 

@@ -10,7 +10,7 @@ import requests
 import responses
 
 from fhir_cyclo.client import FhirClient, parse_retry_after
-from fhir_cyclo.errors import (
+from fhir_cyclo.core.errors import (
     FatalTransportError,
     PreconditionFailed,
     ServerError,

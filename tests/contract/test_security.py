@@ -12,7 +12,7 @@ import requests
 import responses
 
 from fhir_cyclo.client import TOKEN_ENV, TOKEN_FILE_ENV, FhirClient
-from fhir_cyclo.errors import FatalTransportError, FhirCycloError, ServerError
+from fhir_cyclo.core.errors import FatalTransportError, FhirCycloError, ServerError
 
 from .helpers import BASE, FHIR_JSON, MakeClient, load, outcome, tx_bundle
 

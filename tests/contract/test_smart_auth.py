@@ -13,10 +13,10 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from fhir_cyclo.cli import main
+from fhir_cyclo.cli.app import main
 from fhir_cyclo.client import FhirClient
 from fhir_cyclo.client.smart import SmartConfig, load_signing_key, resolve_smart
-from fhir_cyclo.errors import FatalTransportError, ServerError
+from fhir_cyclo.core.errors import FatalTransportError, ServerError
 
 from .smart_server import Running, SmartServer
 

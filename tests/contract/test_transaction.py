@@ -9,7 +9,7 @@ import pytest
 import responses
 
 from fhir_cyclo.client import FhirClient, parse_location, parse_status
-from fhir_cyclo.errors import FatalTransportError, InputError
+from fhir_cyclo.core.errors import FatalTransportError, InputError
 
 from .helpers import BASE, FHIR_JSON, MakeClient, load, recorded_ids, sent_body, tx_bundle
 

@@ -6,8 +6,8 @@ import orjson
 import pytest
 import responses
 
-from fhir_cyclo.errors import InputError, ServerError
-from fhir_cyclo.server_validate import findings, target_for
+from fhir_cyclo.core.errors import InputError, ServerError
+from fhir_cyclo.validation.server import findings, target_for
 
 from .helpers import BASE, FHIR_JSON, MakeClient, load, sent_body, sent_url
 
@@ -108,8 +108,8 @@ def test_bundle_findings_name_entry_and_clean_fhirpath(
 
 
 def test_location_is_the_fallback_when_there_is_no_expression() -> None:
-    from fhir_cyclo.errors import Issue
-    from fhir_cyclo.server_validate import fhirpath
+    from fhir_cyclo.core.errors import Issue
+    from fhir_cyclo.validation.server import fhirpath
 
     assert fhirpath(Issue("error", "x", location=("Line[3] Col[5]", "Patient.active"))) == (
         "Patient.active"

@@ -16,10 +16,10 @@ from urllib.parse import quote
 
 import pytest
 
-from fhir_cyclo.bundle import dumps, transaction_bundle
-from fhir_cyclo.case import Case
 from fhir_cyclo.client import FhirClient
-from fhir_cyclo.hapi import HapiServer, resource_counts
+from fhir_cyclo.core.case import Case
+from fhir_cyclo.fhir.bundle import dumps, transaction_bundle
+from fhir_cyclo.server.hapi import HapiServer, resource_counts
 from tests.faults.proxy import FaultProxy
 
 REPORT_ENV = "FHIR_CYCLO_FAULT_REPORT"  # optional: where to write the ledger as JSON

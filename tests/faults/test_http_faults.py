@@ -10,9 +10,9 @@ import orjson
 import pytest
 
 from fhir_cyclo.client import FhirClient
-from fhir_cyclo.journal import PushJournal
-from fhir_cyclo.push import GIVE_UP_AFTER, push_bundles
-from fhir_cyclo.readback import find_patients
+from fhir_cyclo.importing.readback import find_patients
+from fhir_cyclo.server.journal import PushJournal
+from fhir_cyclo.server.push import GIVE_UP_AFTER, push_bundles
 from tests.conftest import FIXTURES
 from tests.faults.conftest import (
     FaultLedger,

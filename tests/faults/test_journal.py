@@ -9,9 +9,9 @@ from typing import Any
 import orjson
 import pytest
 
-from fhir_cyclo.bundle import dumps, transaction_bundle
-from fhir_cyclo.case import Case
-from fhir_cyclo.journal import JournalError, PushJournal, bundle_digest, case_key
+from fhir_cyclo.core.case import Case
+from fhir_cyclo.fhir.bundle import dumps, transaction_bundle
+from fhir_cyclo.server.journal import JournalError, PushJournal, bundle_digest, case_key
 
 pytestmark = pytest.mark.faults
 
@@ -102,7 +102,7 @@ def test_a_second_writer_is_refused_and_the_file_is_private(tmp_path: Path) -> N
 def test_lines_are_written_at_once_and_fsynced_in_groups(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import fhir_cyclo.journal as journal_module
+    import fhir_cyclo.server.journal as journal_module
 
     synced: list[int] = []
     real_fsync = journal_module.os.fsync

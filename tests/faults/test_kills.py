@@ -14,7 +14,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from fhir_cyclo.hapi import HapiServer
+from fhir_cyclo.server.hapi import HapiServer
 from tests.faults.conftest import (
     FaultLedger,
     Summary,
@@ -110,7 +110,7 @@ def journal_keys(journal: Path) -> set[str]:
 
 
 def key_of(token: str) -> str:
-    # Same derivation as fhir_cyclo.journal.case_key, written out so the test checks it.
+    # Same derivation as fhir_cyclo.server.journal.case_key, written out so the test checks it.
     return hashlib.sha256(f"identifier:{token}".encode()).hexdigest()
 
 

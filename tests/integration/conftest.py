@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from fhir_cyclo.client import FhirClient
-from fhir_cyclo.hapi import HapiServer
+from fhir_cyclo.server.hapi import HapiServer
 
 
 class Server:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from fhir_cyclo.hapi import HapiServer
+from fhir_cyclo.server.hapi import HapiServer
 
 ROOT = Path(__file__).resolve().parents[2]
 

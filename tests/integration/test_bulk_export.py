@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from fhir_cyclo.cli import main
+from fhir_cyclo.cli.app import main
 from fhir_cyclo.client.bulk import MANIFEST, STATE_FILE
 from tests.conftest import FIXTURES
 from tests.integration.conftest import Server
@@ -216,7 +216,7 @@ def test_killed_download_resumes_without_refetching(
         argv = [
             sys.executable,
             "-m",
-            "fhir_cyclo.cli",
+            "fhir_cyclo.cli.app",
             "bulk-export",
             "--server",
             proxy.base_url,

@@ -7,10 +7,10 @@ import uuid
 
 import pytest
 
-from fhir_cyclo.bundle import transaction_bundle
-from fhir_cyclo.case import Case, Identifier
 from fhir_cyclo.client import FhirClient
-from fhir_cyclo.readback import fetch_case, find_patients
+from fhir_cyclo.core.case import Case, Identifier
+from fhir_cyclo.fhir.bundle import transaction_bundle
+from fhir_cyclo.importing.readback import fetch_case, find_patients
 
 pytestmark = [
     pytest.mark.live_hapi,

@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 
-from fhir_cyclo.bundle import transaction_bundle
-from fhir_cyclo.case import Case
-from fhir_cyclo.errors import Unprocessable
-from fhir_cyclo.push import push_bundles
-from fhir_cyclo.readback import case_resources, fetch_case, find_patients
+from fhir_cyclo.core.case import Case
+from fhir_cyclo.core.errors import Unprocessable
+from fhir_cyclo.fhir.bundle import transaction_bundle
+from fhir_cyclo.importing.readback import case_resources, fetch_case, find_patients
+from fhir_cyclo.server.push import push_bundles
 from tests.conftest import FIXTURES
 from tests.integration.conftest import Server
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from fhir_cyclo.cli import main
+from fhir_cyclo.cli.app import main
 from tests.conftest import FIXTURES
 from tests.integration.conftest import Server
 from tests.unit.test_score_end_to_end import without_warning_sources

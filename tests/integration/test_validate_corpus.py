@@ -17,13 +17,15 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, Phase, given, seed, settings
 
-from fhir_cyclo.bundle import transaction_bundle
-from fhir_cyclo.case import Case
-from fhir_cyclo.export import export
-from fhir_cyclo.push import push_bundles
-from fhir_cyclo.scoring import extract, score, to_bundle
-from fhir_cyclo.scoring.sources import iter_from_server, read_paths
-from fhir_cyclo.server_validate import Finding, Target, collect, target_for, validate_all
+from fhir_cyclo.core.case import Case
+from fhir_cyclo.export.writer import export
+from fhir_cyclo.fhir.bundle import transaction_bundle
+from fhir_cyclo.readers.fhir import iter_from_server, read_paths
+from fhir_cyclo.scoring.extract import extract
+from fhir_cyclo.scoring.rules import score
+from fhir_cyclo.scoring.writeback import to_bundle
+from fhir_cyclo.server.push import push_bundles
+from fhir_cyclo.validation.server import Finding, Target, collect, target_for, validate_all
 from tests.conftest import FIXTURES, ROOT
 from tests.integration.conftest import Server
 from tests.unit.strategies import cases

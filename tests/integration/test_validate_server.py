@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from fhir_cyclo.cli import main
+from fhir_cyclo.cli.app import main
 from tests.integration.conftest import Server
 
 pytestmark = pytest.mark.integration

@@ -6,8 +6,8 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from fhir_cyclo.case import Case
-from fhir_cyclo.terminology import terminology
+from fhir_cyclo.core.case import Case
+from fhir_cyclo.core.terminology import terminology
 
 T = terminology()
 # Other spellings a case file may use for each canonical unit (UCUM codes and lab aliases).

@@ -6,8 +6,8 @@ import copy
 
 import pytest
 
-from fhir_cyclo.bundle import check_bundle, transaction_bundle
-from fhir_cyclo.case import Case
+from fhir_cyclo.core.case import Case
+from fhir_cyclo.fhir.bundle import check_bundle, transaction_bundle
 from fhir_cyclo.mappers.datatypes import Resource
 
 

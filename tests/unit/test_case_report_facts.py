@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from fhir_cyclo.bundle import transaction_bundle
-from fhir_cyclo.case import Case
+from fhir_cyclo.core.case import Case
+from fhir_cyclo.fhir.bundle import transaction_bundle
 
 LOINC, SNOMED, RXNORM = (
     "http://loinc.org",

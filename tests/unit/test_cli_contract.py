@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from fhir_cyclo.cli import main
+from fhir_cyclo.cli.app import main
 from fhir_cyclo.client.results import EntryResult, TransactionResult
 
 REPO = Path(__file__).resolve().parents[2]
@@ -212,9 +212,9 @@ class FakeServer:
 def test_push_failures_once_on_stderr_and_second_push_says_unchanged(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    import fhir_cyclo.commands
+    import fhir_cyclo.cli.commands
 
-    monkeypatch.setattr(fhir_cyclo.commands, "make_client", lambda args: FakeServer())
+    monkeypatch.setattr(fhir_cyclo.cli.commands, "make_client", lambda args: FakeServer())
     bad = tmp_path / "bad.yaml"
     bad.write_text(CASE.read_text().replace("drug: cyclosporine", "drug: ciclosporin", 1))
     code = main(

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from fhir_cyclo.cli import main
+from fhir_cyclo.cli.app import main
 
 REPO = Path(__file__).resolve().parents[2]
 CASE = REPO / "fixtures" / "cases" / "thymoma-prca-isshiki.yaml"
@@ -288,29 +288,29 @@ def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     def work_started(*_: Any, **__: Any) -> Any:
         raise AssertionError("work started before the usage error was found")
 
-    import fhir_cyclo.bulk_command
+    import fhir_cyclo.cli.bulk_export
+    import fhir_cyclo.cli.commands
+    import fhir_cyclo.cli.score
     import fhir_cyclo.client
-    import fhir_cyclo.commands
-    import fhir_cyclo.export
-    import fhir_cyclo.hapi
-    import fhir_cyclo.inputs
-    import fhir_cyclo.push
-    import fhir_cyclo.scoring.cli
-    import fhir_cyclo.server_validate
-    import fhir_cyclo.validate
+    import fhir_cyclo.export.writer
+    import fhir_cyclo.readers.case_files
+    import fhir_cyclo.server.hapi
+    import fhir_cyclo.server.push
+    import fhir_cyclo.validation.local
+    import fhir_cyclo.validation.server
 
     for module, name in [
-        (fhir_cyclo.export, "export"),
-        (fhir_cyclo.validate, "validate_paths"),
-        (fhir_cyclo.inputs, "load"),
-        (fhir_cyclo.inputs, "discover"),
-        (fhir_cyclo.push, "push_bundles"),
-        (fhir_cyclo.commands, "_bundles"),
-        (fhir_cyclo.scoring.cli, "run"),
-        (fhir_cyclo.hapi, "HapiServer"),
+        (fhir_cyclo.export.writer, "export"),
+        (fhir_cyclo.validation.local, "validate_paths"),
+        (fhir_cyclo.readers.case_files, "load"),
+        (fhir_cyclo.readers.case_files, "discover"),
+        (fhir_cyclo.server.push, "push_bundles"),
+        (fhir_cyclo.cli.commands, "_bundles"),
+        (fhir_cyclo.cli.score, "run"),
+        (fhir_cyclo.server.hapi, "HapiServer"),
         (fhir_cyclo.client, "FhirClient"),
-        (fhir_cyclo.bulk_command, "export"),
-        (fhir_cyclo.server_validate, "run"),
+        (fhir_cyclo.cli.bulk_export, "export"),
+        (fhir_cyclo.validation.server, "run"),
     ]:
         monkeypatch.setattr(module, name, work_started)
     return tmp_path
@@ -344,7 +344,7 @@ def test_matrix_covers_every_subcommand_and_kind() -> None:
     kinds_by_command: dict[str, set[str]] = {}
     for command, kind, _ in MATRIX:
         kinds_by_command.setdefault(command, set()).add(kind)
-    from fhir_cyclo.cli import build_parser
+    from fhir_cyclo.cli.app import build_parser
 
     sub = next(a for a in build_parser()._actions if a.dest == "command")
     assert set(sub.choices) <= set(kinds_by_command)  # type: ignore[arg-type]

@@ -11,13 +11,16 @@ import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from fhir_cyclo.bundle import transaction_bundle
-from fhir_cyclo.case import Case
-from fhir_cyclo.definitions import all_definitions, file_name, render
-from fhir_cyclo.scoring import extract, read_paths, score, to_bundle
-from fhir_cyclo.terminology import LOCAL_BASE
+from fhir_cyclo.core.case import Case
+from fhir_cyclo.core.terminology import LOCAL_BASE
+from fhir_cyclo.fhir.bundle import transaction_bundle
+from fhir_cyclo.readers.fhir import read_paths
+from fhir_cyclo.scoring.extract import extract
+from fhir_cyclo.scoring.rules import score
+from fhir_cyclo.scoring.writeback import to_bundle
 from tests.conftest import ROOT
 from tests.unit.strategies import cases
+from tools.definitions import all_definitions, file_name, render
 
 PROFILES = ROOT / "profiles"
 SCORING_DATA = Path(__file__).parent / "scoring_data"
@@ -75,7 +78,7 @@ def undefined(bundle: dict[str, Any]) -> list[str]:
 def test_profiles_folder_is_generated_from_the_tables() -> None:
     expected = {file_name(d): render(d) for d in all_definitions()}
     on_disk = {p.name: p.read_bytes() for p in PROFILES.glob("*.json")}
-    assert on_disk == expected, "stale: run `python -m fhir_cyclo.definitions profiles`"
+    assert on_disk == expected, "stale: run `python -m tools.definitions profiles`"
 
 
 def test_every_fixture_bundle_uses_only_defined_extensions_and_codes(

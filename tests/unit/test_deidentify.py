@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from fhir_cyclo.case import Case, date_lower_bound
-from fhir_cyclo.cli import main
-from fhir_cyclo.deidentify import KeyFile, deidentify, shift_date
+from fhir_cyclo.cli.app import main
+from fhir_cyclo.core.case import Case, date_lower_bound
+from fhir_cyclo.export.deidentify import KeyFile, deidentify, shift_date
 from tests.conftest import COHORT, load_cases
 
 

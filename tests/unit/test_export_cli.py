@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from fhir_cyclo.cli import main
+from fhir_cyclo.cli.app import main
 from tests.conftest import CASE_REPORT, FIXTURES
 
 GOOD = CASE_REPORT.read_text(encoding="utf-8")
@@ -36,8 +36,8 @@ def test_export_twice_is_byte_identical(tmp_path: Path) -> None:
 
 def test_ids_do_not_depend_on_the_machine() -> None:
     # uuid5 of a fixed namespace: pinned so an accidental change (orphaning server data) fails here.
-    from fhir_cyclo.case import Identifier
-    from fhir_cyclo.ids import resource_id
+    from fhir_cyclo.core.case import Identifier
+    from fhir_cyclo.core.ids import resource_id
 
     case = Identifier(
         system="http://fhir-cyclo.example.org/fhir/sid/case-report", value="isshiki-thymoma-prca"
@@ -174,7 +174,7 @@ def test_bad_cohort_csv(tmp_path: Path, patients: str, labs: str, message: str) 
 def test_validate_lists_every_problem_with_its_path(tmp_path: Path) -> None:
     import json
 
-    from fhir_cyclo.bundle import transaction_bundle
+    from fhir_cyclo.fhir.bundle import transaction_bundle
     from tests.conftest import load_cases
 
     (case,) = load_cases(CASE_REPORT)

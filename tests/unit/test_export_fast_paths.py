@@ -12,13 +12,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from fhir_cyclo.bundle import dumps, local_reference_lines, with_local_references
-from fhir_cyclo.case import Case
-from fhir_cyclo.errors import InputError
-from fhir_cyclo.export import map_case
-from fhir_cyclo.ids import NAMESPACE, uuid5_text
-from fhir_cyclo.inputs import load, read_structured
-from fhir_cyclo.terminology import terminology
+from fhir_cyclo.core.case import Case
+from fhir_cyclo.core.errors import InputError
+from fhir_cyclo.core.ids import NAMESPACE, uuid5_text
+from fhir_cyclo.core.terminology import terminology
+from fhir_cyclo.export.writer import map_case
+from fhir_cyclo.fhir.bundle import dumps, local_reference_lines, with_local_references
+from fhir_cyclo.readers.case_files import load, read_structured
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 
@@ -137,9 +137,9 @@ def test_cached_date_and_unit_checks_still_refuse_bad_values() -> None:
 
 def test_push_reads_each_input_file_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # A folder of case files and an exported Bundle: each is parsed once (it was twice).
-    from fhir_cyclo import inputs
-    from fhir_cyclo.bundle import transaction_bundle
-    from fhir_cyclo.commands import _bundles
+    from fhir_cyclo.cli.commands import _bundles
+    from fhir_cyclo.fhir.bundle import transaction_bundle
+    from fhir_cyclo.readers import case_files as inputs
 
     terms = terminology()
     cases = [loaded.case for loaded in load([FIXTURES], terms) if loaded.case]
@@ -163,9 +163,9 @@ def test_push_reads_each_input_file_once(tmp_path: Path, monkeypatch: pytest.Mon
 def test_push_keys_each_case_as_the_journal_would_from_the_bundle(tmp_path: Path) -> None:
     # push hands the journal each case's identifier instead of having it parse the Bundle again:
     # the key must be the one the Bundle's Patient gives, for case files and exported Bundles.
-    from fhir_cyclo.bundle import transaction_bundle
-    from fhir_cyclo.commands import _bundles
-    from fhir_cyclo.journal import case_key
+    from fhir_cyclo.cli.commands import _bundles
+    from fhir_cyclo.fhir.bundle import transaction_bundle
+    from fhir_cyclo.server.journal import case_key
 
     terms = terminology()
     cases = [loaded.case for loaded in load([FIXTURES], terms) if loaded.case]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from fhir_cyclo.hapi import HapiError, HapiServer
+from fhir_cyclo.server.hapi import HapiError, HapiServer
 from tests.conftest import ROOT
 
 

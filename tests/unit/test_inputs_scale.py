@@ -10,8 +10,14 @@ from pathlib import Path
 import orjson
 import pytest
 
-from fhir_cyclo import inputs
-from fhir_cyclo.inputs import CASE_SUFFIXES, COHORT_META, COHORT_PATIENTS, discover, load
+from fhir_cyclo.readers import case_files as inputs
+from fhir_cyclo.readers.case_files import (
+    CASE_SUFFIXES,
+    COHORT_META,
+    COHORT_PATIENTS,
+    discover,
+    load,
+)
 from tests.conftest import FIXTURES
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from fhir_cyclo.cli import main
+from fhir_cyclo.cli.app import main
 
 ROOT = Path(__file__).resolve().parents[2]
 CASE = ROOT / "fixtures" / "cases" / "thymoma-prca-isshiki.yaml"

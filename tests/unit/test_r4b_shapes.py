@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from fhir_cyclo.bundle import _first_error, validate_resource
-from fhir_cyclo.export import map_case
-from fhir_cyclo.r4b import ShapeValidator
-from fhir_cyclo.terminology import terminology
+from fhir_cyclo.core.terminology import terminology
+from fhir_cyclo.export.writer import map_case
+from fhir_cyclo.fhir.bundle import _first_error, validate_resource
+from fhir_cyclo.fhir.r4b import ShapeValidator
 from tests.unit.strategies import cases
 
 T = terminology()
@@ -108,7 +108,7 @@ def sample_resources() -> list[dict[str, Any]]:
     from pathlib import Path
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-    from fhir_cyclo.case import Case
+    from fhir_cyclo.core.case import Case
     from synthetic import case_data
 
     out = []

@@ -7,8 +7,8 @@ import csv
 import re
 from pathlib import Path
 
-from fhir_cyclo import cohort
-from fhir_cyclo.reference import render
+from fhir_cyclo.readers import cohort
+from tools.reference import render
 
 REPO = Path(__file__).resolve().parents[2]
 DOC = REPO / "docs" / "reference.md"
@@ -16,7 +16,7 @@ DOC = REPO / "docs" / "reference.md"
 
 def test_reference_is_not_stale() -> None:
     assert DOC.read_text(encoding="utf-8") == render(), (
-        "docs/reference.md is stale: run `python -m fhir_cyclo.reference > docs/reference.md`"
+        "docs/reference.md is stale: run `python -m tools.reference > docs/reference.md`"
     )
 
 
@@ -36,9 +36,9 @@ def test_every_column_the_cohort_reader_uses_is_documented() -> None:
 
 
 def test_anchors_named_in_messages_exist() -> None:
-    from fhir_cyclo.case import Case
-    from fhir_cyclo.inputs import check_case
-    from fhir_cyclo.terminology import terminology
+    from fhir_cyclo.core.case import Case
+    from fhir_cyclo.core.terminology import terminology
+    from fhir_cyclo.readers.case_files import check_case
 
     text = DOC.read_text(encoding="utf-8")
     anchors = {

@@ -6,7 +6,8 @@ import json
 
 from hypothesis import HealthCheck, given, settings
 
-from fhir_cyclo.bundle import (
+from fhir_cyclo.core.case import Case
+from fhir_cyclo.fhir.bundle import (
     bundle_entries,
     bundle_to_case,
     check_bundle,
@@ -14,7 +15,6 @@ from fhir_cyclo.bundle import (
     transaction_bundle,
     with_local_references,
 )
-from fhir_cyclo.case import Case
 from fhir_cyclo.mappers import case_to_resources, resources_to_case
 from tests.unit.strategies import cases
 

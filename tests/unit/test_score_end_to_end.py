@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from fhir_cyclo.cli import main
+from fhir_cyclo.cli.app import main
 from tests.conftest import CASE_REPORT, COHORT, FIXTURES
 
 spec = importlib.util.spec_from_file_location("make_cohort", COHORT / "make_cohort.py")

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from fhir_cyclo.cli import main
-from fhir_cyclo.scoring import extract, read_paths, score
-from fhir_cyclo.scoring.extract import Note
-from fhir_cyclo.scoring.report import html, to_json
-from fhir_cyclo.scoring.report.summary import paper_figures
-from fhir_cyclo.scoring.rules import CohortScore
+from fhir_cyclo.cli.app import main
+from fhir_cyclo.readers.fhir import read_paths
+from fhir_cyclo.report import html, to_json
+from fhir_cyclo.report.summary import paper_figures
+from fhir_cyclo.scoring.extract import Note, extract
+from fhir_cyclo.scoring.rules import CohortScore, score
 
 DATA = Path(__file__).parent / "scoring_data"
 

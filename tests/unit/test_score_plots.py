@@ -10,9 +10,10 @@ import pytest
 from matplotlib.collections import PolyCollection
 from matplotlib.dates import num2date
 
-from fhir_cyclo.scoring import extract, read_paths, score
-from fhir_cyclo.scoring.report.plots import figure
-from fhir_cyclo.scoring.rules import CohortScore, PatientScore
+from fhir_cyclo.readers.fhir import read_paths
+from fhir_cyclo.report.plots import figure
+from fhir_cyclo.scoring.extract import extract
+from fhir_cyclo.scoring.rules import CohortScore, PatientScore, score
 from tests.conftest import FIXTURES
 
 DATA = Path(__file__).parent / "scoring_data"
@@ -20,7 +21,7 @@ DATA = Path(__file__).parent / "scoring_data"
 
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory: pytest.TempPathFactory) -> CohortScore:
-    from fhir_cyclo.cli import main
+    from fhir_cyclo.cli.app import main
 
     out = tmp_path_factory.mktemp("bundles")
     assert main(["export", str(FIXTURES), "--out", str(out)]) == 0

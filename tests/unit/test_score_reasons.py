@@ -11,15 +11,16 @@ from typing import Any
 import jsonschema
 import pytest
 
-from fhir_cyclo.scoring import extract, read_paths, score, to_json
-from fhir_cyclo.scoring.rules import REASON_KINDS, Assessment, score_patient
+from fhir_cyclo.readers.fhir import read_paths
+from fhir_cyclo.report import to_json
+from fhir_cyclo.scoring.extract import extract
+from fhir_cyclo.scoring.rules import REASON_KINDS, Assessment, score, score_patient
 from tests.unit.test_scoring_criteria import BASE_DAY, M3, START, lab, patient, prca, rbc
 
 SCHEMA_PATH = (
     Path(__file__).resolve().parents[2]
     / "src"
     / "fhir_cyclo"
-    / "scoring"
     / "report"
     / "score.schema.json"
 )

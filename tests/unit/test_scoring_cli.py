@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from fhir_cyclo.cli import main
-from fhir_cyclo.scoring import cli as scoring_cli
+from fhir_cyclo.cli import score as scoring_cli
+from fhir_cyclo.cli.app import main
 
 DATA = Path(__file__).parent / "scoring_data"
 REPO = Path(__file__).resolve().parents[2]

@@ -10,12 +10,12 @@ from typing import Any
 
 import pytest
 
-from fhir_cyclo.cli import main
-from fhir_cyclo.errors import InputError
+from fhir_cyclo.cli.app import main
+from fhir_cyclo.core.errors import InputError
+from fhir_cyclo.readers.fhir import read_paths
+from fhir_cyclo.report import to_json
 from fhir_cyclo.scoring.extract import extract
-from fhir_cyclo.scoring.report import to_json
 from fhir_cyclo.scoring.rules import CohortScore, score
-from fhir_cyclo.scoring.sources import read_paths
 
 DATA = Path(__file__).parent / "ehr_data"
 MRN = "http://hospital.example.org/fhir/sid/mrn"
@@ -91,7 +91,7 @@ def test_text_only_cyclosporine_is_recognised_with_a_warning() -> None:
     ],
 )
 def test_text_names(text: str, recognised: bool) -> None:
-    from fhir_cyclo.scoring.config import load_config
+    from fhir_cyclo.core.scoring_config import load_config
 
     assert load_config().medication_text.matches(text) is recognised
 
@@ -217,7 +217,7 @@ def test_derived_write_back_points_at_the_measured_results() -> None:
 
 
 def test_measured_indirect_wins_over_derived_and_negative_is_zero() -> None:
-    from fhir_cyclo.scoring.config import load_config
+    from fhir_cyclo.core.scoring_config import load_config
     from fhir_cyclo.scoring.model import Measurement
     from fhir_cyclo.scoring.rules import derive
 

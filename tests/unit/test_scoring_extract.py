@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
-from fhir_cyclo.errors import InputError
+from fhir_cyclo.core.errors import InputError
+from fhir_cyclo.readers.fhir import SourceItem
 from fhir_cyclo.scoring.extract import PatientInputs, ScoringInputs, extract
-from fhir_cyclo.scoring.sources import SourceItem
 
 LOINC = "http://loinc.org"
 UCUM = "http://unitsofmeasure.org"

@@ -9,9 +9,11 @@ from typing import Any
 import orjson
 import pytest
 
-from fhir_cyclo.scoring import extract, plot, read_paths, score, to_bundle, to_json, to_table
-from fhir_cyclo.scoring.report import percent, plot_filename
-from fhir_cyclo.scoring.rules import CohortScore
+from fhir_cyclo.readers.fhir import read_paths
+from fhir_cyclo.report import percent, plot, plot_filename, to_json, to_table
+from fhir_cyclo.scoring.extract import extract
+from fhir_cyclo.scoring.rules import CohortScore, score
+from fhir_cyclo.scoring.writeback import to_bundle
 
 DATA = Path(__file__).parent / "scoring_data"
 CASE_KEY = "http://fhir-cyclo.example.org/fhir/sid/case|isshiki-2019"
@@ -253,7 +255,7 @@ def test_writeback_subject_without_server_id() -> None:
     patient = {"resourceType": "Patient", "identifier": [{"system": "urn:mrn", "value": "9"}]}
     bundle = orjson.loads((DATA / "case_report_transaction.json").read_bytes())
     bundle["entry"][0]["resource"] = patient
-    from fhir_cyclo.scoring.sources import iter_document
+    from fhir_cyclo.readers.fhir import iter_document
 
     cohort_ = score(extract(iter_document(bundle, "memory")))
     obs = to_bundle(cohort_)["entry"][0]["resource"]

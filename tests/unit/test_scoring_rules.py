@@ -7,12 +7,12 @@ from datetime import date, timedelta
 
 import pytest
 
-from fhir_cyclo.errors import TerminologyError
-from fhir_cyclo.scoring.config import build_config, load_config
+from fhir_cyclo.core.errors import TerminologyError
+from fhir_cyclo.core.scoring_config import build_config, load_config
+from fhir_cyclo.core.tables import load_table
 from fhir_cyclo.scoring.dates import add_months, clamp, parse_span
 from fhir_cyclo.scoring.extract import Measurement, TransfusionEvent
 from fhir_cyclo.scoring.rules import counted_transfusions, pick_baseline, pick_closest
-from fhir_cyclo.tables import load_table
 
 START = date(2020, 1, 15)
 

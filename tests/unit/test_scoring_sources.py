@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from fhir_cyclo.errors import InputError
-from fhir_cyclo.scoring.sources import iter_from_server, read_paths
+from fhir_cyclo.core.errors import InputError
+from fhir_cyclo.readers.fhir import iter_from_server, read_paths
 
 DATA = Path(__file__).parent / "scoring_data"
 

@@ -7,9 +7,9 @@ import copy
 import pytest
 import yaml
 
-from fhir_cyclo.errors import TerminologyError
-from fhir_cyclo.tables import mappings_dir
-from fhir_cyclo.terminology import LOCAL_SYSTEM, Terminology, terminology
+from fhir_cyclo.core.errors import TerminologyError
+from fhir_cyclo.core.tables import mappings_dir
+from fhir_cyclo.core.terminology import LOCAL_SYSTEM, Terminology, terminology
 
 RAW = yaml.safe_load((mappings_dir() / "terminology.yaml").read_text())
 
@@ -95,7 +95,7 @@ def test_tables_load_as_pyyaml_safe_load_reads_them() -> None:
     # load_table uses libyaml's loader when there is one: it must give the very same data.
     import yaml
 
-    from fhir_cyclo.tables import load_table, mappings_dir
+    from fhir_cyclo.core.tables import load_table, mappings_dir
 
     names = sorted(p.stem for p in mappings_dir().glob("*.yaml"))
     assert {"terminology", "units", "scoring", "unit_factors"} <= set(names)

@@ -7,14 +7,14 @@ from typing import Any
 
 import pytest
 
-from fhir_cyclo import units
-from fhir_cyclo.case import Case
-from fhir_cyclo.inputs import check_case
+from fhir_cyclo.core import units
+from fhir_cyclo.core.case import Case
+from fhir_cyclo.core.scoring_config import load_config
+from fhir_cyclo.core.tables import load_table
+from fhir_cyclo.core.terminology import terminology
 from fhir_cyclo.mappers import case_to_resources
-from fhir_cyclo.scoring.config import load_config
+from fhir_cyclo.readers.case_files import check_case
 from fhir_cyclo.scoring.extract import extract
-from fhir_cyclo.tables import load_table
-from fhir_cyclo.terminology import terminology
 
 UCUM = "http://unitsofmeasure.org"
 
@@ -163,7 +163,7 @@ def test_every_table_unit_is_valid_ucum_and_in_the_common_list() -> None:
 
 
 def test_broken_units_table_is_a_terminology_error() -> None:
-    from fhir_cyclo.errors import TerminologyError
+    from fhir_cyclo.core.errors import TerminologyError
 
     data = load_table("units")
     with pytest.raises(TerminologyError, match=r"aliases\.K/uL: needs a `source`"):
@@ -180,8 +180,8 @@ def test_case_unit_spelling_is_stored_as_its_ucum_code() -> None:
 
 def test_factor_table_is_what_ucumvert_computes_now() -> None:
     # Regenerated from ucumvert and the tables: a new alias, analyte unit, molar mass or ucumvert
-    # release that changes an answer fails here until `python -m fhir_cyclo.units` is rerun.
-    from fhir_cyclo.tables import mappings_dir
+    # release that changes an answer fails here until `python -m fhir_cyclo.core.units` is rerun.
+    from fhir_cyclo.core.tables import mappings_dir
 
     generated = units.factor_table(units._analyte_units())
     assert generated == (mappings_dir() / "unit_factors.yaml").read_text(encoding="utf-8")
@@ -213,7 +213,7 @@ def test_listed_factors_equal_the_parsers_answers() -> None:
 
 
 def test_a_malformed_factor_row_is_a_terminology_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    from fhir_cyclo.errors import TerminologyError
+    from fhir_cyclo.core.errors import TerminologyError
 
     units._listed_factors.cache_clear()
     monkeypatch.setattr(units, "load_table", lambda name: {"factors": [["g/L", "g/dL", 0.1]]})

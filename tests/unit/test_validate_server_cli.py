@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from fhir_cyclo.cli import main
+from fhir_cyclo.cli.app import main
 from tests.conftest import CASE_REPORT
 
 

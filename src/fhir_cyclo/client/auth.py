@@ -12,7 +12,7 @@ from pathlib import Path
 import requests
 from requests.auth import AuthBase
 
-from fhir_cyclo.errors import FatalTransportError
+from fhir_cyclo.core.errors import FatalTransportError
 
 log = logging.getLogger("fhir_cyclo.client")
 

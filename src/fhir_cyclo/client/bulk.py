@@ -33,7 +33,7 @@ import urllib3
 from tqdm import tqdm
 
 from fhir_cyclo.client.http import origin, parse_retry_after
-from fhir_cyclo.errors import (
+from fhir_cyclo.core.errors import (
     FatalTransportError,
     FhirCycloError,
     NotFound,

@@ -32,7 +32,7 @@ from fhir_cyclo.client.results import (
     parse_transaction_response,
 )
 from fhir_cyclo.client.smart import SmartBackendAuth, SmartConfig
-from fhir_cyclo.errors import (
+from fhir_cyclo.core.errors import (
     FatalTransportError,
     InputError,
     OperationOutcome,

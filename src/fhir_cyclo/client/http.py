@@ -22,7 +22,7 @@ from requests.auth import AuthBase
 from requests.structures import CaseInsensitiveDict
 
 from fhir_cyclo.client.auth import Redactor
-from fhir_cyclo.errors import (
+from fhir_cyclo.core.errors import (
     FatalTransportError,
     Issue,
     OperationOutcome,

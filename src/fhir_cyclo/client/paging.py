@@ -8,7 +8,7 @@ from typing import Any
 from urllib.parse import urljoin
 
 from fhir_cyclo.client.http import Params, Transport, origin, origin_str
-from fhir_cyclo.errors import FatalTransportError, Issue, NotFound, OperationOutcome
+from fhir_cyclo.core.errors import FatalTransportError, Issue, NotFound, OperationOutcome
 
 log = logging.getLogger("fhir_cyclo.client")
 

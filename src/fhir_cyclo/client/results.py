@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from fhir_cyclo.errors import FatalTransportError, OperationOutcome
+from fhir_cyclo.core.errors import FatalTransportError, OperationOutcome
 
 STORAGE_CODE_SYSTEM = "https://hapifhir.io/fhir/CodeSystem/hapi-fhir-storage-response-code"
 

@@ -25,7 +25,7 @@ import requests
 from requests.auth import AuthBase
 
 from fhir_cyclo.client.auth import REDACTED, Redactor
-from fhir_cyclo.errors import FatalTransportError
+from fhir_cyclo.core.errors import FatalTransportError
 
 log = logging.getLogger("fhir_cyclo.client")
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
-from fhir_cyclo.case import Case
-from fhir_cyclo.errors import MappingError
-from fhir_cyclo.ids import item_id_from_identifiers
+from fhir_cyclo.core.case import Case
+from fhir_cyclo.core.errors import MappingError
+from fhir_cyclo.core.ids import item_id_from_identifiers
+from fhir_cyclo.core.terminology import Terminology, terminology
 from fhir_cyclo.mappers import (
     adverse_event,
     condition,
@@ -16,7 +17,6 @@ from fhir_cyclo.mappers import (
     procedure,
 )
 from fhir_cyclo.mappers.datatypes import FromContext, Resource, ToContext
-from fhir_cyclo.terminology import Terminology, terminology
 
 
 def case_to_resources(case: Case, terms: Terminology | None = None) -> Iterator[Resource]:

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from fhir_cyclo.case import AdverseEvent
-from fhir_cyclo.errors import MappingError
+from fhir_cyclo.core.case import AdverseEvent
+from fhir_cyclo.core.errors import MappingError
 from fhir_cyclo.mappers.datatypes import (
     FromContext,
     Resource,

@@ -11,8 +11,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from fhir_cyclo.case import Diagnosis, Histology, Stage
-from fhir_cyclo.errors import MappingError
+from fhir_cyclo.core.case import Diagnosis, Histology, Stage
+from fhir_cyclo.core.errors import MappingError
 from fhir_cyclo.mappers.datatypes import (
     EXT_DUE_TO,
     FromContext,

@@ -6,10 +6,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from fhir_cyclo.case import Age, Identifier, RelativeTime, When
-from fhir_cyclo.errors import MappingError
-from fhir_cyclo.ids import item_id_from_identifiers, item_identifier, resource_id
-from fhir_cyclo.terminology import LOCAL_BASE, UCUM, CodingEntry, Concept, Terminology
+from fhir_cyclo.core.case import Age, Identifier, RelativeTime, When
+from fhir_cyclo.core.errors import MappingError
+from fhir_cyclo.core.ids import item_id_from_identifiers, item_identifier, resource_id
+from fhir_cyclo.core.terminology import LOCAL_BASE, UCUM, CodingEntry, Concept, Terminology
 
 Resource = dict[str, Any]
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from fhir_cyclo.case import Dose, Pulses, Treatment, TroughTarget
-from fhir_cyclo.errors import MappingError
+from fhir_cyclo.core.case import Dose, Pulses, Treatment, TroughTarget
+from fhir_cyclo.core.errors import MappingError
 from fhir_cyclo.mappers.datatypes import (
     EXT_LINE_OF_THERAPY,
     EXT_TARGET_TROUGH,

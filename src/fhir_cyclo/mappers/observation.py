@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from fhir_cyclo.case import Diagnosis, Imaging, Lab, MarrowFinding, ReferenceRange
-from fhir_cyclo.errors import MappingError
+from fhir_cyclo.core.case import Diagnosis, Imaging, Lab, MarrowFinding, ReferenceRange
+from fhir_cyclo.core.errors import MappingError
 from fhir_cyclo.mappers.condition import dat_item_id
 from fhir_cyclo.mappers.datatypes import (
     FromContext,
@@ -90,7 +90,7 @@ def lab_to_fhir(lab: Lab, ctx: ToContext) -> Resource:
     except KeyError:
         raise MappingError(f"unknown analyte {lab.analyte!r}", path="analyte") from None
     if lab.unit is not None and concept.factor_to_unit(lab.unit) is None:
-        from fhir_cyclo.inputs import unit_problem
+        from fhir_cyclo.readers.case_files import unit_problem
 
         raise MappingError(unit_problem(lab.unit, lab.analyte, concept.unit or ""), path="unit")
     res = _head(ctx, lab.id, lab.date, "laboratory", concept_cc(concept, lab.text))

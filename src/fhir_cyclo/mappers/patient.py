@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from fhir_cyclo.case import Identifier, Patient
-from fhir_cyclo.errors import MappingError
+from fhir_cyclo.core.case import Identifier, Patient
+from fhir_cyclo.core.errors import MappingError
+from fhir_cyclo.core.terminology import LOCAL_SYSTEM
 from fhir_cyclo.mappers.datatypes import FromContext, Resource, ToContext
-from fhir_cyclo.terminology import LOCAL_SYSTEM
 
 SYNTHETIC_TAG = {"system": LOCAL_SYSTEM, "code": "synthetic-data", "display": "Synthetic data"}
 

@@ -7,8 +7,8 @@ Procedures without a verified code (thymectomy, transfusion) carry only the proj
 
 from __future__ import annotations
 
-from fhir_cyclo.case import Procedure
-from fhir_cyclo.errors import MappingError
+from fhir_cyclo.core.case import Procedure
+from fhir_cyclo.core.errors import MappingError
 from fhir_cyclo.mappers.datatypes import (
     FromContext,
     Resource,

@@ -1,7 +1,7 @@
-"""Response scoring from FHIR data: extraction, criteria, reports.
+"""Response scoring from FHIR data: extraction, windows and criteria (mappings/scoring.yaml).
 
-Pipeline: `read_paths` / `iter_from_server` -> `extract` -> `score` -> `to_json`, `to_table`,
-`plot`, `to_bundle` (write-back). Everything the rules decide on lives in mappings/scoring.yaml.
+Pipeline: `readers.fhir` -> `extract` -> `rules.score` -> `report.*` (JSON, table, plots, HTML)
+and `writeback.to_bundle`. Everything the rules decide on lives in mappings/scoring.yaml.
 
 Partial dates (case reports say "2011" or "2012-02"): a date of any precision is the interval
 [first day, last day]; a dateTime with a time is its date part as written (no timezone
@@ -14,38 +14,3 @@ reported, and every imputation is warned about. For full dates this is exactly t
 One disease per patient: codes for several are scored for the first of PRCA > AIHA > ITP
 (`diseases.precedence` in the table) with a warning.
 """
-
-from fhir_cyclo.scoring.config import ScoringConfig, load_config
-from fhir_cyclo.scoring.extract import Note, PatientInputs, ScoringInputs, extract
-from fhir_cyclo.scoring.report import criteria_text, plot, to_json, to_table
-from fhir_cyclo.scoring.rules import CohortScore, PatientScore, score
-from fhir_cyclo.scoring.sources import (
-    SearchClient,
-    SourceItem,
-    iter_document,
-    iter_from_server,
-    read_paths,
-)
-from fhir_cyclo.scoring.writeback import to_bundle
-
-__all__ = [
-    "CohortScore",
-    "Note",
-    "PatientInputs",
-    "PatientScore",
-    "ScoringConfig",
-    "ScoringInputs",
-    "SearchClient",
-    "SourceItem",
-    "criteria_text",
-    "extract",
-    "iter_document",
-    "iter_from_server",
-    "load_config",
-    "plot",
-    "read_paths",
-    "score",
-    "to_bundle",
-    "to_json",
-    "to_table",
-]

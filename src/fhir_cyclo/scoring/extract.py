@@ -10,8 +10,9 @@ from collections.abc import Iterable
 from datetime import date
 from typing import Any
 
-from fhir_cyclo.errors import InputError
-from fhir_cyclo.scoring.config import ScoringConfig, icd_key, load_config
+from fhir_cyclo.core.errors import InputError
+from fhir_cyclo.core.scoring_config import ScoringConfig, icd_key, load_config
+from fhir_cyclo.readers.fhir import SourceItem
 from fhir_cyclo.scoring.dates import Span, parse_span
 from fhir_cyclo.scoring.labs import LabReader
 from fhir_cyclo.scoring.medication import KINDS, MedicationReader
@@ -27,7 +28,6 @@ from fhir_cyclo.scoring.model import (
     type_id,
 )
 from fhir_cyclo.scoring.reader import IDENTIFIER, gc_paused
-from fhir_cyclo.scoring.sources import SourceItem
 
 __all__ = [
     "Measurement",
@@ -80,7 +80,7 @@ class _Extractor(LabReader, MedicationReader):
             self._validators[resource_type] = model
         if model is False:
             return
-        from fhir_cyclo.r4b import shape_validator
+        from fhir_cyclo.fhir.r4b import shape_validator
 
         try:
             # model_validate's verdict and exception, answered from memory for repeated shapes.
@@ -345,7 +345,7 @@ def _first_identifier(patient: dict[str, Any]) -> tuple[str, str] | None:
 
 def _one_line(exc: ValueError) -> str:
     """A pydantic error as one line: each field path with its message (the first three)."""
-    from fhir_cyclo.inputs import pydantic_path
+    from fhir_cyclo.readers.case_files import pydantic_path
 
     errors = getattr(exc, "errors", None)
     if callable(errors):

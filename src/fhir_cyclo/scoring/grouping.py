@@ -30,8 +30,8 @@ from typing import IO, Any
 
 import orjson
 
+from fhir_cyclo.readers.fhir import SourceItem
 from fhir_cyclo.scoring.reader import IDENTIFIER, gc_paused, raw_subject
-from fhir_cyclo.scoring.sources import SourceItem
 
 # About 20 MB of parsed resources either way; at most _MAX_PARTITIONS files open at once.
 IN_MEMORY_LIMIT = 20_000

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fhir_cyclo.scoring.config import Analyte, ScoringConfig
+from fhir_cyclo.core.scoring_config import Analyte, ScoringConfig
 from fhir_cyclo.scoring.dates import Span, parse_span
 from fhir_cyclo.scoring.model import Measurement, codes_text, coding_list
 from fhir_cyclo.scoring.reader import ReaderBase

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from fhir_cyclo.scoring.config import ScoringConfig
+from fhir_cyclo.core.scoring_config import ScoringConfig
 from fhir_cyclo.scoring.dates import Span, parse_span
 from fhir_cyclo.scoring.model import Measurement, Note, item_context
 

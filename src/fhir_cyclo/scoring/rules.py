@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Any
 
-from fhir_cyclo.scoring.config import Criteria, Derived, ScoringConfig, Test, load_config
+from fhir_cyclo.core.scoring_config import Criteria, Derived, ScoringConfig, Test, load_config
 from fhir_cyclo.scoring.dates import Span, add_months, clamp
 from fhir_cyclo.scoring.model import (
     Measurement,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from fhir_cyclo.scoring.config import ScoringConfig
+from fhir_cyclo.core.scoring_config import ScoringConfig
 from fhir_cyclo.scoring.rules import Assessment, CohortScore, PatientScore
 
 # Category "survey": the response is the result of applying a defined assessment instrument (the

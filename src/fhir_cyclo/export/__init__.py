@@ -1,0 +1,1 @@
+"""Export: case files and cohorts -> transaction Bundles and NDJSON, optionally de-identified."""

@@ -1,0 +1,1 @@
+"""Import: FHIR (files, Bulk folders, a server) -> case files."""

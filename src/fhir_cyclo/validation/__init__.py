@@ -1,0 +1,1 @@
+"""Validation features: local checks of inputs and Bundles, and a server's $validate."""
