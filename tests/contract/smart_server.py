@@ -1,5 +1,8 @@
 """A tiny FHIR + SMART Backend Services authorization server on 127.0.0.1 for the auth tests.
 
+With a `BulkBehaviour` attached it is also a Bulk Data (IG v2) export server: kick-off, status
+polling, files and DELETE, with the misbehaviours of real servers as switches (see BulkBehaviour).
+
 The token endpoint checks client assertions by the rules of the SMART App Launch 2.x Backend
 Services spec: grant and assertion types, the signature against the client's registered public
 JWKS (by kid), iss = sub = the registered client id, aud = the token endpoint URL, exp present,
@@ -12,6 +15,7 @@ import json
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -21,6 +25,77 @@ import jwt
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 _real_time = time.time  # the server's clock, immune to tests that patch the client's
+
+
+def outcome(code: str, text: str, severity: str = "error") -> dict[str, Any]:
+    return {
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": severity, "code": code, "diagnostics": text}],
+    }
+
+
+_ALL_SCORED = (
+    "Patient",
+    "Group",
+    "Condition",
+    "MedicationStatement",
+    "MedicationRequest",
+    "MedicationAdministration",
+    "Observation",
+    "Procedure",
+)
+# One scripted status answer: (HTTP status, JSON body or None, headers).
+Answer = tuple[int, Any, dict[str, str]]
+
+
+@dataclass
+class BulkBehaviour:
+    """The export server's data and switches; the recorded fields are what the tests look at."""
+
+    resources: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # by type
+    supported: list[str] | None = None  # types the CapabilityStatement lists (None: all)
+    type_filter: str = "apply"  # apply | refuse (400 at kick-off) | ignore
+    groups: dict[str, list[str]] = field(default_factory=dict)  # Group id -> Patient ids
+    status_script: list[Answer] = field(default_factory=list)  # answers before the manifest
+    error_files: list[tuple[list[dict[str, Any]], int | None]] = field(default_factory=list)
+    deleted: list[tuple[str, str]] = field(default_factory=list)  # (type, id) reported deleted
+    manifest_hook: Callable[[dict[str, Any], str], dict[str, Any]] | None = None
+    status_origin: str | None = None  # announce the status URL on this origin instead
+    require_auth: bool = False
+    extra_files: dict[str, bytes] = field(default_factory=dict)  # more files, by name
+    # recorded
+    kickoffs: list[dict[str, list[str]]] = field(default_factory=list)
+    deletes: list[str] = field(default_factory=list)
+    status_requests: int = 0
+    files: dict[str, bytes] = field(default_factory=dict)
+    jobs: set[str] = field(default_factory=set)
+
+
+def _matches(resource: dict[str, Any], filters: list[str]) -> bool:
+    """The `code=system|code,...` _typeFilter form (the one fhir-cyclo sends)."""
+    mine = [f for f in filters if f.startswith(resource["resourceType"] + "?")]
+    if not mine:
+        return True
+    codings = {
+        (c.get("system"), c.get("code")) for c in (resource.get("code") or {}).get("coding", [])
+    }
+    for f in mine:
+        query = parse_qs(f.split("?", 1)[1])
+        wanted = {tuple(t.split("|", 1)) for t in query.get("code", [""])[0].split(",")}
+        if codings & wanted:
+            return True
+    return False
+
+
+def _subject(resource: dict[str, Any]) -> str | None:
+    if resource["resourceType"] == "Patient":
+        return str(resource["id"])
+    ref = (resource.get("subject") or resource.get("patient") or {}).get("reference", "")
+    return str(ref).removeprefix("Patient/") or None
+
+
+def ndjson(resources: list[dict[str, Any]]) -> bytes:
+    return b"".join(json.dumps(r).encode() + b"\n" for r in resources)
 
 
 @dataclass
@@ -41,8 +116,10 @@ class SmartServer:
     reject_all: bool = False
     assertions: list[dict[str, Any]] = field(default_factory=list)  # verified claims
     scopes: list[str] = field(default_factory=list)  # scope of each token issued
+    _manifests: dict[str, dict[str, Any]] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
     port: int = 0
+    bulk: BulkBehaviour | None = None
 
     @property
     def origin(self) -> str:
@@ -140,6 +217,118 @@ class SmartServer:
 
     # --- FHIR side -----------------------------------------------------------------------
 
+    def capability(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "resourceType": "CapabilityStatement",
+            "fhirVersion": "4.0.1",
+            "status": "active",
+        }
+        if self.bulk is not None:
+            types = self.bulk.supported
+            if types is None:
+                types = sorted({*self.bulk.resources, *_ALL_SCORED})
+            body["rest"] = [
+                {
+                    "mode": "server",
+                    "resource": [{"type": t} for t in types],
+                    "operation": [
+                        {
+                            "name": "export",
+                            "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export",
+                        }
+                    ],
+                }
+            ]
+        return body
+
+    def kick_off(self, group: str | None, query: dict[str, list[str]]) -> Answer:
+        bulk = self.bulk
+        assert bulk is not None
+        with self.lock:
+            bulk.kickoffs.append(query)
+        types = ",".join(query.get("_type", [])).split(",") if query.get("_type") else []
+        supported = bulk.supported
+        for t in types:
+            if supported is not None and t not in supported:
+                return 400, outcome("not-supported", f"Resource type {t} not available"), {}
+        filters = query.get("_typeFilter", [])
+        if filters and bulk.type_filter == "refuse":
+            return 400, outcome("not-supported", "The _typeFilter parameter is not supported"), {}
+        job = uuid.uuid4().hex[:12]
+        members: set[str] | None = None
+        if group is not None:
+            members = set(bulk.groups.get(group, []))
+        manifest = self._manifest(job, types, filters, members)
+        with self.lock:
+            bulk.jobs.add(job)
+            self._manifests[job] = manifest
+        origin = bulk.status_origin or self.origin
+        return 202, None, {"Content-Location": f"{origin}/fhir/bulkstatus/{job}"}
+
+    def _manifest(
+        self, job: str, types: list[str], filters: list[str], members: set[str] | None
+    ) -> dict[str, Any]:
+        bulk = self.bulk
+        assert bulk is not None
+        files = f"{self.origin}/fhir/bulkfiles/{job}"
+        output = []
+        for rtype in types or sorted(bulk.resources):
+            chosen = [
+                r
+                for r in bulk.resources.get(rtype, [])
+                if (members is None or _subject(r) in members)
+                and (bulk.type_filter == "ignore" or _matches(r, filters))
+            ]
+            if not chosen:
+                continue  # the spec: no file for a type without resources
+            name = f"{rtype}-1.ndjson"
+            bulk.files[f"{job}/{name}"] = ndjson(chosen)
+            output.append({"type": rtype, "url": f"{files}/{name}", "count": len(chosen)})
+        errors = []
+        for i, (lines, count) in enumerate(bulk.error_files):
+            name = f"error-{i}.ndjson"
+            bulk.files[f"{job}/{name}"] = ndjson(lines)
+            entry: dict[str, Any] = {"type": "OperationOutcome", "url": f"{files}/{name}"}
+            if count is not None:
+                entry["count"] = count
+            errors.append(entry)
+        manifest: dict[str, Any] = {
+            "transactionTime": "2026-11-29T08:00:00Z",
+            "request": f"{self.base_url}/Patient/$export",
+            "requiresAccessToken": bulk.require_auth,
+            "output": output,
+            "error": errors,
+        }
+        if bulk.deleted:
+            bundles = [
+                {
+                    "resourceType": "Bundle",
+                    "type": "transaction",
+                    "entry": [{"request": {"method": "DELETE", "url": f"{t}/{i}"}}],
+                }
+                for t, i in bulk.deleted
+            ]
+            bulk.files[f"{job}/deleted.ndjson"] = ndjson(bundles)
+            manifest["deleted"] = [
+                {"type": "Bundle", "url": f"{files}/deleted.ndjson", "count": len(bundles)}
+            ]
+        for name, data in bulk.extra_files.items():
+            bulk.files[f"{job}/{name}"] = data
+        if bulk.manifest_hook is not None:
+            manifest = bulk.manifest_hook(manifest, files)
+        return manifest
+
+    def status(self, job: str) -> Answer:
+        bulk = self.bulk
+        assert bulk is not None
+        with self.lock:
+            bulk.status_requests += 1
+            if job not in bulk.jobs:
+                return 404, outcome("not-found", "no such job"), {}
+            if bulk.status_script:
+                return bulk.status_script.pop(0)
+        return 200, self._manifests[job], {}
+
     def authorized(self, header: str | None) -> bool:
         if self.reject_all or not header or not header.startswith("Bearer "):
             return False
@@ -179,15 +368,9 @@ def _handler(server: SmartServer) -> type[BaseHTTPRequestHandler]:
                 )
                 return
             if path == "/fhir/metadata":
-                self._send(
-                    200,
-                    {
-                        "resourceType": "CapabilityStatement",
-                        "fhirVersion": "4.0.1",
-                        "status": "active",
-                    },
-                    "application/fhir+json",
-                )
+                self._send(200, server.capability(), "application/fhir+json")
+                return
+            if server.bulk is not None and self._bulk_get(path):
                 return
             if path.startswith("/fhir/"):
                 with server.lock:
@@ -222,6 +405,71 @@ def _handler(server: SmartServer) -> type[BaseHTTPRequestHandler]:
                     },
                     "application/fhir+json",
                 )
+                return
+            self._send(404, {"error": "not found"})
+
+        def _refused(self) -> bool:
+            bulk = server.bulk
+            assert bulk is not None
+            if bulk.require_auth and not server.authorized(self.headers.get("Authorization")):
+                with server.lock:
+                    server.unauthorized += 1
+                self._send(401, outcome("login", "token invalid"), "application/fhir+json")
+                return True
+            return False
+
+        def _answer(self, answer: Answer) -> None:
+            status, body, headers = answer
+            data = json.dumps(body).encode() if body is not None else b""
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            for key, value in headers.items():
+                self.send_header(key, value)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def _bulk_get(self, path: str) -> bool:
+            """The Bulk Data endpoints; False when `path` is none of them."""
+            bulk = server.bulk
+            assert bulk is not None
+            query = parse_qs(urlsplit(self.path).query)
+            parts = path.split("/")
+            if path == "/fhir/Patient/$export" or (
+                len(parts) == 5 and parts[2] == "Group" and parts[4] == "$export"
+            ):
+                if not self._refused():
+                    group = parts[3] if parts[2] == "Group" else None
+                    self._answer(server.kick_off(group, query))
+                return True
+            if path.startswith("/fhir/bulkstatus/"):
+                if not self._refused():
+                    self._answer(server.status(path.rsplit("/", 1)[1]))
+                return True
+            if path.startswith("/fhir/bulkfiles/"):
+                if bulk.require_auth and self._refused():
+                    return True
+                data = bulk.files.get(path.removeprefix("/fhir/bulkfiles/"))
+                if data is None:
+                    self._answer((404, outcome("not-found", "no such file"), {}))
+                    return True
+                self.send_response(200)
+                self.send_header("Content-Type", "application/fhir+ndjson")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+                return True
+            return False
+
+        def do_DELETE(self) -> None:
+            path = urlsplit(self.path).path
+            if server.bulk is not None and path.startswith("/fhir/bulkstatus/"):
+                job = path.rsplit("/", 1)[1]
+                with server.lock:
+                    server.bulk.deletes.append(job)
+                    found = job in server.bulk.jobs
+                    server.bulk.jobs.discard(job)
+                self._answer((202, None, {}) if found else (404, outcome("not-found", "?"), {}))
                 return
             self._send(404, {"error": "not found"})
 

@@ -33,7 +33,7 @@ def export(args: argparse.Namespace, client: Any, folder: Path) -> Any:
     """Run (or resume) the export into `folder`; prints a summary line; returns the BulkResult."""
     from fhir_cyclo.client.bulk import BulkExporter
 
-    client.capabilities()  # exit 3 early when the server is not there or not R4
+    capability = client.capabilities()  # exit 3 early when the server is not there or not R4
     exporter = BulkExporter(
         client,
         folder,
@@ -41,12 +41,16 @@ def export(args: argparse.Namespace, client: Any, folder: Path) -> Any:
         max_poll_interval=float(getattr(args, "max_poll_wait", 300.0)),
         on_notice=lambda text: print(f"fhir-cyclo: warning: {text}", file=sys.stderr),
     )
-    result = exporter.run(bulk_request(args))
-    before = len(result.files) + len(result.errors) - result.fetched
+    # --type is the user's choice: sent as given; the default is fitted to the server's types.
+    given = bool(getattr(args, "type", None))
+    result = exporter.run(bulk_request(args), capability=None if given else capability)
+    before = len(result.files) + len(result.errors) + len(result.deleted) - result.fetched
     print(
         f"bulk export: {len(result.files)} file(s), {result.resources} resource(s) in {folder} "
         f"({result.fetched} downloaded now, {before} already there); "
-        f"{len(result.errors)} error file(s), {result.failed_issues} error issue(s)",
+        f"{len(result.errors)} error file(s), {result.failed_issues} error issue(s)"
+        + (f"; {len(result.deleted)} deleted file(s)" if result.deleted else "")
+        + (f"; {len(result.rejected)} manifest entr(ies) refused" if result.rejected else ""),
         file=sys.stderr,
     )
     return result
@@ -57,8 +61,10 @@ def cmd_bulk_export(args: argparse.Namespace) -> int:
 
     with make_client(args) as client:
         result = export(args, client, Path(args.out))
-    # Error files mean resources the server could not export: the rest is there.
-    return 1 if result.failed_issues else 0
+    # Error files and refused manifest entries mean resources that did not come: the rest is
+    # there. A partial export (asked types missing, or nothing) fails only with --strict.
+    strict = bool(getattr(args, "strict", False)) and result.partial
+    return 1 if result.failed_issues or result.rejected or strict else 0
 
 
 def add_bulk_options(p: argparse.ArgumentParser) -> None:
@@ -97,4 +103,9 @@ def register(
     add_bulk_options(p)
     p.add_argument("--out", required=True, help="output folder (an interrupted run resumes)")
     p.add_argument("--no-progress", action="store_true", help="no progress display")
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="exit 1 when the export is empty or lacks a type asked for (default: a warning)",
+    )
     p.set_defaults(func=cmd_bulk_export)

@@ -9,11 +9,17 @@ file per manifest entry plus `manifest.json` whose `url`s name those files.
 Resuming: `.fhir-cyclo-bulk.json` in the output folder records the job (status URL, manifest)
 and each finished file (name, lines, bytes), fsynced after every file. A re-run with the same
 request skips the kick-off and the finished files; a different request starts over.
+
+Servers differ and some are hostile (issue 25): the request is fitted to the CapabilityStatement,
+a refused or ignored `_typeFilter` is applied here, transient and rate-limited status answers are
+waited out, error files and count mismatches on them are warnings, and nothing in a manifest
+chooses a local path: file names come from a fixed pattern over validated FHIR R4 type names.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import os
@@ -25,20 +31,22 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
-from urllib.parse import urljoin
+from urllib.parse import parse_qs, urljoin, urlsplit, urlunsplit
 
 import orjson
 import requests
 import urllib3
 from tqdm import tqdm
 
-from fhir_cyclo.client.http import origin, parse_retry_after
+from fhir_cyclo.client.http import HttpResponse, Transport, origin, parse_retry_after
+from fhir_cyclo.client.resource_types import R4_RESOURCE_TYPES
 from fhir_cyclo.core.errors import (
     FatalTransportError,
     FhirCycloError,
     NotFound,
     OperationOutcome,
     ServerError,
+    TemporaryTransportError,
 )
 
 log = logging.getLogger("fhir_cyclo.client")
@@ -60,6 +68,14 @@ NDJSON = "application/fhir+ndjson"
 _GZIP_MAGIC = b"\x1f\x8b"
 _PERCENT = re.compile(r"(\d+(?:\.\d+)?)\s*%")
 _ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+# Manifest fields are the server's word: bounded before use (issue 25).
+_MAX_URL = 4096
+_MAX_COUNT = 10**12
+_MAX_TEXT = 200  # transactionTime / request copied into the local manifest
+DEFAULT_MAX_FILE_BYTES = 256 * 1024**3  # one file, unpacked: a gzip bomb stops here
+# The kinds of manifest entries and the fixed local name stem / resource type of each.
+_KINDS = ("output", "error", "deleted")
+_SHOWN_ISSUES = 10  # error-file issues printed one per line; the rest are counted
 
 
 class BulkExportError(FhirCycloError):
@@ -115,6 +131,15 @@ class BulkResult:
     failed_issues: int = 0  # issues of severity error or fatal among them
     fetched: int = 0  # files downloaded in this run (the others were finished before)
     resources: int = 0
+    deleted: list[dict[str, Any]] = field(default_factory=list)  # manifest deleted entries
+    rejected: list[str] = field(default_factory=list)  # manifest entries refused, one line each
+    missing_types: list[str] = field(default_factory=list)  # asked for, not in the export
+    notes: list[str] = field(default_factory=list)  # how the request was adapted
+
+    @property
+    def partial(self) -> bool:
+        """Asked types missing or nothing at all exported (a warning; --strict fails on it)."""
+        return bool(self.missing_types) or self.resources == 0
 
 
 class _State:
@@ -146,6 +171,131 @@ class _State:
             self.path.unlink()
 
 
+def supported_types(capability: Any) -> frozenset[str] | None:
+    """The resource types a CapabilityStatement's server part lists; None when it lists none
+    (a minimal CapabilityStatement says nothing about types, so nothing is narrowed)."""
+    found: set[str] = set()
+    rests = capability.get("rest") if isinstance(capability, dict) else None
+    for rest in rests if isinstance(rests, list) else []:
+        if not isinstance(rest, dict) or rest.get("mode", "server") != "server":
+            continue
+        resources = rest.get("resource")
+        for res in resources if isinstance(resources, list) else []:
+            if isinstance(res, dict) and isinstance(res.get("type"), str):
+                found.add(res["type"])
+    return frozenset(found) or None
+
+
+def fit_request(request: BulkRequest, capability: Any) -> tuple[BulkRequest, list[str]]:
+    """The request narrowed to the types the server lists, and a note naming those it lacks."""
+    supported = supported_types(capability)
+    if supported is None:
+        return request, []
+    lacking = [t for t in request.types if t not in supported]
+    if not lacking:
+        return request, []
+    types = tuple(t for t in request.types if t in supported)
+    if not types:
+        raise BulkExportError(
+            f"the server's CapabilityStatement lists none of the types asked for "
+            f"({', '.join(request.types)}); nothing to export"
+        )
+    filters = tuple(f for f in request.type_filters if f.partition("?")[0] in types)
+    note = (
+        f"the server's CapabilityStatement lacks {', '.join(lacking)}; "
+        f"asking for {', '.join(types)}"
+    )
+    return dataclasses.replace(request, types=types, type_filters=filters), [note]
+
+
+class _LocalFilter:
+    """A `_typeFilter` of the form fhir-cyclo sends (`Type?code=system|code,...`), applied here
+    when the server refuses or ignores it."""
+
+    def __init__(self, filters: Sequence[str]) -> None:
+        self.codes: dict[str, set[tuple[str, str]]] = {}
+        for text in filters:
+            rtype, _, query = text.partition("?")
+            for token in ",".join(parse_qs(query).get("code", [])).split(","):
+                system, bar, code = token.partition("|")
+                if bar:
+                    self.codes.setdefault(rtype, set()).add((system, code))
+
+    def keeps(self, resource: dict[str, Any]) -> bool:
+        wanted = self.codes.get(str(resource.get("resourceType")))
+        if wanted is None:
+            return True
+        code = resource.get("code")
+        codings = code.get("coding") if isinstance(code, dict) else None
+        for coding in codings if isinstance(codings, list) else []:
+            if isinstance(coding, dict) and (coding.get("system"), coding.get("code")) in wanted:
+                return True
+        return False
+
+
+@dataclass
+class _Tally:
+    """Per-run counters over the downloaded lines (local filtering, duplicate ids)."""
+
+    dropped: dict[str, int] = field(default_factory=dict)  # type -> lines filtered out here
+    ids: dict[str, set[str]] = field(default_factory=dict)  # type -> ids seen
+    duplicates: dict[str, list[str]] = field(default_factory=dict)  # type -> "file line n"
+
+
+class _PollError(ServerError):
+    """A status answer that is not 2xx, with its Retry-After."""
+
+    def __init__(self, base: ServerError, retry_after: float | None) -> None:
+        super().__init__(base.status, base.outcome, url=base.url, method=base.method)
+        self.retry_after = retry_after
+
+
+class _PollTransport(Transport):
+    """The client's transport for status polls: no generic retry of 429/5xx (the poll loop
+    reads their OperationOutcome and Retry-After itself)."""
+
+    def server_error(self, response: HttpResponse, method: str, url: str) -> ServerError:
+        base = super().server_error(response, method, url)
+        return _PollError(base, parse_retry_after(response.headers.get("Retry-After")))
+
+
+class _KickOffRefused(BulkExportError):
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class _Resumable(BulkExportError):
+    """A download failure that keeps the job and the state file: the same command resumes."""
+
+
+def _short(text: str, limit: int = 48) -> str:
+    """Long server-issued strings (signed client ids, tokens, URLs) shortened for messages."""
+    return text if len(text) <= limit else f"{text[:24]}...{text[-8:]} ({len(text)} chars)"
+
+
+def _credentials_refused(exc: ServerError, what: str) -> FatalTransportError:
+    return FatalTransportError(
+        f"{what} refused our credentials (HTTP {exc.status}): "
+        f"{_short(exc.outcome.message or 'no diagnostics', 300)}",
+        url=exc.url,
+        status=exc.status,
+    )
+
+
+def _next_wait(retry_after: float | None, delay: float) -> tuple[float, float]:
+    """(this wait, the next default delay): Retry-After when given, else 1, 2, 4 ... 30 s."""
+    if retry_after is not None:
+        return retry_after, delay
+    return delay, min(delay * 2, 30.0)
+
+
+def _is_transient(outcome: OperationOutcome) -> bool:
+    return any(i.code == "transient" for i in outcome.issues) and not any(
+        i.severity == "fatal" for i in outcome.issues
+    )
+
+
 class BulkExporter:
     """Runs one export into `folder` with a FhirClient's transport, session and credentials."""
 
@@ -158,6 +308,9 @@ class BulkExporter:
         progress: bool = True,
         max_wait: float = 24 * 3600.0,
         max_poll_interval: float = 300.0,
+        max_rate_limit_wait: float = 120.0,
+        max_transient: int = 30,
+        max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
         on_notice: Callable[[str], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -167,33 +320,99 @@ class BulkExporter:
         self.progress = progress
         self.max_wait = max_wait
         self.max_poll_interval = max_poll_interval
+        self.max_rate_limit_wait = max_rate_limit_wait
+        self.max_transient = max_transient
+        self.max_file_bytes = max_file_bytes
         self.on_notice = on_notice or (lambda text: log.warning("%s", text))
         self.clock = clock
         self.status_requests = 0  # polls made, for tests
+        t = client.transport
+        self._poll_transport = _PollTransport(
+            t.session,
+            auth=t.auth,
+            redact=t.redact,
+            timeout=t.timeout,
+            policy=dataclasses.replace(t.policy, statuses=frozenset({408})),
+            verify=t.verify,
+            sleep=self.sleep,
+            max_body_bytes=t.max_body_bytes,
+            user_agent=t.user_agent,
+        )
 
     # --- the job ---------------------------------------------------------------------------
 
-    def run(self, request: BulkRequest) -> BulkResult:
-        """Export (or resume exporting) into the folder; returns what is there."""
+    def run(self, request: BulkRequest, *, capability: Any = None) -> BulkResult:
+        """Export (or resume exporting) into the folder; returns what is there.
+
+        With the server's CapabilityStatement, the request is first narrowed to the types it
+        lists (pass None to send the request as given, as `--type` does).
+        """
+        notes: list[str] = []
+        if capability is not None:
+            request, notes = fit_request(request, capability)
+        for note in notes:
+            self.on_notice(note)
         self.folder.mkdir(parents=True, exist_ok=True)
         base = self.client.base_url
         state = _State(self.folder, request.key(base))
-        if state.data.get("manifest") is None:
-            if state.data.get("status_url") is None:
-                state.data["status_url"] = self._kick_off(request)
-                state.data["files"] = {}
+        try:
+            if state.data.get("manifest") is None:
+                if state.data.get("status_url") is None:
+                    state.data["status_url"], refused = self._start(request)
+                    # Applied here too: a server may ignore _typeFilter (or refuse it).
+                    state.data["local_filters"] = list(request.type_filters)
+                    state.data["filter_refused"] = refused
+                    state.data["files"] = {}
+                    state.save()
+                else:
+                    log.info("bulk: resuming the export job in %s", state.path)
+                state.data["manifest"] = self._poll(state.data["status_url"])
                 state.save()
-            else:
-                log.info("bulk: resuming the export job in %s", state.path)
-            state.data["manifest"] = self._poll(state.data["status_url"])
-            state.save()
-        manifest = state.data["manifest"]
-        result = BulkResult(folder=self.folder)
-        self._download_all(manifest, state, result)
+            manifest = state.data["manifest"]
+            result = BulkResult(folder=self.folder, notes=notes)
+            tally = _Tally()
+            self._download_all(manifest, state, result, tally)
+        except (_Resumable, TemporaryTransportError):
+            raise  # the job and the state file stay: the same command resumes
+        except KeyboardInterrupt:
+            if state.data.get("manifest") is not None:
+                self.on_notice(
+                    "interrupted while downloading: the export job is kept on the server; "
+                    "the same command resumes it"
+                )
+                raise
+            self._abandon(state)
+            raise
+        except BaseException:
+            self._abandon(state)
+            raise
+        self._report(request, result, tally, refused=bool(state.data.get("filter_refused")))
         self._write_manifest(manifest, result)
         self._delete_job(state.data["status_url"])
         state.remove()
         return result
+
+    def _abandon(self, state: _State) -> None:
+        """A way out other than success: the job is deleted on the server, the state removed."""
+        status_url = state.data.get("status_url")
+        if status_url:
+            self._delete_job(status_url)
+        state.remove()
+
+    def _start(self, request: BulkRequest) -> tuple[str, bool]:
+        """Kick off; a 400 on a request with _typeFilter is asked again without it (the filter
+        is applied here). Returns the status URL and whether _typeFilter was refused."""
+        try:
+            return self._kick_off(request), False
+        except _KickOffRefused as exc:
+            if not (request.type_filters and exc.status == 400):
+                raise
+            self.on_notice(
+                f"the server refused _typeFilter ({exc}); asked again without it, the "
+                "resources are filtered here"
+            )
+        plain = dataclasses.replace(request, type_filters=())
+        return self._kick_off(plain), True
 
     def _kick_off(self, request: BulkRequest) -> str:
         url = f"{self.client.base_url}/{request.path()}"
@@ -210,9 +429,12 @@ class BulkExporter:
                 f"{exc.outcome.message or 'not found'}"
             ) from None
         except ServerError as exc:
-            raise BulkExportError(
+            if exc.status in (401, 403):
+                raise _credentials_refused(exc, "export kick-off") from None
+            raise _KickOffRefused(
                 f"export kick-off refused (HTTP {exc.status}): "
-                f"{exc.outcome.message or 'no diagnostics'}"
+                f"{_short(exc.outcome.message or 'no diagnostics', 300)}",
+                exc.status,
             ) from None
         location = response.headers.get("Content-Location")
         if response.status != 202 or not location:
@@ -220,40 +442,95 @@ class BulkExporter:
                 f"export kick-off at {url} answered HTTP {response.status} without a "
                 "Content-Location status URL (expected 202 Accepted)"
             )
-        status_url = urljoin(url, location)
+        status_url = urljoin(url, location[:_MAX_URL])
         if origin(status_url) != origin(self.client.base_url):
-            # The status URL gets our token: it must live on the server we were pointed at.
+            # The status URL gets our token: it must live on the server we were pointed at. The
+            # job is still deleted, at the same path on the server we were given (often the
+            # same server under another name: localhost / 127.0.0.1).
+            self._delete_job(self._on_our_origin(status_url))
             raise FatalTransportError(
-                f"export status URL {status_url} is on another server than "
+                f"export status URL {_short(status_url, 200)} is on another server than "
                 f"{self.client.base_url}; refusing to send credentials there",
                 url=status_url,
             )
         log.info("bulk: export job accepted, status at %s", status_url)
         return str(status_url)
 
+    def _on_our_origin(self, url: str) -> str:
+        ours = urlsplit(str(self.client.base_url))
+        theirs = urlsplit(url)
+        return urlunsplit((ours.scheme, ours.netloc, theirs.path, theirs.query, ""))
+
     def _poll(self, status_url: str) -> dict[str, Any]:
         started = self.clock()
         delay = 1.0
+        transient = 0  # consecutive transient answers
+        other_5xx = 0  # consecutive 5xx without a transient OperationOutcome
+        said_rate_limit = said_transient = False
         bar = self._bar(total=100, unit="%", desc="export")
         try:
             while True:
                 self.status_requests += 1
                 try:
-                    response = self.client.transport.request(
+                    response = self._poll_transport.request(
                         "GET", status_url, headers={"Accept": "application/json"}
                     )
-                except NotFound as exc:
-                    raise BulkExportError(
-                        f"the export job expired or was deleted on the server (HTTP "
-                        f"{exc.status} from its status URL); run the command again to start a "
-                        f"new export (delete {self.folder / STATE_FILE} if it keeps pointing at "
-                        "the old job)"
-                    ) from None
-                except ServerError as exc:
-                    raise BulkExportError(
-                        f"the export job failed (HTTP {exc.status}): "
-                        f"{exc.outcome.message or 'no diagnostics'}"
-                    ) from None
+                except _PollError as exc:
+                    if exc.status in (404, 410):
+                        raise BulkExportError(
+                            f"the export job expired or was deleted on the server (HTTP "
+                            f"{exc.status} from its status URL); run the command again to start "
+                            "a new export"
+                        ) from None
+                    if exc.status in (401, 403):
+                        raise _credentials_refused(exc, "the export status URL") from None
+                    text = _short(exc.outcome.message or "no diagnostics", 300)
+                    if exc.status == 429:
+                        wait, delay = _next_wait(exc.retry_after, delay)
+                        if wait > self.max_rate_limit_wait and not said_rate_limit:
+                            said_rate_limit = True
+                            self.on_notice(
+                                f"the server limits status requests (HTTP 429) and asks to wait "
+                                f"{wait:.0f} s; waiting {self.max_rate_limit_wait:.0f} s "
+                                "between polls instead"
+                            )
+                        wait = min(wait, self.max_rate_limit_wait)
+                    elif exc.status >= 500 and _is_transient(exc.outcome):
+                        transient += 1
+                        if transient > self.max_transient:
+                            raise BulkExportError(
+                                f"the export status URL answered a transient error "
+                                f"{transient} times in a row (HTTP {exc.status}): {text}"
+                            ) from None
+                        if not said_transient:
+                            said_transient = True
+                            self.on_notice(
+                                f"the server reports a transient error (HTTP {exc.status}: "
+                                f"{text}); the job goes on, polling again"
+                            )
+                        wait, delay = _next_wait(exc.retry_after, delay)
+                    elif exc.status >= 500 and not any(
+                        i.severity == "fatal" for i in exc.outcome.issues
+                    ):
+                        # A proxy's 502/503 or a bare 500: the generic bounded retry.
+                        other_5xx += 1
+                        if other_5xx > self.client.transport.policy.retries:
+                            raise BulkExportError(
+                                f"the export job failed (HTTP {exc.status}): {text}"
+                            ) from None
+                        wait, delay = _next_wait(exc.retry_after, delay)
+                    else:
+                        raise BulkExportError(
+                            f"the export job failed (HTTP {exc.status}): {text}"
+                        ) from None
+                    wait = min(wait, self.max_poll_interval)
+                    if self.clock() - started + wait > self.max_wait:
+                        raise BulkExportError(
+                            f"the export did not finish within {self.max_wait:.0f} s"
+                        ) from None
+                    self.sleep(wait)
+                    continue
+                transient = other_5xx = 0
                 if response.status == 200:
                     manifest = response.json()
                     if not isinstance(manifest, dict) or not isinstance(
@@ -272,12 +549,13 @@ class BulkExporter:
                     if found:
                         bar.update(max(0.0, min(100.0, float(found.group(1))) - bar.n))
                     log.info("bulk: export in progress: %s", progress[:100])
-                wait = parse_retry_after(response.headers.get("Retry-After"))
-                if wait is None:
-                    wait, delay = delay, min(delay * 2, 30.0)
+                asked = parse_retry_after(response.headers.get("Retry-After"))
+                if asked is None:
+                    asked, delay = delay, min(delay * 2, 30.0)
+                wait = asked
                 wait = min(wait, self.max_poll_interval)
                 if self.clock() - started + wait > self.max_wait:
-                    raise BulkExportError(
+                    raise _Resumable(
                         f"the export did not finish within {self.max_wait:.0f} s; run the "
                         "command again later to keep waiting for the same job"
                     )
@@ -296,35 +574,85 @@ class BulkExporter:
 
     # --- files -----------------------------------------------------------------------------
 
-    def _download_all(self, manifest: dict[str, Any], state: _State, result: BulkResult) -> None:
-        token = bool(manifest.get("requiresAccessToken"))
-        entries: list[tuple[str, int, dict[str, Any]]] = []
-        for kind in ("output", "error"):
-            for i, entry in enumerate(manifest.get(kind) or []):
-                if not isinstance(entry, dict) or not isinstance(entry.get("url"), str):
-                    raise BulkExportError(f"manifest {kind}[{i}] has no url")
-                entries.append((kind, i, entry))
+    def _entries(
+        self, manifest: dict[str, Any], result: BulkResult
+    ) -> list[tuple[str, int, dict[str, Any], str]]:
+        """The manifest's entries that are safe to fetch, with their checked type; each other
+        entry is a rejected line naming it. No manifest field is trusted (issue 25)."""
+        found: list[tuple[str, int, dict[str, Any], str]] = []
+        for kind in _KINDS:
+            entries = manifest.get(kind)
+            if entries is None:
+                continue
+            if not isinstance(entries, list):
+                result.rejected.append(f"manifest {kind}: not a list")
+                continue
+            for i, entry in enumerate(entries):
+                where = f"manifest {kind}[{i}]"
+                reason = _bad_entry(entry, kind)
+                if reason is not None:
+                    result.rejected.append(f"{where}: {reason}; not downloaded")
+                    continue
+                rtype = entry.get("type")
+                if not isinstance(rtype, str):
+                    rtype = "OperationOutcome" if kind == "error" else "Bundle"
+                count = entry.get("count")
+                if count is not None and not (
+                    isinstance(count, int)
+                    and not isinstance(count, bool)
+                    and 0 <= count <= _MAX_COUNT
+                ):
+                    self.on_notice(
+                        f"{where}.count {_short(repr(count), 40)} is not a count; ignored"
+                    )
+                    found.append((kind, i, {k: v for k, v in entry.items() if k != "count"}, rtype))
+                    continue
+                found.append((kind, i, entry, rtype))
+        return found
+
+    def _download_all(
+        self, manifest: dict[str, Any], state: _State, result: BulkResult, tally: _Tally
+    ) -> None:
+        # Anything but an explicit false sends the token (to our own origin only).
+        token = manifest.get("requiresAccessToken") is not False
+        entries = self._entries(manifest, result)
+        local_filter = _LocalFilter(state.data.get("local_filters") or [])
         done: dict[str, Any] = state.data["files"]
         counters: dict[str, int] = {}
         bar = self._bar(total=len(entries), unit="file", desc="download")
         try:
-            for kind, _i, entry in entries:
-                rtype = str(entry.get("type") or "unknown")
-                stem = "error" if kind == "error" else rtype
+            for kind, i, entry, rtype in entries:
+                stem = rtype if kind == "output" else kind
                 number = counters.get(stem, 0)
                 counters[stem] = number + 1
                 name = f"{stem}.{number:03d}.ndjson"
+                target = self.folder / name
+                if target.resolve().parent != self.folder.resolve():
+                    raise BulkExportError(f"internal: {name} is not inside {self.folder}")
                 url = entry["url"]
                 finished = done.get(url)
-                target = self.folder / name
                 if not (
                     finished
                     and finished.get("name") == name
                     and target.is_file()
                     and target.stat().st_size == finished.get("bytes")
                 ):
-                    lines = self._download(url, target, rtype, entry.get("count"), token)
-                    finished = {"name": name, "lines": lines, "bytes": target.stat().st_size}
+                    check = _FileCheck(
+                        kind=kind,
+                        rtype=rtype,
+                        url=url,
+                        name=name,
+                        keep=local_filter.keeps if kind == "output" else None,
+                        tally=tally,
+                        limit=self.max_file_bytes,
+                    )
+                    try:
+                        self._download(check, target, entry.get("count"), token)
+                    except _Rejected as exc:
+                        result.rejected.append(f"manifest {kind}[{i}] ({name}): {exc}")
+                        continue
+                    check.commit()
+                    finished = {"name": name, "lines": check.kept, "bytes": target.stat().st_size}
                     done[url] = finished
                     state.save()
                     result.fetched += 1
@@ -334,40 +662,96 @@ class BulkExporter:
                     for severity, line in _issues(target):
                         result.issues.append(line)
                         result.failed_issues += severity in ("error", "fatal")
+                elif kind == "deleted":
+                    result.deleted.append(local)
                 else:
                     result.files.append(local)
                     result.resources += int(finished["lines"])
                 bar.update(1)
         finally:
             bar.close()
-        for line in result.issues:
-            self.on_notice(f"export error: {line}")
 
-    def _download(self, url: str, target: Path, rtype: str, count: Any, token: bool) -> int:
-        """Stream one file to `target` (atomically), gunzipping if needed; returns its lines."""
+    def _report(
+        self, request: BulkRequest, result: BulkResult, tally: _Tally, *, refused: bool
+    ) -> None:
+        """One line per kind of gap: rejected entries, error issues, deleted, missing types."""
+        for line in result.rejected:
+            self.on_notice(f"export error: {line}")
+        for line in result.issues[:_SHOWN_ISSUES]:
+            self.on_notice(f"export error: {line}")
+        if len(result.issues) > _SHOWN_ISSUES:
+            names = ", ".join(e["url"] for e in result.errors)
+            self.on_notice(
+                f"export error: ... and {len(result.issues) - _SHOWN_ISSUES} more issue(s) "
+                f"in {names}"
+            )
+        for rtype, dropped in sorted(tally.dropped.items()):
+            how = "refused" if refused else "ignored"
+            self.on_notice(
+                f"{dropped} {rtype}(s) outside _typeFilter dropped here (the server {how} it)"
+            )
+        for rtype, where in sorted(tally.duplicates.items()):
+            self.on_notice(
+                f"{rtype}: {len(where)} id(s) on more than one line (first: {where[0]}); "
+                "a reader keeps one or counts both"
+            )
+        if result.deleted:
+            count = sum(int(d["count"]) for d in result.deleted)
+            self.on_notice(
+                f"{count} deleted resource(s) listed by the server (in "
+                f"{', '.join(d['url'] for d in result.deleted)}); scoring skips them"
+            )
+        received = {f["type"] for f in result.files if f["count"]}
+        result.missing_types = [t for t in request.types if t not in received]
+        if result.resources == 0:
+            what = f"Group {request.group}" if request.group else "the server"
+            self.on_notice(
+                f"the export is empty: {what} gave no resources (for a Group: no members, or "
+                "no such Group)"
+            )
+        elif result.missing_types:
+            self.on_notice(
+                f"asked for but not in the export: {', '.join(result.missing_types)} (the "
+                "server has none, or did not export them)"
+            )
+
+    def _download(self, check: _FileCheck, target: Path, count: Any, token: bool) -> None:
+        """Stream one file to `target` (atomically), gunzipping if needed."""
         base = self.client.base_url
+        url = check.url
         if token and origin(url) != origin(base):
             raise BulkExportError(
-                f"the manifest asks for the access token on {url}, another server than {base}; "
-                "refusing to send credentials there"
+                f"the manifest asks for the access token on {_short(url, 200)}, another server "
+                f"than {base}; refusing to send credentials there"
             )
         policy = self.client.transport.policy
         attempts = policy.retries + 1
+        renewed = False
         for attempt in range(attempts):
             try:
-                return self._fetch(url, target, rtype, count, token)
+                self._fetch(check, target, count, token)
+                return
             except _RetryFile as exc:
+                if exc.status in (401, 403) and not (exc.renew and not renewed):
+                    raise FatalTransportError(
+                        f"download of {_short(url, 200)} refused our credentials "
+                        f"(HTTP {exc.status})",
+                        url=url,
+                        status=exc.status,
+                    ) from None
+                renewed = renewed or exc.renew
                 if attempt == attempts - 1:
-                    raise BulkExportError(
-                        f"download of {url} failed after {attempts} attempts: {exc}"
+                    raise _Resumable(
+                        f"download of {_short(url, 200)} failed after {attempts} attempts: {exc}"
                     ) from None
                 wait = exc.wait if exc.wait is not None else policy.backoff * (2**attempt)
                 log.warning("bulk: %s: %s; retrying in %.1fs", url, exc, wait)
                 self.sleep(min(wait, policy.max_retry_after))
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _fetch(self, url: str, target: Path, rtype: str, count: Any, token: bool) -> int:
+    def _fetch(self, check: _FileCheck, target: Path, count: Any, token: bool) -> None:
         transport = self.client.transport
+        url = check.url
         part = target.with_name(target.name + ".part")
         try:
             response = self.client.session.get(
@@ -377,13 +761,16 @@ class BulkExporter:
                 timeout=transport.timeout,
                 verify=transport.verify,
                 stream=True,
+                allow_redirects=False,  # a redirect could carry the token elsewhere
             )
         except requests.exceptions.RequestException as exc:
             raise _RetryFile(type(exc).__name__) from None
         with response:
             if response.status_code == 401 and token and hasattr(self.client.auth, "invalidate"):
                 self.client.auth.invalidate()
-                raise _RetryFile("HTTP 401 (token renewed)", 0.0)
+                raise _RetryFile("HTTP 401 (token renewed)", 0.0, renew=True, status=401)
+            if response.status_code in (401, 403):
+                raise _RetryFile(f"HTTP {response.status_code}", status=response.status_code)
             if response.status_code in transport.policy.statuses:
                 raise _RetryFile(
                     f"HTTP {response.status_code}",
@@ -391,15 +778,19 @@ class BulkExporter:
                 )
             if response.status_code in (404, 410):
                 raise BulkExportError(
-                    f"export file {url} is gone (HTTP {response.status_code}): the server "
-                    f"expired the export; delete {self.folder / STATE_FILE} and run again"
+                    f"export file {_short(url, 200)} is gone (HTTP {response.status_code}): the "
+                    "server expired the export; run the command again"
                 )
             if response.status_code != 200:
-                outcome = OperationOutcome.from_json(_safe_json(response.content))
+                outcome = OperationOutcome.from_json(_safe_json(response.content[:65536]))
                 text = outcome.message if outcome else f"HTTP {response.status_code}"
-                raise BulkExportError(f"download of {url} refused: {text}")
+                raise _Rejected(f"download refused: {_short(text, 300)}")
+            check.reset()
             try:
-                lines, raw_bytes = self._write(response, part, rtype, url)
+                raw_bytes = self._write(response, part, check)
+            except _Rejected:
+                part.unlink(missing_ok=True)
+                raise
             except (
                 requests.exceptions.RequestException,
                 urllib3.exceptions.HTTPError,  # raw.stream raises urllib3's own (truncation)
@@ -412,20 +803,21 @@ class BulkExporter:
             if declared.isdigit() and raw_bytes != int(declared):
                 part.unlink(missing_ok=True)
                 raise _RetryFile(f"got {raw_bytes} of {declared} bytes")
-        if isinstance(count, int) and not isinstance(count, bool) and count != lines:
-            part.unlink(missing_ok=True)
-            raise BulkExportError(
-                f"{url}: the manifest says {count} resource(s), the file has {lines} line(s)"
+        if count is not None and count != check.lines:
+            message = (
+                f"{_short(url, 200)}: the manifest says {count} resource(s), the file has "
+                f"{check.lines} line(s)"
             )
+            if check.kind == "output":
+                part.unlink(missing_ok=True)
+                raise BulkExportError(message)
+            # Error and deleted files are reports about the export, not its data: kept.
+            self.on_notice(f"{message} ({check.name} kept)")
         part.replace(target)
-        log.info("bulk: %s -> %s (%d line(s))", url, target.name, lines)
-        return lines
+        log.info("bulk: %s -> %s (%d line(s))", url, target.name, check.kept)
 
-    def _write(
-        self, response: requests.Response, part: Path, rtype: str, url: str
-    ) -> tuple[int, int]:
+    def _write(self, response: requests.Response, part: Path, check: _FileCheck) -> int:
         """Write the body, gunzipping a gzip file body; every line must be a JSON object."""
-        lines = 0
         tail = b""
         inflate: Any = None
         with part.open("wb") as handle:
@@ -433,25 +825,35 @@ class BulkExporter:
                 if i == 0 and chunk.startswith(_GZIP_MAGIC):
                     # A .ndjson.gz file served as is (no Content-Encoding): unpack it here.
                     inflate = zlib.decompressobj(wbits=31)
-                data = inflate.decompress(chunk) if inflate is not None else chunk
-                lines, tail = _check_lines(tail + data, lines, rtype, url, handle)
+                # Bounded: a small gzip body must not unpack into an unbounded buffer.
+                data = inflate.decompress(chunk, check.limit + 1) if inflate is not None else chunk
+                check.grow(len(data))
+                tail = check.lines_of(tail + data, handle)
             if inflate is not None:
-                lines, tail = _check_lines(tail + inflate.flush(), lines, rtype, url, handle)
+                rest = inflate.flush()
+                check.grow(len(rest))
+                tail = check.lines_of(tail + rest, handle)
             if tail.strip():
-                lines, _ = _check_lines(tail + b"\n", lines, rtype, url, handle)
+                check.lines_of(tail + b"\n", handle)
             handle.flush()
             os.fsync(handle.fileno())
-        return lines, int(response.raw.tell())
+        return int(response.raw.tell())
 
     def _write_manifest(self, manifest: dict[str, Any], result: BulkResult) -> None:
-        local = {
-            "transactionTime": manifest.get("transactionTime"),
-            "request": manifest.get("request"),
+        def text(key: str) -> str | None:
+            value = manifest.get(key)
+            return value if isinstance(value, str) and len(value) <= _MAX_TEXT else None
+
+        local: dict[str, Any] = {
+            "transactionTime": text("transactionTime"),
+            "request": text("request"),
             # The files are local now: reading them needs no token.
             "requiresAccessToken": False,
             "output": result.files,
             "error": result.errors,
         }
+        if result.deleted:
+            local["deleted"] = result.deleted
         tmp = self.folder / (MANIFEST + ".tmp")
         tmp.write_bytes(orjson.dumps(local, option=orjson.OPT_INDENT_2) + b"\n")
         tmp.replace(self.folder / MANIFEST)
@@ -466,12 +868,111 @@ class BulkExporter:
         )
 
 
+def _bad_entry(entry: Any, kind: str) -> str | None:
+    """Why a manifest entry cannot be fetched safely, or None."""
+    if not isinstance(entry, dict):
+        return "not an object"
+    rtype = entry.get("type")
+    if rtype is None and kind == "output":
+        return "no type"
+    if rtype is not None and (not isinstance(rtype, str) or rtype not in R4_RESOURCE_TYPES):
+        return f"type {_short(repr(rtype), 60)} is not a FHIR R4 resource type"
+    url = entry.get("url")
+    if not isinstance(url, str) or not url:
+        return "no url"
+    bad = f"url {_short(repr(url), 80)} is not an http(s) URL"
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+        _ = parts.port  # raises ValueError for a bad port
+    except ValueError:
+        return bad
+    if len(url) > _MAX_URL or parts.scheme.lower() not in ("http", "https") or not host:
+        return bad
+    return None
+
+
+class _Rejected(Exception):
+    """A file that cannot be accepted (not NDJSON of resources, too large, refused): its entry
+    is named as an error and the export goes on."""
+
+
 class _RetryFile(Exception):
     """A download failure worth another attempt (network, 429/5xx, truncated body)."""
 
-    def __init__(self, message: str, wait: float | None = None) -> None:
+    def __init__(
+        self, message: str, wait: float | None = None, *, renew: bool = False, status: int = 0
+    ) -> None:
         super().__init__(message)
         self.wait = wait
+        self.renew = renew
+        self.status = status
+
+
+@dataclass
+class _FileCheck:
+    """Checks one file's lines as they stream: JSON objects with a resourceType; filtered here
+    (output files under a refused/ignored _typeFilter); ids seen twice; a size bound."""
+
+    kind: str
+    rtype: str
+    url: str
+    name: str
+    keep: Callable[[dict[str, Any]], bool] | None
+    tally: _Tally
+    limit: int
+    lines: int = 0
+    kept: int = 0
+    size: int = 0
+    dropped: int = 0
+    ids: list[tuple[str, str, int]] = field(default_factory=list)
+
+    def reset(self) -> None:
+        self.lines = self.kept = self.size = self.dropped = 0
+        self.ids = []
+
+    def grow(self, size: int) -> None:
+        self.size += size
+        if self.size > self.limit:
+            raise _Rejected(f"larger than the {self.limit:,} byte limit (unpacked); not kept")
+
+    def lines_of(self, data: bytes, handle: IO[bytes]) -> bytes:
+        """Write the complete lines of `data` that pass; return the incomplete rest."""
+        cut = data.rfind(b"\n")
+        if cut < 0:
+            return data
+        for raw in data[: cut + 1].splitlines(keepends=True):
+            if not raw.strip():
+                continue
+            self.lines += 1
+            try:
+                doc = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                raise BulkExportError(
+                    f"{_short(self.url, 200)}: line {self.lines} is not valid JSON"
+                ) from None
+            if not isinstance(doc, dict) or "resourceType" not in doc:
+                raise BulkExportError(
+                    f"{_short(self.url, 200)}: line {self.lines} is not a FHIR resource"
+                )
+            if self.keep is not None and not self.keep(doc):
+                self.dropped += 1
+                continue
+            if self.kind == "output" and isinstance(doc.get("id"), str):
+                self.ids.append((str(doc["resourceType"]), doc["id"], self.lines))
+            self.kept += 1
+            handle.write(raw if raw.endswith(b"\n") else raw + b"\n")
+        return data[cut + 1 :]
+
+    def commit(self) -> None:
+        """Count this file's dropped lines and duplicate ids (once it is accepted)."""
+        if self.dropped:
+            self.tally.dropped[self.rtype] = self.tally.dropped.get(self.rtype, 0) + self.dropped
+        for rtype, rid, line in self.ids:
+            seen = self.tally.ids.setdefault(rtype, set())
+            if rid in seen:
+                self.tally.duplicates.setdefault(rtype, []).append(f"{self.name} line {line}")
+            seen.add(rid)
 
 
 def _safe_json(content: bytes) -> Any:
@@ -479,27 +980,6 @@ def _safe_json(content: bytes) -> Any:
         return orjson.loads(content)
     except orjson.JSONDecodeError:
         return None
-
-
-def _check_lines(
-    data: bytes, lines: int, rtype: str, url: str, handle: IO[bytes]
-) -> tuple[int, bytes]:
-    """Write the complete lines of `data` after checking each is a JSON object; keep the rest."""
-    cut = data.rfind(b"\n")
-    if cut < 0:
-        return lines, data
-    for raw in data[: cut + 1].splitlines():
-        if not raw.strip():
-            continue
-        lines += 1
-        try:
-            doc = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            raise BulkExportError(f"{url}: line {lines} is not valid JSON") from None
-        if not isinstance(doc, dict) or "resourceType" not in doc:
-            raise BulkExportError(f"{url}: line {lines} is not a FHIR resource")
-    handle.write(data[: cut + 1])
-    return lines, data[cut + 1 :]
 
 
 def _issues(path: Path) -> list[tuple[str, str]]:

@@ -46,6 +46,13 @@ ENV_SCOPE = "FHIR_CYCLO_SMART_SCOPE"
 ENV_TOKEN_URL = "FHIR_CYCLO_SMART_TOKEN_URL"  # noqa: S105 - a variable name
 
 
+def short_id(client_id: str, limit: int = 40) -> str:
+    """A client id for messages: servers that issue signed client ids make them ~1,000 chars."""
+    if len(client_id) <= limit:
+        return client_id
+    return f"{client_id[:16]}...{client_id[-6:]} ({len(client_id)} chars)"
+
+
 @dataclass(frozen=True)
 class SmartConfig:
     """Who the client is and how it signs; the key text is never shown."""
@@ -59,7 +66,8 @@ class SmartConfig:
 
     def __repr__(self) -> str:
         return (
-            f"SmartConfig(client_id={self.client_id!r}, key={REDACTED} ({self.key_source}), "
+            f"SmartConfig(client_id={short_id(self.client_id)!r}, "
+            f"key={REDACTED} ({self.key_source}), "
             f"scope={self.scope!r}, kid={self.kid!r}, token_url={self.token_url!r})"
         )
 
@@ -97,7 +105,7 @@ def resolve_smart(
         key_text, source = env[ENV_KEY], f"${ENV_KEY}"
     else:
         raise FatalTransportError(
-            f"SMART client {cid!r} has no private key: give --smart-key-file, "
+            f"SMART client {short_id(cid)!r} has no private key: give --smart-key-file, "
             f"${ENV_KEY_FILE} or ${ENV_KEY}"
         )
     return SmartConfig(
@@ -228,7 +236,8 @@ class SmartBackendAuth(AuthBase):
 
     def __repr__(self) -> str:
         return (
-            f"SmartBackendAuth(client_id={self.config.client_id!r}, alg={self._key.algorithm}, "
+            f"SmartBackendAuth(client_id={short_id(self.config.client_id)!r}, "
+            f"alg={self._key.algorithm}, "
             f"token={REDACTED if self._token else None})"
         )
 
@@ -354,8 +363,8 @@ class SmartBackendAuth(AuthBase):
             description = body.get("error_description", "") if isinstance(body, dict) else ""
             raise FatalTransportError(
                 self._redact(
-                    f"SMART token request for client {self.config.client_id!r} refused by "
-                    f"{token_url} (HTTP {response.status_code} {error})"
+                    f"SMART token request for client {short_id(self.config.client_id)!r} "
+                    f"refused by {token_url} (HTTP {response.status_code} {error})"
                     + (f": {description}" if description else "")
                 ),
                 url=token_url,
@@ -375,7 +384,7 @@ class SmartBackendAuth(AuthBase):
         log.debug(
             "SMART token %d for client %s from %s: scope %s, valid %ds",
             self.renewals,
-            self.config.client_id,
+            short_id(self.config.client_id),
             token_url,
             body.get("scope", self.config.scope),
             lifetime,

@@ -182,6 +182,47 @@ def read_manifest(path: Path) -> tuple[list[Path], list[Path]]:
     return found["output"], found["error"]
 
 
+def manifest_extras(path: Path) -> tuple[set[str], list[Path]]:
+    """A manifest's output types (with resources) and its `deleted` files present in its folder.
+
+    The `deleted` array (Bulk Data IG v2) lists NDJSON files of Bundles whose entries name
+    resources deleted on the server (`request.url` "Type/id"); fhir-cyclo writes it local.
+    """
+    doc = orjson.loads(path.read_bytes().removeprefix(_BOM))  # read_manifest checked it
+    types = {
+        str(e.get("type"))
+        for e in doc.get("output") or []
+        if isinstance(e, dict) and e.get("count") != 0
+    }
+    files: list[Path] = []
+    deleted = doc.get("deleted")
+    for entry in deleted if isinstance(deleted, list) else []:
+        url = entry.get("url") if isinstance(entry, dict) else None
+        name = str(url).rpartition("/")[2] if isinstance(url, str) else ""
+        local = path.parent / name
+        if name and local.is_file() and local.parent.resolve() == path.parent.resolve():
+            files.append(local)
+    return types, files
+
+
+def deleted_keys(path: Path) -> set[str]:
+    """ "Type/id" of every resource a Bulk Data `deleted` file names."""
+    keys: set[str] = set()
+    with _open_ndjson(path) as handle:
+        for raw in handle:
+            try:
+                doc = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                continue
+            entries = doc.get("entry") if isinstance(doc, dict) else None
+            for entry in entries if isinstance(entries, list) else []:
+                request = entry.get("request") if isinstance(entry, dict) else None
+                url = request.get("url") if isinstance(request, dict) else None
+                if isinstance(url, str) and url.count("/") == 1:
+                    keys.add(url)
+    return keys
+
+
 def is_manifest(doc: Any) -> bool:
     """A Bulk Data export manifest: an object with transactionTime and an output list."""
     return (
@@ -226,8 +267,14 @@ def _is_ndjson_copy(file: Path, folder: Path) -> bool:
     )
 
 
-def _folder(folder: Path, on_error: OnError | None, on_notice: OnNotice | None) -> Iterator[Path]:
-    """The FHIR files of a folder tree in sorted order; manifests decide in their folder."""
+def _folder(
+    folder: Path,
+    on_error: OnError | None,
+    on_notice: OnNotice | None,
+    deleted: set[str] | None = None,
+) -> Iterator[Path]:
+    """The FHIR files of a folder tree in sorted order; manifests decide in their folder.
+    `deleted` gets the "Type/id" of resources the manifests list as deleted."""
     files = sorted(p for p in folder.rglob("*") if p.is_file())
     listed: set[Path] = set()
     reported: set[Path] = set()  # error files: reported, never read as data
@@ -242,6 +289,14 @@ def _folder(folder: Path, on_error: OnError | None, on_notice: OnNotice | None) 
             continue
         manifest_dirs.add(manifest.parent)
         listed.update(outputs)
+        types, deleted_files = manifest_extras(manifest)
+        for rtype, why in (("Patient", "scoring needs them"), ("Observation", "no lab values")):
+            if rtype not in types and on_notice is not None:
+                on_notice(f"{manifest}: the Bulk Data export has no {rtype} resources ({why})")
+        for deleted_file in deleted_files:
+            reported.add(deleted_file)
+            if deleted is not None:
+                deleted.update(deleted_keys(deleted_file))
         for error_file in errors:
             reported.add(error_file)
             if on_notice is not None:
@@ -291,20 +346,21 @@ def read_paths(
     `on_error`, reports it there instead and goes on with the next file (or NDJSON line), so the
     valid data in the same run is still scored.
     """
+    deleted: set[str] = set()  # resources a Bulk Data export lists as deleted: not read
     for raw in paths:
         path = Path(raw)
         files: Iterable[Path]
         if path.is_dir():
-            files = _folder(path, on_error, on_notice)
+            files = _folder(path, on_error, on_notice, deleted)
         elif path.name == "manifest.json" and path.is_file():
-            files = _folder(path.parent, on_error, on_notice)
+            files = _folder(path.parent, on_error, on_notice, deleted)
         elif path.exists():
             files = [path]
         else:
             raise InputError("no such file or folder", source=str(path))
         for file in files:
             if file.name.lower().endswith((".ndjson", ".ndjson.gz")):
-                yield from _ndjson_file(file, on_error)
+                yield from _not_deleted(_ndjson_file(file, on_error), deleted, on_notice)
                 continue
             try:
                 # A JSON file is one document: take all of it or none of it.
@@ -315,6 +371,20 @@ def read_paths(
                 on_error(exc)
                 continue
             yield from items
+
+
+def _not_deleted(
+    items: Iterator[SourceItem], deleted: set[str], on_notice: OnNotice | None
+) -> Iterator[SourceItem]:
+    skipped = 0
+    for item in items:
+        resource = item.resource
+        if deleted and f"{resource.get('resourceType')}/{resource.get('id')}" in deleted:
+            skipped += 1
+            continue
+        yield item
+    if skipped and on_notice is not None:
+        on_notice(f"{skipped} resource(s) listed as deleted by the Bulk Data export: not read")
 
 
 def _search(
