@@ -18,11 +18,7 @@ from fhir_cyclo.scoring.rules import REASON_KINDS, Assessment, score, score_pati
 from tests.unit.test_scoring_criteria import BASE_DAY, M3, START, lab, patient, prca, rbc
 
 SCHEMA_PATH = (
-    Path(__file__).resolve().parents[2]
-    / "src"
-    / "fhir_cyclo"
-    / "report"
-    / "score.schema.json"
+    Path(__file__).resolve().parents[2] / "src" / "fhir_cyclo" / "report" / "score.schema.json"
 )
 DATA = Path(__file__).parent / "scoring_data"
 PLT_UNIT = "\u00d710\u2079/L"  # sentences show x10^9/L with a real times sign, not UCUM 10*9/L

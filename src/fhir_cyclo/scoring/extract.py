@@ -23,11 +23,12 @@ from fhir_cyclo.scoring.model import (
     ScoringInputs,
     StartDate,
     TransfusionEvent,
+    codes_text,
     coding_list,
     key_hash,
     type_id,
 )
-from fhir_cyclo.scoring.reader import IDENTIFIER, gc_paused
+from fhir_cyclo.scoring.reader import IDENTIFIER, gc_paused, raw_subject
 
 __all__ = [
     "Measurement",
@@ -114,6 +115,7 @@ class _Extractor(LabReader, MedicationReader):
     def _condition(self, resource: dict[str, Any], full_url: str | None, origin: str) -> None:
         cfg = self.cfg
         found: list[str] = []
+        near: list[str] = []
         for coding in coding_list(resource.get("code")):
             code = coding.get("code")
             if not isinstance(code, str):
@@ -121,13 +123,26 @@ class _Extractor(LabReader, MedicationReader):
             system = coding.get("system")
             if system == cfg.snomed:
                 disease = cfg.snomed_disease.get(code)
+                miss = cfg.near_miss.get(("snomed", code))
+                label = "SNOMED CT"
             elif system in cfg.icd10cm:
                 disease = cfg.icd_disease.get(icd_key(code))
+                miss = cfg.near_miss.get(("icd10cm", icd_key(code)))
+                label = "ICD-10-CM"
+            elif system in cfg.icd10:
+                disease = cfg.icd10_disease.get(icd_key(code))
+                miss = cfg.near_miss.get(("icd10", icd_key(code)))
+                label = "ICD-10"
             else:
                 continue
             if disease and disease not in found:
                 found.append(disease)
+            elif miss is not None:
+                near.append(
+                    f"{label} {code} {miss.display!r} is close to {miss.near} but not in its table"
+                )
         if not found:
+            self._condition_near_miss(resource, full_url, origin, near)
             return
         ref = self._ref(resource, full_url, origin)
         verification = {str(c.get("code")) for c in coding_list(resource.get("verificationStatus"))}
@@ -138,6 +153,27 @@ class _Extractor(LabReader, MedicationReader):
         subject = self._subject(resource, ref)
         if subject is not None:
             self.conditions.setdefault(subject, []).append((tuple(found), ref))
+
+    def _condition_near_miss(
+        self, resource: dict[str, Any], full_url: str | None, origin: str, near: list[str]
+    ) -> None:
+        """Remember a Condition that is almost a scored one (a near-miss code, else a text)."""
+        if not near:
+            code = resource.get("code")
+            texts = [code.get("text") if isinstance(code, dict) else None]
+            texts += [c.get("display") for c in coding_list(code)]
+            patterns = self.cfg.near_miss_text
+            text = next(
+                (t for t in texts if isinstance(t, str) and any(p.search(t) for p in patterns)),
+                None,
+            )
+            if text is None:
+                return
+            near = [f"text {text!r} ({codes_text(code)}) names no code of the ITP/AIHA/PRCA tables"]
+        ref = self._ref(resource, full_url, origin)
+        subject = raw_subject(resource)
+        if subject:
+            self.near_misses.setdefault(subject, []).extend(f"{ref}: {n}" for n in near)
 
     def _procedure(self, resource: dict[str, Any], full_url: str | None, origin: str) -> None:
         code = resource.get("code")
@@ -305,6 +341,15 @@ class _Extractor(LabReader, MedicationReader):
             anchor = anchor_of(raw, events[0].ref)
             if anchor is not None:
                 inputs_for(anchor).transfusions.extend(events)
+        # Already noted where they were read: an unresolvable subject adds no second note.
+        for raw, skips in self.skipped.items():
+            anchor = resolved.get(raw) if raw in resolved else self._anchor(raw)
+            if anchor is not None:
+                inputs_for(anchor).skipped.extend(skips)
+        for raw, misses in self.near_misses.items():
+            anchor = resolved.get(raw) if raw in resolved else self._anchor(raw)
+            if anchor is not None:
+                inputs_for(anchor).near_misses.extend(misses)
 
         for inputs in by_key.values():
             hemoglobin = inputs.labs.get("hemoglobin")

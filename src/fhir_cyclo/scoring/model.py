@@ -68,6 +68,17 @@ class Measurement:
         return is_partial(self.span)
 
 
+@dataclass(frozen=True, slots=True)
+class Skipped:
+    """A result of a scored analyte that was read but not used, and why (reasons, --explain)."""
+
+    ref: str
+    analyte: str
+    span: Span | None  # its date, when it has a usable one
+    why: str
+    kind: str  # "unit", "value", "status", "other": counted per kind in the accounting
+
+
 @dataclass(slots=True)
 class TransfusionEvent:
     """A Procedure whose text names a red-cell transfusion (counted or not, by status)."""
@@ -109,6 +120,8 @@ class PatientInputs:
     labs: dict[str, list[Measurement]] = field(default_factory=dict)
     transfusions: list[TransfusionEvent] = field(default_factory=list)
     tags: tuple[str, ...] = ()  # Patient.meta.tag as "system|code" (synthetic data), for reports
+    skipped: list[Skipped] = field(default_factory=list)  # results read but not used
+    near_misses: list[str] = field(default_factory=list)  # codes/names close to scored ones
 
     @property
     def disease(self) -> str | None:
