@@ -40,6 +40,19 @@ __all__ = [
     "extract",
 ]
 
+
+class InvalidResources(InputError):
+    """--strict: every resource that is not valid FHIR (R4B), listed; nothing is scored."""
+
+    def __init__(self, lines: list[str]) -> None:
+        self.lines = lines
+        shown = "\n  ".join(lines)
+        super().__init__(
+            f"{len(lines)} invalid resource(s); nothing scored (--strict):\n  {shown}",
+            source="score",
+        )
+
+
 # Everything that needs the whole input (reference resolution, Medication lookups) waits for
 # `finish()`: references may point forward in a file and across files.
 
@@ -51,10 +64,12 @@ class _Extractor(LabReader, MedicationReader):
         super().__init__(cfg, strict)
         self.patients: dict[str, dict[str, Any]] = {}  # anchor -> Patient
         self.patient_urls: dict[str, str] = {}  # Bundle fullUrl -> anchor
-        self.conditions: dict[str, list[tuple[tuple[str, ...], str]]] = {}
+        # subject key -> (diseases, Condition ref, the scored codes as "SNOMED CT 2897005, ...")
+        self.conditions: dict[str, list[tuple[tuple[str, ...], str, str]]] = {}
         self.transfusions: dict[str, list[TransfusionEvent]] = {}
         self._validators: dict[str, Any] = {}
         self._by_identifier: dict[str, str] = {}  # "system|value" -> anchor, filled by finish()
+        self.invalid: list[str] = []  # --strict: every invalid resource, one line each
         self._handlers = {
             "Observation": self._observation,
             "DiagnosticReport": self._diagnostic_report,
@@ -97,7 +112,12 @@ class _Extractor(LabReader, MedicationReader):
             return
         self._current = (resource, origin)
         if self.strict:
-            self._validate(resource, self._ref(resource, full_url, origin))
+            try:
+                self._validate(resource, self._ref(resource, full_url, origin))
+            except InputError as exc:
+                # Every invalid resource is listed (issue 24), not only the first one.
+                self.invalid.append(str(exc))
+                return
         try:
             handler(resource, full_url, origin)
         except (AttributeError, TypeError, KeyError) as exc:
@@ -116,6 +136,7 @@ class _Extractor(LabReader, MedicationReader):
         cfg = self.cfg
         found: list[str] = []
         near: list[str] = []
+        matched: list[str] = []
         for coding in coding_list(resource.get("code")):
             code = coding.get("code")
             if not isinstance(code, str):
@@ -135,9 +156,11 @@ class _Extractor(LabReader, MedicationReader):
                 label = "ICD-10"
             else:
                 continue
+            if disease:
+                matched.append(f"{label} {code}")
             if disease and disease not in found:
                 found.append(disease)
-            elif miss is not None:
+            elif not disease and miss is not None:
                 near.append(
                     f"{label} {code} {miss.display!r} is close to {miss.near} but not in its table"
                 )
@@ -152,7 +175,7 @@ class _Extractor(LabReader, MedicationReader):
             return
         subject = self._subject(resource, ref)
         if subject is not None:
-            self.conditions.setdefault(subject, []).append((tuple(found), ref))
+            self.conditions.setdefault(subject, []).append((tuple(found), ref, ", ".join(matched)))
 
     def _condition_near_miss(
         self, resource: dict[str, Any], full_url: str | None, origin: str, near: list[str]
@@ -299,10 +322,11 @@ class _Extractor(LabReader, MedicationReader):
             if anchor is None:
                 continue
             inputs = inputs_for(anchor)
-            for diseases, ref in conditions:
+            for diseases, ref, codes in conditions:
                 for disease in diseases:
                     found_diseases.setdefault(inputs.key, set()).add(disease)
                     inputs.condition_refs.setdefault(disease, ref)
+                    inputs.condition_codes.setdefault(disease, codes)
         for key, coded in found_diseases.items():
             by_key[key].diseases = tuple(d for d in cfg.precedence if d in coded)
 
@@ -424,4 +448,6 @@ def extract(
             else:
                 add(item, None, "input")
     extractor._current = None  # notes from here on are about the whole input
+    if extractor.invalid:
+        raise InvalidResources(extractor.invalid)
     return extractor.finish()

@@ -90,10 +90,11 @@ class LabReader(ReaderBase):
         if status in self._observation_skip or (status is not None and status not in _STATUSES):
             if status in self._observation_skip:
                 why = f"status {status}"
+                self.note(ref, "status", f"{why}; skipped")
             else:
                 near = " (trailing/leading space)" if str(status).strip() in _STATUSES else ""
                 why = f"status {status!r} is not an Observation.status code{near}"
-            self.note(ref, "status", f"{why}; skipped")
+                self.note(ref, "status", f"{why[7:]}; skipped (invalid input)")
             first = analyte or parts[0][2]
             self._remember_skip(resource, ref, raw_subject(resource), first, why, "status")
             return

@@ -116,6 +116,7 @@ class PatientInputs:
     gender: str | None
     diseases: tuple[str, ...] = ()  # every scored disease coded, in precedence order
     condition_refs: dict[str, str] = field(default_factory=dict)  # disease -> first Condition
+    condition_codes: dict[str, str] = field(default_factory=dict)  # disease -> its codes, shown
     start: StartDate | None = None
     labs: dict[str, list[Measurement]] = field(default_factory=dict)
     transfusions: list[TransfusionEvent] = field(default_factory=list)
