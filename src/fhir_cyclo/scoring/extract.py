@@ -46,6 +46,9 @@ class InvalidResources(InputError):
 
     def __init__(self, lines: list[str]) -> None:
         self.lines = lines
+        if len(lines) == 1:  # one line naming file, case, item and element (as before)
+            super().__init__(f"{lines[0]} (--strict: nothing scored)")
+            return
         shown = "\n  ".join(lines)
         super().__init__(
             f"{len(lines)} invalid resource(s); nothing scored (--strict):\n  {shown}",
