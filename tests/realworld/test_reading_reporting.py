@@ -197,6 +197,22 @@ def test_result_skipped_in_window_is_named_not_missing(
     assert "lab results skipped (unit not understood: 1)" in err
 
 
+def test_result_skipped_outside_every_window_is_in_the_patient_reasons(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    old = "Observation/0b4866eb-e0d1-4ae9-9fc8-fca38c3734d5"  # 2011-12-01: in no window
+
+    def bad_unit(r: dict[str, Any]) -> None:
+        r["valueQuantity"] = {"value": 228.6, "unit": "furlongs"}
+
+    path = write(tmp_path, "b.json", edited(PLT_UNITS, old, bad_unit))
+    _, doc, _ = score_json(capsys, str(path))
+    patient = doc["patients"][0]
+    texts = [r["text"] for r in patient["reasons"] if r["kind"] == "value_skipped"]
+    assert texts == [f"PLT result {old} (2011-12-01) skipped: unit 'furlongs' not understood"]
+    assert [a["response"] for a in patient["assessments"]] == ["NE", "NE", "CR"]
+
+
 def test_baseline_skipped_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     def absent(r: dict[str, Any]) -> None:
         r.pop("valueQuantity")

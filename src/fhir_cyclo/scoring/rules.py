@@ -721,6 +721,21 @@ def score_patient(
                 ):
                     defaulted.append(month)
         assessments.append(a)
+    # Every other result read but skipped is named too (issue 24: a unit still not understood
+    # is in that patient's reasons), so "not measured" and "not understood" never look alike.
+    named = {ref for r in reasons for ref in r.refs}
+    named |= {ref for a in assessments for r in a.reasons for ref in r.refs}
+    for skip in inputs.skipped:
+        if skip.ref not in named:
+            named.add(skip.ref)
+            when = _when(skip.span) if skip.span else "no date"
+            reasons.append(
+                Reason(
+                    "value_skipped",
+                    f"{label(skip.analyte)} result {skip.ref} ({when}) skipped: {skip.why}",
+                    (skip.ref,),
+                )
+            )
     if defaulted:
         notes.append(
             Note(
