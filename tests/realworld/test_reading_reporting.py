@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 
 from fhir_cyclo.cli.app import main
@@ -19,6 +20,9 @@ D3 = DATA / "derived" / "d3-micah-itp-32273002.derived.json"
 PLT_UNITS = DATA / "variants" / "d1-damion-itp" / "units" / "plt-00-10x3_per_uL.json"
 BULK = DATA / "original" / "bulk-sample-10-patients"
 ORACLE = DATA / "original" / "oracle-health"
+SCHEMA = json.loads(
+    (Path(__file__).resolve().parents[2] / "src/fhir_cyclo/report/score.schema.json").read_text()
+)
 D1_PATIENT = "Patient/e224268b-e233-45f0-a961-59fd223827c9"
 BASELINE_PLT = "Observation/4e9a5d8e-7dfd-436d-9506-e204514be1ee"
 MONTH12_PLT = "Observation/50253a5d-75f7-47ce-abd8-6c8d2b86c58c"
@@ -194,6 +198,7 @@ def test_result_skipped_in_window_is_named_not_missing(
     assert doc["patients"][0]["assessments"][0]["reasons"][0]["kind"] == "no_value_in_window"
     # Counted in the accounting, by why.
     assert doc["accounting"]["results_skipped"] == {"unit not understood": 1}
+    jsonschema.Draft202012Validator(SCHEMA).validate(doc)  # new kind and count in the schema
     assert "lab results skipped (unit not understood: 1)" in err
 
 
@@ -346,3 +351,4 @@ def test_explain_names_diagnosis_start_results(
     assert entry["diagnosis"]["codes"] == "SNOMED CT 2897005, ICD-10-CM D69.3"
     assert entry["cyclosporine_start"]["kind"] == "MedicationRequest"
     assert entry["results"]["platelets"]["count"] == 3
+    jsonschema.Draft202012Validator(SCHEMA).validate(doc)
