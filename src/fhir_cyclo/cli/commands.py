@@ -437,7 +437,16 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         help="store one response Observation per patient and timepoint on the server",
     )
     p.add_argument(
-        "--strict", action="store_true", help="also validate each resource with fhir.resources R4B"
+        "--strict",
+        action="store_true",
+        help="also validate each resource with fhir.resources R4B; any invalid: all listed, "
+        "nothing scored, exit 1",
+    )
+    p.add_argument(
+        "--explain",
+        action="store_true",
+        help="per patient: diagnosis and code, cyclosporine start and its resource, results, "
+        "results skipped and why, near-miss codes (text on stdout; with --json, its `explain`)",
     )
     from fhir_cyclo.cli import bulk_export as bulk_command
 

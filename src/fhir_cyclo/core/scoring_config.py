@@ -121,6 +121,16 @@ class TextNames:
 
 
 @dataclass(frozen=True)
+class NearMiss:
+    """A code close to a scored disease but not scored (shown, never used to score)."""
+
+    code: str
+    display: str
+    near: str  # the disease it is close to
+    source: str
+
+
+@dataclass(frozen=True)
 class Derived:
     """An analyte computed from two others measured in the same window (minuend - subtrahend)."""
 
@@ -164,6 +174,12 @@ class ScoringConfig:
     transfusion: Transfusion
     criteria: dict[str, Criteria]
     writeback: dict[str, Any]
+    # WHO ICD-10 (issue 24): systems and icd_key(code) -> disease.
+    icd10: frozenset[str] = frozenset()
+    icd10_disease: dict[str, str] = field(default_factory=dict)
+    # Near misses: (system kind "snomed"/"icd10cm"/"icd10", key) -> NearMiss; text patterns.
+    near_miss: dict[tuple[str, str], NearMiss] = field(default_factory=dict)
+    near_miss_text: tuple[re.Pattern[str], ...] = ()
 
     def cite(self, key: str) -> str:
         """Full citation for a `sources` key (the key itself when it is free text)."""
@@ -288,6 +304,21 @@ def _criteria(
     return Criteria(disease=disease, analyte=analyte, rules=tuple(rules), sources=tuple(keys))
 
 
+def _near_misses(data: dict[str, Any]) -> dict[tuple[str, str], NearMiss]:
+    raw = (data["diseases"].get("near_miss") or {}) if isinstance(data["diseases"], dict) else {}
+    found: dict[tuple[str, str], NearMiss] = {}
+    for kind in ("snomed", "icd10cm", "icd10"):
+        for code, entry in (raw.get(kind) or {}).items():
+            path = f"diseases.near_miss.{kind}.{code}"
+            if not isinstance(entry, dict) or entry.get("near") not in DISEASES:
+                raise TerminologyError(f"{_TABLE}: {path}: needs `near` (one of {DISEASES})")
+            key = str(code) if kind == "snomed" else icd_key(str(code))
+            found[(kind, key)] = NearMiss(
+                str(code), _str(entry, "display"), entry["near"], _str(entry, "source")
+            )
+    return found
+
+
 def build_config(data: dict[str, Any]) -> ScoringConfig:
     """Check a parsed scoring table and build the ScoringConfig; TerminologyError if broken."""
     sources_raw = _get(data, "sources")
@@ -300,11 +331,22 @@ def build_config(data: dict[str, Any]) -> ScoringConfig:
         raise TerminologyError(f"{_TABLE}: diseases.precedence: must list {DISEASES} once each")
     snomed_disease: dict[str, str] = {}
     icd_disease: dict[str, str] = {}
+    icd10_disease: dict[str, str] = {}
     for disease in DISEASES:
         for code in _strs(data, f"diseases.codes.{disease}.snomed"):
             snomed_disease[code] = disease
         for code in _strs(data, f"diseases.codes.{disease}.icd10cm"):
             icd_disease[icd_key(code)] = disease
+        for code in data["diseases"]["codes"][disease].get("icd10") or ():
+            icd10_disease[icd_key(str(code))] = disease
+    near_miss = _near_misses(data)
+    try:
+        near_text = tuple(
+            re.compile(p, re.IGNORECASE)
+            for p in (data["diseases"].get("near_miss") or {}).get("text") or ()
+        )
+    except re.error as exc:
+        raise TerminologyError(f"{_TABLE}: diseases.near_miss.text: bad pattern: {exc}") from exc
 
     analytes_raw = _get(data, "analytes")
     if not isinstance(analytes_raw, dict):
@@ -374,6 +416,10 @@ def build_config(data: dict[str, Any]) -> ScoringConfig:
         sources=sources,
         snomed=_str(data, "systems.snomed"),
         icd10cm=frozenset(_strs(data, "systems.icd10cm")),
+        icd10=frozenset(_strs(data, "systems.icd10")),
+        icd10_disease=icd10_disease,
+        near_miss=near_miss,
+        near_miss_text=near_text,
         loinc=_str(data, "systems.loinc"),
         rxnorm_system=_str(data, "systems.rxnorm"),
         ucum=_str(data, "systems.ucum"),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -119,9 +120,13 @@ def to_ucum(unit: str) -> str | None:
         return alias.ucum
     if squeezed in tab.common:
         return squeezed
-    if squeezed.startswith("mc") or "/mc" in squeezed:  # "mcg/L", "/mcL": mc- means micro
-        squeezed = squeezed.replace("/mc", "/u").removeprefix("mc")
-        squeezed = squeezed if squeezed.startswith(("u", "/")) else "u" + squeezed
+    if squeezed.startswith("mc") or "/mc" in squeezed:  # "mcg/L", "10*3/mcL": mc- means micro
+        # Only a LEADING mc becomes u: "10*3/mcL" is 10*3/uL, not u10*3/uL.
+        leading = "u" if squeezed.startswith("mc") else ""
+        squeezed = leading + squeezed.removeprefix("mc").replace("/mc", "/u")
+        alias = tab.aliases.get(squeezed)  # "x10^3/mcL" is the alias "x10^3/uL" spelt with mc
+        if alias is not None:
+            return alias.ucum
     if _parse(squeezed) is not None:
         return squeezed
     alias = tab.aliases_ci.get(squeezed.lower())
@@ -175,6 +180,10 @@ def convert(code: str, target: str, substance: str | None = None) -> float | Non
     source, dest = _parse(code), _parse(target)
     if source is None or dest is None:
         return None
+    if _arbitrary(code) != _arbitrary(target):
+        # UCUM arbitrary units ([IU], [arb'U], ...) are dimensionless to pint: without this,
+        # 1 [IU]/L would "convert" to 1e-09 10*9/L. They convert only into themselves.
+        return None
     try:
         if source.dimensionality == dest.dimensionality:
             return _round((1 * source).to(dest).magnitude)
@@ -188,6 +197,14 @@ def convert(code: str, target: str, substance: str | None = None) -> float | Non
     except Exception:  # pint: offset units, overflow on absurd prefixes
         return None
     return None
+
+
+_ARBITRARY = re.compile(r"\[[^\]]*(?:U|ID_50|Lf)\]")
+
+
+def _arbitrary(code: str) -> frozenset[str]:
+    """The UCUM arbitrary units in a code ("[IU]", "[arb'U]", "[TCID_50]", ...)."""
+    return frozenset(_ARBITRARY.findall(code))
 
 
 def factor_table(targets: Iterable[tuple[str, str | None]]) -> str:

@@ -37,11 +37,20 @@ OnError = Callable[[InputError], None]
 OnNotice = Callable[[str], None]  # a warning that does not make the run fail
 
 
-def iter_document(doc: Any, origin: str) -> Iterator[SourceItem]:
-    """Resources in a parsed JSON document: any Bundle type (nested too), a resource, or a list."""
+class NotFhir(InputError):
+    """A document that is JSON but not FHIR (a client's log, a Bundle entry object): skipped
+    with one notice, not an error (issue 24: reading is forgiving, reporting exact)."""
+
+
+def iter_document(doc: Any, origin: str, on_notice: OnNotice | None = None) -> Iterator[SourceItem]:
+    """Resources in a parsed JSON document: any Bundle type (nested too), a resource, or a list.
+
+    Bundle entries with no resource that nothing explains (no DELETE request, no response) are
+    named through `on_notice` and skipped.
+    """
     if isinstance(doc, list):
         for item in doc:
-            yield from iter_document(item, origin)
+            yield from iter_document(item, origin, on_notice)
         return
     if not isinstance(doc, dict) or not isinstance(doc.get("resourceType"), str):
         if isinstance(doc, dict) and "identifier" in doc and "patient" in doc:
@@ -50,7 +59,7 @@ def iter_document(doc: Any, origin: str) -> Iterator[SourceItem]:
                 "FILE --out DIR` first, then score DIR",
                 source=origin,
             )
-        raise InputError("not a FHIR resource (no resourceType)", source=origin)
+        raise NotFhir("not a FHIR resource (no resourceType)", source=origin)
     if doc["resourceType"] == "OperationOutcome":
         # A saved error response where data was expected: say what the server said.
         issues = doc.get("issue") or [{}]
@@ -68,16 +77,27 @@ def iter_document(doc: Any, origin: str) -> Iterator[SourceItem]:
         # Entries without a resource (DELETE in a transaction, history tombstones) carry nothing.
         resource = entry.get("resource") if isinstance(entry, dict) else None
         if resource is None:
+            if on_notice is not None and not _explained(entry):
+                on_notice(f"{origin}: Bundle.entry[{i}]: no resource; skipped (malformed entry)")
             continue
         if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
             raise InputError("not a FHIR resource", source=origin, path=f"entry[{i}].resource")
         if resource["resourceType"] == "Bundle":
-            yield from iter_document(resource, origin)
+            yield from iter_document(resource, origin, on_notice)
         else:
             yield SourceItem(resource, entry.get("fullUrl"), origin)
 
 
-def _json_file(path: Path) -> Iterator[SourceItem]:
+def _explained(entry: Any) -> bool:
+    """An entry that rightly has no resource: a DELETE (transaction, history) or a response."""
+    if not isinstance(entry, dict):
+        return False
+    request = entry.get("request")
+    method = request.get("method") if isinstance(request, dict) else None
+    return method == "DELETE" or isinstance(entry.get("response"), dict)
+
+
+def _json_file(path: Path, on_notice: OnNotice | None = None) -> Iterator[SourceItem]:
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -88,7 +108,7 @@ def _json_file(path: Path) -> Iterator[SourceItem]:
         doc = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
         raise InputError(f"not valid JSON: {exc}", source=str(path)) from exc
-    yield from iter_document(doc, str(path))
+    yield from iter_document(doc, str(path), on_notice)
 
 
 def _open_ndjson(path: Path) -> IO[bytes] | gzip.GzipFile:
@@ -98,11 +118,14 @@ def _open_ndjson(path: Path) -> IO[bytes] | gzip.GzipFile:
     return path.open("rb")
 
 
-def _ndjson_file(path: Path, on_error: OnError | None = None) -> Iterator[SourceItem]:
+def _ndjson_file(
+    path: Path, on_error: OnError | None = None, on_notice: OnNotice | None = None
+) -> Iterator[SourceItem]:
     try:
         handle = _open_ndjson(path)
     except OSError as exc:
         raise InputError(f"cannot read: {exc.strerror or exc}", source=str(path)) from exc
+    fhir_seen = False
     with handle:
         try:
             for number, raw in enumerate(handle, 1):
@@ -111,7 +134,7 @@ def _ndjson_file(path: Path, on_error: OnError | None = None) -> Iterator[Source
                     continue
                 try:
                     doc = orjson.loads(line)
-                    items = list(iter_document(doc, f"{path}:{number}"))
+                    items = list(iter_document(doc, f"{path}:{number}", on_notice))
                 except orjson.JSONDecodeError as exc:
                     error = InputError(
                         f"not valid JSON: {exc}", source=str(path), path=f"line {number}"
@@ -120,11 +143,22 @@ def _ndjson_file(path: Path, on_error: OnError | None = None) -> Iterator[Source
                         raise error from exc
                     on_error(error)  # one bad line loses that line only
                     continue
+                except NotFhir as exc:
+                    if fhir_seen or on_notice is None:
+                        if on_error is None:
+                            raise
+                        on_error(exc)  # a non-resource line among resources is an error
+                        continue
+                    # The first line is JSON but no resource (a client's log.ndjson): the whole
+                    # file is not FHIR data.
+                    on_notice(f"{path}: skipped: not FHIR resources (line {number}: {exc.message})")
+                    return
                 except InputError as exc:
                     if on_error is None:
                         raise
                     on_error(exc)
                     continue
+                fhir_seen = True
                 yield from items
         except (OSError, EOFError) as exc:  # a truncated or corrupt .gz
             error = InputError(f"cannot read: {exc}", source=str(path))
@@ -360,11 +394,16 @@ def read_paths(
             raise InputError("no such file or folder", source=str(path))
         for file in files:
             if file.name.lower().endswith((".ndjson", ".ndjson.gz")):
-                yield from _not_deleted(_ndjson_file(file, on_error), deleted, on_notice)
+                yield from _not_deleted(_ndjson_file(file, on_error, on_notice), deleted, on_notice)
                 continue
             try:
                 # A JSON file is one document: take all of it or none of it.
-                items = list(_json_file(file))
+                items = list(_json_file(file, on_notice))
+            except NotFhir as exc:
+                if on_notice is None:
+                    raise
+                on_notice(f"{exc}; skipped")
+                continue
             except InputError as exc:
                 if on_error is None:
                     raise

@@ -23,11 +23,12 @@ from fhir_cyclo.scoring.model import (
     ScoringInputs,
     StartDate,
     TransfusionEvent,
+    codes_text,
     coding_list,
     key_hash,
     type_id,
 )
-from fhir_cyclo.scoring.reader import IDENTIFIER, gc_paused
+from fhir_cyclo.scoring.reader import IDENTIFIER, gc_paused, raw_subject
 
 __all__ = [
     "Measurement",
@@ -38,6 +39,22 @@ __all__ = [
     "TransfusionEvent",
     "extract",
 ]
+
+
+class InvalidResources(InputError):
+    """--strict: every resource that is not valid FHIR (R4B), listed; nothing is scored."""
+
+    def __init__(self, lines: list[str]) -> None:
+        self.lines = lines
+        if len(lines) == 1:  # one line naming file, case, item and element (as before)
+            super().__init__(f"{lines[0]} (--strict: nothing scored)")
+            return
+        shown = "\n  ".join(lines)
+        super().__init__(
+            f"{len(lines)} invalid resource(s); nothing scored (--strict):\n  {shown}",
+            source="score",
+        )
+
 
 # Everything that needs the whole input (reference resolution, Medication lookups) waits for
 # `finish()`: references may point forward in a file and across files.
@@ -50,10 +67,12 @@ class _Extractor(LabReader, MedicationReader):
         super().__init__(cfg, strict)
         self.patients: dict[str, dict[str, Any]] = {}  # anchor -> Patient
         self.patient_urls: dict[str, str] = {}  # Bundle fullUrl -> anchor
-        self.conditions: dict[str, list[tuple[tuple[str, ...], str]]] = {}
+        # subject key -> (diseases, Condition ref, the scored codes as "SNOMED CT 2897005, ...")
+        self.conditions: dict[str, list[tuple[tuple[str, ...], str, str]]] = {}
         self.transfusions: dict[str, list[TransfusionEvent]] = {}
         self._validators: dict[str, Any] = {}
         self._by_identifier: dict[str, str] = {}  # "system|value" -> anchor, filled by finish()
+        self.invalid: list[str] = []  # --strict: every invalid resource, one line each
         self._handlers = {
             "Observation": self._observation,
             "DiagnosticReport": self._diagnostic_report,
@@ -96,7 +115,12 @@ class _Extractor(LabReader, MedicationReader):
             return
         self._current = (resource, origin)
         if self.strict:
-            self._validate(resource, self._ref(resource, full_url, origin))
+            try:
+                self._validate(resource, self._ref(resource, full_url, origin))
+            except InputError as exc:
+                # Every invalid resource is listed (issue 24), not only the first one.
+                self.invalid.append(str(exc))
+                return
         try:
             handler(resource, full_url, origin)
         except (AttributeError, TypeError, KeyError) as exc:
@@ -114,6 +138,8 @@ class _Extractor(LabReader, MedicationReader):
     def _condition(self, resource: dict[str, Any], full_url: str | None, origin: str) -> None:
         cfg = self.cfg
         found: list[str] = []
+        near: list[str] = []
+        matched: list[str] = []
         for coding in coding_list(resource.get("code")):
             code = coding.get("code")
             if not isinstance(code, str):
@@ -121,13 +147,28 @@ class _Extractor(LabReader, MedicationReader):
             system = coding.get("system")
             if system == cfg.snomed:
                 disease = cfg.snomed_disease.get(code)
+                miss = cfg.near_miss.get(("snomed", code))
+                label = "SNOMED CT"
             elif system in cfg.icd10cm:
                 disease = cfg.icd_disease.get(icd_key(code))
+                miss = cfg.near_miss.get(("icd10cm", icd_key(code)))
+                label = "ICD-10-CM"
+            elif system in cfg.icd10:
+                disease = cfg.icd10_disease.get(icd_key(code))
+                miss = cfg.near_miss.get(("icd10", icd_key(code)))
+                label = "ICD-10"
             else:
                 continue
+            if disease:
+                matched.append(f"{label} {code}")
             if disease and disease not in found:
                 found.append(disease)
+            elif not disease and miss is not None:
+                near.append(
+                    f"{label} {code} {miss.display!r} is close to {miss.near} but not in its table"
+                )
         if not found:
+            self._condition_near_miss(resource, full_url, origin, near)
             return
         ref = self._ref(resource, full_url, origin)
         verification = {str(c.get("code")) for c in coding_list(resource.get("verificationStatus"))}
@@ -137,7 +178,28 @@ class _Extractor(LabReader, MedicationReader):
             return
         subject = self._subject(resource, ref)
         if subject is not None:
-            self.conditions.setdefault(subject, []).append((tuple(found), ref))
+            self.conditions.setdefault(subject, []).append((tuple(found), ref, ", ".join(matched)))
+
+    def _condition_near_miss(
+        self, resource: dict[str, Any], full_url: str | None, origin: str, near: list[str]
+    ) -> None:
+        """Remember a Condition that is almost a scored one (a near-miss code, else a text)."""
+        if not near:
+            code = resource.get("code")
+            texts = [code.get("text") if isinstance(code, dict) else None]
+            texts += [c.get("display") for c in coding_list(code)]
+            patterns = self.cfg.near_miss_text
+            text = next(
+                (t for t in texts if isinstance(t, str) and any(p.search(t) for p in patterns)),
+                None,
+            )
+            if text is None:
+                return
+            near = [f"text {text!r} ({codes_text(code)}) names no code of the ITP/AIHA/PRCA tables"]
+        ref = self._ref(resource, full_url, origin)
+        subject = raw_subject(resource)
+        if subject:
+            self.near_misses.setdefault(subject, []).extend(f"{ref}: {n}" for n in near)
 
     def _procedure(self, resource: dict[str, Any], full_url: str | None, origin: str) -> None:
         code = resource.get("code")
@@ -263,10 +325,11 @@ class _Extractor(LabReader, MedicationReader):
             if anchor is None:
                 continue
             inputs = inputs_for(anchor)
-            for diseases, ref in conditions:
+            for diseases, ref, codes in conditions:
                 for disease in diseases:
                     found_diseases.setdefault(inputs.key, set()).add(disease)
                     inputs.condition_refs.setdefault(disease, ref)
+                    inputs.condition_codes.setdefault(disease, codes)
         for key, coded in found_diseases.items():
             by_key[key].diseases = tuple(d for d in cfg.precedence if d in coded)
 
@@ -305,6 +368,15 @@ class _Extractor(LabReader, MedicationReader):
             anchor = anchor_of(raw, events[0].ref)
             if anchor is not None:
                 inputs_for(anchor).transfusions.extend(events)
+        # Already noted where they were read: an unresolvable subject adds no second note.
+        for raw, skips in self.skipped.items():
+            anchor = resolved.get(raw) if raw in resolved else self._anchor(raw)
+            if anchor is not None:
+                inputs_for(anchor).skipped.extend(skips)
+        for raw, misses in self.near_misses.items():
+            anchor = resolved.get(raw) if raw in resolved else self._anchor(raw)
+            if anchor is not None:
+                inputs_for(anchor).near_misses.extend(misses)
 
         for inputs in by_key.values():
             hemoglobin = inputs.labs.get("hemoglobin")
@@ -379,4 +451,6 @@ def extract(
             else:
                 add(item, None, "input")
     extractor._current = None  # notes from here on are about the whole input
+    if extractor.invalid:
+        raise InvalidResources(extractor.invalid)
     return extractor.finish()

@@ -6,8 +6,8 @@ from typing import Any
 
 from fhir_cyclo.core.scoring_config import Analyte, ScoringConfig
 from fhir_cyclo.scoring.dates import Span, parse_span
-from fhir_cyclo.scoring.model import Measurement, codes_text, coding_list
-from fhir_cyclo.scoring.reader import ReaderBase
+from fhir_cyclo.scoring.model import Measurement, Skipped, codes_text, coding_list
+from fhir_cyclo.scoring.reader import ReaderBase, raw_subject
 
 # This path runs over every lab result of a cohort, so it works on the parsed dicts as they are
 # (no model validation unless strict=True, no copies) and keeps the common shapes inline.
@@ -15,6 +15,20 @@ from fhir_cyclo.scoring.reader import ReaderBase
 # Observation date fallbacks after effectiveDateTime (effective[x] is a choice, then issued).
 _OBSERVATION_DATES = ("effectivePeriod.start", "effectivePeriod.end", "effectiveInstant", "issued")
 _NUMBER = (int, float)
+# Observation.status (FHIR R4, required binding). Anything else (e.g. Oracle Health's published
+# "entered-in-error " with a trailing space) is invalid input: named and skipped, never guessed.
+_STATUSES = frozenset(
+    [
+        "registered",
+        "preliminary",
+        "final",
+        "amended",
+        "corrected",
+        "cancelled",
+        "entered-in-error",
+        "unknown",
+    ]
+)
 # What a DiagnosticReport lends to the Observations it contains when they lack their own.
 # Prefixes: "effective" covers the whole effective[x] choice.
 _REPORT_INHERITS = ("subject", "effective", "issued")
@@ -73,8 +87,16 @@ class LabReader(ReaderBase):
         rid = resource.get("id")
         ref = f"Observation/{rid}" if rid else self._ref(resource, full_url, origin)
         status = resource.get("status")
-        if status in self._observation_skip:
-            self.note(ref, "status", f"status {status}; skipped")
+        if status in self._observation_skip or (status is not None and status not in _STATUSES):
+            if status in self._observation_skip:
+                why = f"status {status}"
+                self.note(ref, "status", f"{why}; skipped")
+            else:
+                near = " (trailing/leading space)" if str(status).strip() in _STATUSES else ""
+                why = f"status {status!r} is not an Observation.status code{near}"
+                self.note(ref, "status", f"{why[7:]}; skipped (invalid input)")
+            first = analyte or parts[0][2]
+            self._remember_skip(resource, ref, raw_subject(resource), first, why, "status")
             return
         # The common literal reference inline; everything else (and its notes) in _subject.
         subject = resource.get("subject")
@@ -123,10 +145,12 @@ class LabReader(ReaderBase):
                 else:
                     why = ""
                 self.note(ref, prefix + what, f"no value{why}; skipped")
+                self._remember_skip(resource, ref, subject, analyte, f"no value{why}", "value")
                 return
         else:
             if isinstance(raw, bool) or not isinstance(raw, _NUMBER):
                 self.note(ref, prefix + "valueQuantity.value", f"not a number: {raw!r}; skipped")
+                self._remember_skip(resource, ref, subject, analyte, "not a number", "value")
                 return
             comparator = quantity.get("comparator")
             if comparator:
@@ -135,6 +159,8 @@ class LabReader(ReaderBase):
                     prefix + "valueQuantity.comparator",
                     f"{comparator}{raw} is a bound, not a measurement; skipped",
                 )
+                why = f"{comparator}{raw} is a bound"
+                self._remember_skip(resource, ref, subject, analyte, why, "value")
                 return
             unit_code = quantity.get("code")
             if unit_code and quantity.get("system") == self._ucum:  # _unit's common case, inline
@@ -144,12 +170,15 @@ class LabReader(ReaderBase):
             if not unit:
                 path = prefix + "valueQuantity.unit"
                 self.note(ref, path, f"no unit for {analyte.name}; skipped")
+                self._remember_skip(resource, ref, subject, analyte, "no unit", "unit")
                 return
             found = analyte.factor(unit)
             if found is None:
                 self.note(
                     ref, prefix + unit_path, f"unknown unit {unit!r} for {analyte.name}; skipped"
                 )
+                why = f"unit {unit!r} not understood"
+                self._remember_skip(resource, ref, subject, analyte, why, "unit")
                 return
             factor = found
             value = round(raw * factor, 4)
@@ -193,6 +222,32 @@ class LabReader(ReaderBase):
             self.labs[subject] = [measurement]
         else:
             bucket.append(measurement)
+
+    def _remember_skip(  # noqa: PLR0917 - one call per skip path above
+        self,
+        resource: dict[str, Any],
+        ref: str,
+        subject: str,
+        analyte: Analyte,
+        why: str,
+        kind: str,
+    ) -> None:
+        """Keep a skipped result of a scored analyte, dated when it can be, for the reasons
+        ("a PLT in the window was skipped because ...") and --explain. Only skips: rare."""
+        if not subject:
+            return
+        span = None
+        for path in ("effectiveDateTime", *_OBSERVATION_DATES):
+            head, _, tail = path.partition(".")
+            value = resource.get(head)
+            value = value.get(tail) if tail and isinstance(value, dict) else value
+            if isinstance(value, str):
+                try:
+                    span = parse_span(value)
+                    break
+                except (ValueError, TypeError):
+                    continue
+        self.skipped.setdefault(subject, []).append(Skipped(ref, analyte.name, span, why, kind))
 
     def _diagnostic_report(
         self, resource: dict[str, Any], full_url: str | None, origin: str

@@ -7,7 +7,7 @@ from typing import Any
 from fhir_cyclo.core.scoring_config import ScoringConfig
 from fhir_cyclo.scoring.dates import Span, parse_span
 from fhir_cyclo.scoring.model import StartDate, coding_list, type_id
-from fhir_cyclo.scoring.reader import ReaderBase
+from fhir_cyclo.scoring.reader import ReaderBase, raw_subject
 
 # Evidence order for the start, strongest first (README "Scoring"): a statement says the drug was
 # taken (and is where a start before admission is recorded), an administration that a dose was
@@ -36,10 +36,28 @@ class MedicationReader(ReaderBase):
         if "medicationCodeableConcept" in resource and not self._names_cyclosporine(
             resource["medicationCodeableConcept"], ref
         ):
+            self._drug_near_miss(resource, ref)
             return
         subject = self._subject(resource, ref)
         if subject is not None:
             self.med_resources.append((resource, ref, subject))
+
+    def _drug_near_miss(self, resource: dict[str, Any], ref: str) -> None:
+        """A drug named cyclosporine in text but coded (RxNorm) as a code not in the table."""
+        concept = resource["medicationCodeableConcept"]
+        if not isinstance(concept, dict):
+            return
+        codings = coding_list(concept)
+        texts = [concept.get("text"), *(c.get("display") for c in codings)]
+        matcher = self.cfg.medication_text.matches
+        found = next((t for t in texts if isinstance(t, str) and matcher(t)), None)
+        subject = raw_subject(resource)
+        if found is not None and subject:
+            codes = ",".join(str(c.get("code")) for c in codings)
+            self.near_misses.setdefault(subject, []).append(
+                f"{ref}: drug text {found!r} names cyclosporine but its code ({codes}) is not "
+                "in the cyclosporine table; not used"
+            )
 
     def _has_rxnorm(self, concept: Any) -> bool:
         system, codes = self.cfg.rxnorm_system, self.cfg.rxnorm

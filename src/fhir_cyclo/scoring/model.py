@@ -68,6 +68,17 @@ class Measurement:
         return is_partial(self.span)
 
 
+@dataclass(frozen=True, slots=True)
+class Skipped:
+    """A result of a scored analyte that was read but not used, and why (reasons, --explain)."""
+
+    ref: str
+    analyte: str
+    span: Span | None  # its date, when it has a usable one
+    why: str
+    kind: str  # "unit", "value", "status", "other": counted per kind in the accounting
+
+
 @dataclass(slots=True)
 class TransfusionEvent:
     """A Procedure whose text names a red-cell transfusion (counted or not, by status)."""
@@ -105,10 +116,13 @@ class PatientInputs:
     gender: str | None
     diseases: tuple[str, ...] = ()  # every scored disease coded, in precedence order
     condition_refs: dict[str, str] = field(default_factory=dict)  # disease -> first Condition
+    condition_codes: dict[str, str] = field(default_factory=dict)  # disease -> its codes, shown
     start: StartDate | None = None
     labs: dict[str, list[Measurement]] = field(default_factory=dict)
     transfusions: list[TransfusionEvent] = field(default_factory=list)
     tags: tuple[str, ...] = ()  # Patient.meta.tag as "system|code" (synthetic data), for reports
+    skipped: list[Skipped] = field(default_factory=list)  # results read but not used
+    near_misses: list[str] = field(default_factory=list)  # codes/names close to scored ones
 
     @property
     def disease(self) -> str | None:

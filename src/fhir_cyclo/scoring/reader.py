@@ -9,7 +9,7 @@ from typing import Any
 
 from fhir_cyclo.core.scoring_config import ScoringConfig
 from fhir_cyclo.scoring.dates import Span, parse_span
-from fhir_cyclo.scoring.model import Measurement, Note, item_context
+from fhir_cyclo.scoring.model import Measurement, Note, Skipped, item_context
 
 IDENTIFIER = "identifier:"
 
@@ -60,6 +60,10 @@ class ReaderBase:
         self.labs: dict[str, list[Measurement]] = {}
         self.medications: dict[str, dict[str, Any]] = {}  # "Medication/id" and fullUrl -> res
         self.med_resources: list[tuple[dict[str, Any], str, str]] = []  # (res, ref, subject key)
+        # subject key -> what a data manager should see although it is not scored: near-miss
+        # codes/names and results of a scored analyte that were skipped (score --explain).
+        self.near_misses: dict[str, list[str]] = {}
+        self.skipped: dict[str, list[Skipped]] = {}
 
     def note(self, source: str, path: str, message: str) -> None:
         # Only when noting: the resource being read names its file, case and item.

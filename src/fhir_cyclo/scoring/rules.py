@@ -14,6 +14,7 @@ from fhir_cyclo.scoring.model import (
     Note,
     PatientInputs,
     ScoringInputs,
+    Skipped,
     TransfusionEvent,
     log_name,
 )
@@ -26,6 +27,7 @@ REASON_KINDS = (
     "normal_without_value",  # a value-less Hb with interpretation N counted as normal (PRCA)
     "transfusion_in_window",  # a counted red-cell transfusion inside the transfusion-free window
     "no_value_in_window",  # NE: no measurement of the scored analyte in the timepoint window
+    "value_skipped",  # NE: a result in the window was read but skipped (unit, value, status)
     "no_baseline",  # NE: no baseline in [start - days, start]
     "date_imputed",  # a partial date was placed at a day of its interval
 )
@@ -153,6 +155,8 @@ class Accounting:
     read: int = 0
     scored: int = 0
     not_scored: dict[str, int] = field(default_factory=dict)
+    # Results of a scored analyte read but skipped, by why ("unit not understood", ...).
+    results_skipped: dict[str, int] = field(default_factory=dict)
 
     def summary(self) -> str:
         """`read N patient(s): scored N, not scored N (reason: n; ...)`."""
@@ -161,14 +165,31 @@ class Accounting:
         if skipped:
             reasons = "; ".join(f"{r}: {n}" for r, n in sorted(self.not_scored.items()))
             text += f" ({reasons})"
+        if self.results_skipped:
+            counts = "; ".join(f"{r}: {n}" for r, n in sorted(self.results_skipped.items()))
+            text += f"; lab results skipped ({counts})"
         return text
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        found: dict[str, Any] = {
             "patients_read": self.read,
             "scored": self.scored,
             "not_scored": dict(sorted(self.not_scored.items())),
         }
+        if self.results_skipped:  # only when some were: documents of clean data stay as before
+            found["results_skipped"] = dict(sorted(self.results_skipped.items()))
+        return found
+
+    def add(self, part: Accounting) -> None:
+        """Add the counts of a disjoint group of patients."""
+        self.read += part.read
+        self.scored += part.scored
+        for mine, theirs in (
+            (self.not_scored, part.not_scored),
+            (self.results_skipped, part.results_skipped),
+        ):
+            for reason, count in theirs.items():
+                mine[reason] = mine.get(reason, 0) + count
 
 
 @dataclass
@@ -528,7 +549,42 @@ def _nearest_outside(series: Iterable[Measurement], target: date) -> Measurement
     return best[2] if best else None
 
 
-def _no_value_reason(series: list[Measurement], a: Assessment, name: str) -> Reason:
+_SKIP_KINDS = {
+    "unit": "unit not understood",
+    "value": "no usable value",
+    "status": "status",
+    "other": "other",
+}
+
+
+def skipped_in(inputs: PatientInputs, analyte: str, window: Span) -> list[Skipped]:
+    """Results of `analyte` dated inside `window` that were read but skipped."""
+    return [
+        s
+        for s in inputs.skipped
+        if s.analyte == analyte
+        and s.span is not None
+        and s.span[0] <= window[1]
+        and s.span[1] >= window[0]
+    ]
+
+
+def _skipped_text(skips: list[Skipped]) -> str:
+    return "; ".join(f"{s.ref} ({_when(s.span)}): {s.why}" for s in skips if s.span)
+
+
+def _no_value_reason(
+    series: list[Measurement], a: Assessment, name: str, skips: list[Skipped] | None = None
+) -> Reason:
+    if skips:
+        # Measured, not understood: not the same as not measured (issue 24).
+        return Reason(
+            "value_skipped",
+            f"NE: no usable {name} in window {_span_text(a.window)} (target "
+            f"{a.target.isoformat()}): {len(skips)} result(s) there skipped: "
+            f"{_skipped_text(skips)}",
+            tuple(s.ref for s in skips),
+        )
     text = f"NE: no {name} in window {_span_text(a.window)} (target {a.target.isoformat()})"
     nearest = _nearest_outside(series, a.target)
     if nearest is None:
@@ -540,6 +596,23 @@ def _no_value_reason(series: list[Measurement], a: Assessment, name: str) -> Rea
         "no_value_in_window",
         f"{text}; nearest {nearest.date_text}, {gap} d {side} the window",
         (nearest.ref,),
+    )
+
+
+def _same_instant(series: list[Measurement], pick: Pick, role: str, name: str) -> Note | None:
+    """A note when other results were written at exactly the instant of the one used."""
+    m = pick.measurement
+    others = sorted(
+        o.ref for o in series if o.date_text == m.date_text and o.ref != m.ref and not m.partial
+    )
+    if not others:
+        return None
+    values = sorted({str(o.value) for o in series if o.date_text == m.date_text})
+    return Note(
+        m.ref,
+        role,
+        f"{len(others) + 1} {name} results at the same instant {m.date_text} (values "
+        f"{', '.join(values)}; also {', '.join(others)}): used {m.ref} (the last by reference)",
     )
 
 
@@ -585,16 +658,32 @@ def score_patient(
                 "every timepoint NE",
             )
         )
-        reasons.append(
-            Reason(
-                "no_baseline",
-                f"no {name} value in the baseline window {_span_text(base_window)}: "
-                "every timepoint NE",
+        skips = skipped_in(inputs, criteria.analyte, base_window)
+        if skips:
+            reasons.append(
+                Reason(
+                    "value_skipped",
+                    f"no usable {name} value in the baseline window {_span_text(base_window)}: "
+                    f"{len(skips)} result(s) there skipped: {_skipped_text(skips)}; every "
+                    "timepoint NE",
+                    tuple(s.ref for s in skips),
+                )
             )
-        )
+        else:
+            reasons.append(
+                Reason(
+                    "no_baseline",
+                    f"no {name} value in the baseline window {_span_text(base_window)}: "
+                    "every timepoint NE",
+                )
+            )
     elif baseline.imputed:
         notes.append(_imputed_note(baseline, "baseline"))
         reasons.append(_imputed_reason(baseline, f"baseline {name}"))
+    if baseline is not None:
+        twin = _same_instant(series, baseline, "baseline", name)
+        if twin is not None:
+            notes.append(twin)
     assessments = []
     defaulted: list[int] = []  # months that used the sex-less lower limit of normal
     for month in cfg.months:
@@ -609,9 +698,13 @@ def score_patient(
         else:
             a.pick = pick_closest(series, target, cfg.window_days)
             if a.pick is None:
-                a.reasons.append(_no_value_reason(series, a, name))
+                skips = skipped_in(inputs, criteria.analyte, window)
+                a.reasons.append(_no_value_reason(series, a, name, skips))
             else:
                 a.response = classify(criteria, cfg, inputs, baseline, a)
+                twin = _same_instant(series, a.pick, f"month {month}", name)
+                if twin is not None:
+                    notes.append(twin)
                 if a.pick.imputed:
                     notes.append(_imputed_note(a.pick, f"month {month}"))
                     a.reasons.append(_imputed_reason(a.pick, name))
@@ -628,6 +721,21 @@ def score_patient(
                 ):
                     defaulted.append(month)
         assessments.append(a)
+    # Every other result read but skipped is named too (issue 24: a unit still not understood
+    # is in that patient's reasons), so "not measured" and "not understood" never look alike.
+    named = {ref for r in reasons for ref in r.refs}
+    named |= {ref for a in assessments for r in a.reasons for ref in r.refs}
+    for skip in inputs.skipped:
+        if skip.ref not in named:
+            named.add(skip.ref)
+            when = _when(skip.span) if skip.span else "no date"
+            reasons.append(
+                Reason(
+                    "value_skipped",
+                    f"{label(skip.analyte)} result {skip.ref} ({when}) skipped: {skip.why}",
+                    (skip.ref,),
+                )
+            )
     if defaulted:
         notes.append(
             Note(
@@ -656,6 +764,9 @@ def score(inputs: ScoringInputs, config: ScoringConfig | None = None) -> CohortS
     patients = []
     accounting = Accounting(read=len(inputs.patients))
     for p in inputs.patients:
+        for skip in p.skipped:
+            why = _SKIP_KINDS.get(skip.kind, skip.kind)
+            accounting.results_skipped[why] = accounting.results_skipped.get(why, 0) + 1
         if len(p.diseases) > 1:
             notes.append(
                 Note(
@@ -678,8 +789,9 @@ def score(inputs: ScoringInputs, config: ScoringConfig | None = None) -> CohortS
                     Note(log_name(p), "MedicationStatement", "no cyclosporine start; not scored")
                 )
             elif p.start is not None:
+                near = f" (near miss: {'; '.join(p.near_misses)})" if p.near_misses else ""
                 notes.append(
-                    Note(log_name(p), "Condition", "no ITP/AIHA/PRCA Condition; not scored")
+                    Note(log_name(p), "Condition", f"no ITP/AIHA/PRCA Condition{near}; not scored")
                 )
             continue
         scored, more = score_patient(p, cfg)

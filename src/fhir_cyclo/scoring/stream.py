@@ -17,7 +17,7 @@ from fhir_cyclo.core.scoring_config import ScoringConfig, load_config
 from fhir_cyclo.readers.fhir import SourceItem
 from fhir_cyclo.report import to_json, to_table
 from fhir_cyclo.report.document import FORMAT, tail
-from fhir_cyclo.scoring.extract import Note, PatientInputs, extract
+from fhir_cyclo.scoring.extract import InvalidResources, Note, PatientInputs, extract
 from fhir_cyclo.scoring.grouping import IN_MEMORY_LIMIT, PARTITION_SIZE, grouped
 from fhir_cyclo.scoring.rules import Accounting, Assessment, CohortScore, PatientScore, score
 
@@ -53,12 +53,17 @@ def score_groups(
     """
     cfg = config or load_config()
     result = StreamResult(0, 0, 0, [], [], cfg, Accounting(), [])
+    invalid: list[str] = []
     shared: dict[tuple[Any, ...], PatientScore] = {}
     groups = grouped(
         items, in_memory_limit=in_memory_limit, partition_size=partition_size, tmp_dir=tmp
     )
     for n, group in enumerate(groups):
-        cohort = score(extract(group, config=cfg, strict=strict), cfg)
+        try:
+            cohort = score(extract(group, config=cfg, strict=strict), cfg)
+        except InvalidResources as exc:
+            invalid.extend(exc.lines)  # listed at the end, every group's
+            continue
         del group
         result.warnings.extend(cohort.notes)
         for note in cohort.notes:
@@ -80,11 +85,9 @@ def score_groups(
             result.tally.append(stand_in)
         result.patients += len(cohort.patients)
         # Groups hold disjoint patients: their counts add up to the whole input's.
-        total, part = result.accounting, cohort.accounting
-        total.read += part.read
-        total.scored += part.scored
-        for reason, count in part.not_scored.items():
-            total.not_scored[reason] = total.not_scored.get(reason, 0) + count
+        result.accounting.add(cohort.accounting)
+    if invalid:
+        raise InvalidResources(invalid)
     return result
 
 

@@ -1,0 +1,1 @@
+"""Generators of the real-world test corpus (tests/realworld/data): derived files, conversions."""
