@@ -221,6 +221,45 @@ def test_broken_table_is_a_terminology_error(
         build_config(data)
 
 
+@pytest.mark.parametrize(
+    ("path", "bad", "message"),
+    [
+        (
+            ("criteria", "ITP", "rules", 0, "all_of", 0, "threshold"),
+            True,
+            r"criteria\.ITP\.rules\[0\]\.all_of\[0\]\.threshold: .*number",
+        ),
+        (
+            ("criteria", "AIHA", "rules", 0, "all_of", 1, "analyte"),
+            "platelets",
+            r"criteria\.AIHA\.rules\[0\]\.all_of\[1\]\.analyte: .*default_upper_limit",
+        ),
+        (("analytes", "ldh", "factors"), {"U/L": 1}, r"analytes\.ldh: `factors`: .*substance"),
+        (("baseline", "days_before_start"), 30.5, r"baseline\.days_before_start: .*integer"),
+        (("writeback", "responses", "NE"), "Not evaluable", r"writeback\.responses\.NE: "),
+        (("timepoints", "window"), 31, r"timepoints\.window: Extra inputs"),  # a typo is no default
+    ],
+)
+def test_table_error_names_the_file_and_the_field_path(
+    path: tuple[object, ...], bad: object, message: str
+) -> None:
+    data = copy.deepcopy(load_table("scoring"))
+    node = data
+    for part in path[:-1]:
+        node = node[part]  # type: ignore[index]
+    node[path[-1]] = bad  # type: ignore[index]
+    with pytest.raises(TerminologyError, match=r"^mappings/scoring\.yaml: " + message):
+        build_config(data)
+
+
+def test_rule_needs_exactly_one_list_of_tests() -> None:
+    data = copy.deepcopy(load_table("scoring"))
+    rule = data["criteria"]["ITP"]["rules"][0]
+    rule["any_of"] = rule["all_of"]
+    with pytest.raises(TerminologyError, match=r"criteria\.ITP\.rules\[0\]: needs exactly one"):
+        build_config(data)
+
+
 def test_missing_key_names_the_path() -> None:
     data = copy.deepcopy(load_table("scoring"))
     del data["baseline"]
