@@ -265,3 +265,13 @@ def test_missing_key_names_the_path() -> None:
     del data["baseline"]
     with pytest.raises(TerminologyError, match=r"scoring\.yaml: baseline\.days_before_start"):
         build_config(data)
+
+
+def test_every_test_kind_has_a_check_function() -> None:
+    # The dispatch table is keyed by the TestKind Literal; a kind added to the table's model
+    # without a function here would pass the config check and fail only when scored.
+    from fhir_cyclo.core.scoring_config import TESTS
+    from fhir_cyclo.scoring.rules import _CHECKS
+
+    assert set(_CHECKS) == set(TESTS)
+    assert len(set(_CHECKS.values())) == len(TESTS)  # one function per kind

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import date, timedelta
-from typing import Any
+from typing import Any, Literal, get_args
 
-from fhir_cyclo.core.scoring_config import Criteria, Derived, ScoringConfig, Test, load_config
+from fhir_cyclo.core.scoring_config import (
+    Criteria,
+    Derived,
+    Response,
+    RuleResponse,
+    ScoringConfig,
+    Test,
+    TestKind,
+    load_config,
+)
 from fhir_cyclo.scoring.dates import Span, add_months, clamp
 from fhir_cyclo.scoring.model import (
     Measurement,
@@ -19,7 +28,7 @@ from fhir_cyclo.scoring.model import (
 )
 
 # The kinds of reason an assessment can carry (the JSON "reasons[].kind"; see score.schema.json).
-REASON_KINDS = (
+ReasonKind = Literal[
     "threshold_met",  # a test of a rule held (the value, the operator and the threshold)
     "threshold_missed",  # a test failed on a measured value
     "marker_missing",  # a test needed a value (LDH, indirect bilirubin) that the window lacks
@@ -28,7 +37,13 @@ REASON_KINDS = (
     "no_value_in_window",  # NE: no measurement of the scored analyte in the timepoint window
     "no_baseline",  # NE: no baseline in [start - days, start]
     "date_imputed",  # a partial date was placed at a day of its interval
-)
+]
+REASON_KINDS: tuple[ReasonKind, ...] = get_args(ReasonKind)
+
+
+def _outcome(held: bool) -> ReasonKind:
+    return "threshold_met" if held else "threshold_missed"
+
 
 _LABEL = {
     "platelets": "PLT",
@@ -65,10 +80,10 @@ class Pick:
 class Check:
     """One test of a rule as evaluated: the values compared, the threshold, and the outcome."""
 
-    rule: str  # the response the rule gives (CR / PR)
-    test: str  # the test kind (config.TESTS)
+    rule: RuleResponse  # the response the rule gives
+    test: TestKind
     held: bool
-    kind: str  # the reason kind it makes (REASON_KINDS)
+    kind: ReasonKind  # the reason kind it makes
     text: str  # e.g. "Hb 12.4 g/dL > 12", "no LDH in window 2011-03-10..2011-05-11"
     value: float | None = None  # the left side compared (after rounding, as compared)
     op: str | None = None
@@ -82,7 +97,7 @@ class Check:
 class Reason:
     """A sentence saying what decided (or blocked) a result, with its kind and resources."""
 
-    kind: str  # one of REASON_KINDS
+    kind: ReasonKind
     text: str
     refs: tuple[str, ...] = ()
 
@@ -107,7 +122,7 @@ class Assessment:
     month: int
     target: date
     window: Span
-    response: str  # CR / PR / NR / NE
+    response: Response
     pick: Pick | None = None
     markers: dict[str, Pick | None] = field(default_factory=dict)  # AIHA: analyte -> pick
     transfusions: tuple[TransfusionEvent, ...] = ()  # PRCA: counted ones in the free window
@@ -281,152 +296,221 @@ def _num(value: float) -> str:
     return f"{value:g}"
 
 
+@dataclass(frozen=True, slots=True)
 class _Context:
     """What the tests of one timepoint look at."""
 
-    def __init__(
-        self,
-        cfg: ScoringConfig,
-        criteria: Criteria,
-        inputs: PatientInputs,
-        baseline: Pick,
-        assessment: Assessment,
-    ) -> None:
-        self.cfg = cfg
-        self.inputs = inputs
-        self.baseline = baseline
-        self.assessment = assessment
-        self.analyte = criteria.analyte
-        self.label = label(criteria.analyte)
-        self.unit = cfg.analytes[criteria.analyte].unit
-        self.shown_unit = display_unit(self.unit)  # in sentences; the JSON fields keep UCUM
+    cfg: ScoringConfig
+    inputs: PatientInputs
+    baseline: Pick
+    assessment: Assessment
+    analyte: str  # the analyte scored
 
-    def check(self, rule: str, test: Test, register: bool) -> Check:
+    @property
+    def pick(self) -> Pick:
+        """The scored measurement of the timepoint (classify is called only with one)."""
+        assert self.assessment.pick is not None
+        return self.assessment.pick
+
+    @property
+    def base(self) -> float:
+        """The baseline value (pick_baseline picks only measurements with a value)."""
+        assert self.baseline.value is not None
+        return self.baseline.value
+
+    @property
+    def label(self) -> str:
+        return label(self.analyte)
+
+    @property
+    def unit(self) -> str:
+        return self.cfg.analytes[self.analyte].unit
+
+    @property
+    def shown_unit(self) -> str:
+        return display_unit(self.unit)  # in sentences; the JSON fields keep UCUM
+
+    def check(self, rule: RuleResponse, test: Test, register: bool) -> Check:
         """Evaluate one test; with `register`, keep what it looked up as evidence."""
-        a = self.assessment
-        assert a.pick is not None
-        value = a.pick.value
-        ref = a.pick.measurement.ref
-        base = self.baseline.value
-        assert base is not None
-        name, unit, shown = self.label, self.unit, self.shown_unit
-        if test.kind in ("value", "ratio_to_baseline", "rise_from_baseline"):
-            if value is None:
-                # Only a value-less PRCA Hb gets here, and PRCA has no numeric tests.
-                return Check(rule, test.kind, False, "marker_missing", f"{name} has no value")
-            if test.kind == "value":
-                left, right = value, test.threshold
-                what = f"{name} {_num(left)} {shown}"
-                bound = _num(right)
-                refs: tuple[str, ...] = (ref,)
-            elif test.kind == "ratio_to_baseline":
-                # Multiply instead of dividing: a baseline of 0 is a valid platelet count.
-                left, right = value, round(test.threshold * base, 4)
-                what = f"{name} {_num(left)} {shown}"
-                bound = f"{_num(test.threshold)} x baseline {_num(base)} = {_num(right)}"
-                refs = (ref, self.baseline.measurement.ref)
-            else:
-                # Rounded so that 9.1 - 7.1 counts as the 2.0 it is, not 1.9999999999999991.
-                left, right = round(value - base, 4), test.threshold
-                what = f"{name} rise {_num(left)} {shown} (baseline {_num(base)} to {_num(value)})"
-                bound = _num(right)
-                refs = (ref, self.baseline.measurement.ref)
-            held = _compare(test.op, left, right)
-            text = f"{what} {test.op} {bound}" if held else f"{what} is not {test.op} {bound}"
-            kind = "threshold_met" if held else "threshold_missed"
-            return Check(rule, test.kind, held, kind, text, left, test.op, right, unit, None, refs)
-        if test.kind == "marker_within_upper_limit":
-            analyte = self.cfg.analytes[test.analyte]
-            marker_name = label(test.analyte)
-            # The measured marker, else one derived from others (indirect = total - direct).
-            marker = marker_pick(self.cfg, self.inputs, test.analyte, a.target)
-            if register:
-                a.markers[test.analyte] = marker
-            if marker is None or marker.value is None:
-                text = f"no {marker_name} in window {_span_text(a.window)}"
-                derived = self.cfg.derived.get(test.analyte)
-                if derived is not None:
-                    text += (
-                        f" (nor {label(derived.minuend)} with {label(derived.subtrahend)} to "
-                        "derive it)"
-                    )
-                return Check(rule, test.kind, False, "marker_missing", text)
-            limit = marker.measurement.high
-            source = "referenceRange.high"
-            if limit is None:
-                limit = analyte.default_upper_limit
-                source = "project default (no referenceRange.high)"
-            assert limit is not None  # config.py requires a default upper limit
-            held = marker.value <= limit
-            what = f"{marker_name} {_num(marker.value)} {analyte.unit} on {marker.date}"
-            bound = f"upper limit {_num(limit)} ({source})"
-            text = f"{what} <= {bound}" if held else f"{what} is above the {bound}"
-            return Check(
-                rule,
-                test.kind,
-                held,
-                "threshold_met" if held else "threshold_missed",
-                text,
-                marker.value,
-                "<=",
-                limit,
-                analyte.unit,
-                source,
-                marker.measurement.derived_from or (marker.measurement.ref,),
-            )
-        if test.kind == "within_normal_range":
-            if value is None:
-                held = a.pick.measurement.normal
-                return Check(
-                    rule,
-                    test.kind,
-                    held,
-                    "normal_without_value" if held else "marker_missing",
-                    f"{name} without a value, interpretation N (normal) "
-                    f"({a.pick.measurement.date_text}): counted as in the normal range",
-                    refs=(ref,),
-                )
-            low = a.pick.measurement.low
-            source = "referenceRange.low"
-            if low is None:
-                gender = self.inputs.gender if self.inputs.gender in ("female", "male") else "other"
-                low = self.cfg.normal_low[gender]
-                source = f"{self.cfg.normal_low_source}, {gender}"
-            if register:
-                a.normal_low = low
-            held = value >= low
-            what = f"{name} {_num(value)} {shown}"
-            bound = f"lower limit of normal {_num(low)} ({source})"
-            text = f"{what} >= {bound}" if held else f"{what} is below the {bound}"
-            kind = "threshold_met" if held else "threshold_missed"
-            return Check(rule, test.kind, held, kind, text, value, ">=", low, unit, source, (ref,))
-        if test.kind == "transfusion_free":
-            days = self.cfg.transfusion.free_days
-            end = a.pick.date
-            start = end - timedelta(days=days)
-            events = counted_transfusions(self.inputs.transfusions, start, end)
-            if register:
-                a.transfusions = events
-            window = f"{start.isoformat()}..{end.isoformat()} ({days} d before the {name})"
-            if not events:
-                text = f"no counted red-cell transfusion in {window}"
-                return Check(rule, test.kind, True, "threshold_met", text, threshold=days)
-            listed = ", ".join(f"{e.text!r} ({e.status}, {_when(e.span)})" for e in events)
-            return Check(
-                rule,
-                test.kind,
-                False,
-                "transfusion_in_window",
-                f"red-cell transfusion in {window}: {listed}",
-                threshold=days,
-                refs=tuple(e.ref for e in events),
-            )
-        raise AssertionError(test.kind)  # config.py only lets known tests through
+        return _CHECKS[test.kind](self, rule, test, register)
+
+
+# One function per test kind (mappings/scoring.yaml `criteria` comment): each takes the context,
+# the response of the rule, the test and whether to register evidence on the assessment.
+_CheckFn = Callable[[_Context, RuleResponse, Test, bool], Check]
+
+
+def _compared(
+    ctx: _Context,
+    rule: RuleResponse,
+    test: Test,
+    sides: tuple[float, float],
+    texts: tuple[str, str],
+) -> Check:
+    """A numeric test: `left op right`, with the sentence's two halves and the resources."""
+    left, right = sides
+    what, bound = texts
+    held = _compare(test.op, left, right)
+    text = f"{what} {test.op} {bound}" if held else f"{what} is not {test.op} {bound}"
+    refs: tuple[str, ...] = (ctx.pick.measurement.ref,)
+    if test.kind != "value":
+        refs += (ctx.baseline.measurement.ref,)
+    return Check(
+        rule, test.kind, held, _outcome(held), text, left, test.op, right, ctx.unit, None, refs
+    )
+
+
+def _no_value(ctx: _Context, rule: RuleResponse, test: Test) -> Check:
+    # Only a value-less PRCA Hb reaches a numeric test without a value, and PRCA has none.
+    return Check(rule, test.kind, False, "marker_missing", f"{ctx.label} has no value")
+
+
+def _check_value(ctx: _Context, rule: RuleResponse, test: Test, register: bool) -> Check:
+    value = ctx.pick.value
+    if value is None:
+        return _no_value(ctx, rule, test)
+    what = f"{ctx.label} {_num(value)} {ctx.shown_unit}"
+    return _compared(ctx, rule, test, (value, test.threshold), (what, _num(test.threshold)))
+
+
+def _check_ratio_to_baseline(
+    ctx: _Context, rule: RuleResponse, test: Test, register: bool
+) -> Check:
+    value = ctx.pick.value
+    if value is None:
+        return _no_value(ctx, rule, test)
+    # Multiply instead of dividing: a baseline of 0 is a valid platelet count.
+    right = round(test.threshold * ctx.base, 4)
+    what = f"{ctx.label} {_num(value)} {ctx.shown_unit}"
+    bound = f"{_num(test.threshold)} x baseline {_num(ctx.base)} = {_num(right)}"
+    return _compared(ctx, rule, test, (value, right), (what, bound))
+
+
+def _check_rise_from_baseline(
+    ctx: _Context, rule: RuleResponse, test: Test, register: bool
+) -> Check:
+    value = ctx.pick.value
+    if value is None:
+        return _no_value(ctx, rule, test)
+    # Rounded so that 9.1 - 7.1 counts as the 2.0 it is, not 1.9999999999999991.
+    left = round(value - ctx.base, 4)
+    what = (
+        f"{ctx.label} rise {_num(left)} {ctx.shown_unit} "
+        f"(baseline {_num(ctx.base)} to {_num(value)})"
+    )
+    return _compared(ctx, rule, test, (left, test.threshold), (what, _num(test.threshold)))
+
+
+def _check_marker_within_upper_limit(
+    ctx: _Context, rule: RuleResponse, test: Test, register: bool
+) -> Check:
+    a = ctx.assessment
+    analyte = ctx.cfg.analytes[test.analyte]
+    marker_name = label(test.analyte)
+    # The measured marker, else one derived from others (indirect = total - direct).
+    marker = marker_pick(ctx.cfg, ctx.inputs, test.analyte, a.target)
+    if register:
+        a.markers[test.analyte] = marker
+    if marker is None or marker.value is None:
+        text = f"no {marker_name} in window {_span_text(a.window)}"
+        derived = ctx.cfg.derived.get(test.analyte)
+        if derived is not None:
+            text += f" (nor {label(derived.minuend)} with {label(derived.subtrahend)} to derive it)"
+        return Check(rule, test.kind, False, "marker_missing", text)
+    limit = marker.measurement.high
+    source = "referenceRange.high"
+    if limit is None:
+        limit = analyte.default_upper_limit
+        source = "project default (no referenceRange.high)"
+    assert limit is not None  # scoring_config requires a default upper limit
+    held = marker.value <= limit
+    what = f"{marker_name} {_num(marker.value)} {analyte.unit} on {marker.date}"
+    bound = f"upper limit {_num(limit)} ({source})"
+    text = f"{what} <= {bound}" if held else f"{what} is above the {bound}"
+    return Check(
+        rule,
+        test.kind,
+        held,
+        _outcome(held),
+        text,
+        marker.value,
+        "<=",
+        limit,
+        analyte.unit,
+        source,
+        marker.measurement.derived_from or (marker.measurement.ref,),
+    )
+
+
+def _check_within_normal_range(
+    ctx: _Context, rule: RuleResponse, test: Test, register: bool
+) -> Check:
+    pick = ctx.pick
+    value, ref, name = pick.value, pick.measurement.ref, ctx.label
+    if value is None:
+        held = pick.measurement.normal
+        return Check(
+            rule,
+            test.kind,
+            held,
+            "normal_without_value" if held else "marker_missing",
+            f"{name} without a value, interpretation N (normal) "
+            f"({pick.measurement.date_text}): counted as in the normal range",
+            refs=(ref,),
+        )
+    low = pick.measurement.low
+    source = "referenceRange.low"
+    if low is None:
+        gender = ctx.inputs.gender if ctx.inputs.gender in ("female", "male") else "other"
+        low = ctx.cfg.normal_low[gender]
+        source = f"{ctx.cfg.normal_low_source}, {gender}"
+    if register:
+        ctx.assessment.normal_low = low
+    held = value >= low
+    what = f"{name} {_num(value)} {ctx.shown_unit}"
+    bound = f"lower limit of normal {_num(low)} ({source})"
+    text = f"{what} >= {bound}" if held else f"{what} is below the {bound}"
+    return Check(
+        rule, test.kind, held, _outcome(held), text, value, ">=", low, ctx.unit, source, (ref,)
+    )
+
+
+def _check_transfusion_free(ctx: _Context, rule: RuleResponse, test: Test, register: bool) -> Check:
+    days = ctx.cfg.transfusion.free_days
+    end = ctx.pick.date
+    start = end - timedelta(days=days)
+    events = counted_transfusions(ctx.inputs.transfusions, start, end)
+    if register:
+        ctx.assessment.transfusions = events
+    window = f"{start.isoformat()}..{end.isoformat()} ({days} d before the {ctx.label})"
+    if not events:
+        text = f"no counted red-cell transfusion in {window}"
+        return Check(rule, test.kind, True, "threshold_met", text, threshold=days)
+    listed = ", ".join(f"{e.text!r} ({e.status}, {_when(e.span)})" for e in events)
+    return Check(
+        rule,
+        test.kind,
+        False,
+        "transfusion_in_window",
+        f"red-cell transfusion in {window}: {listed}",
+        threshold=days,
+        refs=tuple(e.ref for e in events),
+    )
+
+
+_CHECKS: dict[TestKind, _CheckFn] = {
+    "value": _check_value,
+    "ratio_to_baseline": _check_ratio_to_baseline,
+    "rise_from_baseline": _check_rise_from_baseline,
+    "marker_within_upper_limit": _check_marker_within_upper_limit,
+    "within_normal_range": _check_within_normal_range,
+    "transfusion_free": _check_transfusion_free,
+}
 
 
 def classify(
     criteria: Criteria, cfg: ScoringConfig, inputs: PatientInputs, baseline: Pick, a: Assessment
-) -> str:
+) -> Response:
     """Response for an assessment with a pick: the first rule whose tests hold, else NR.
 
     Fills `a.checks` (every test evaluated) and `a.reasons` (what decided the response, and
@@ -435,10 +519,10 @@ def classify(
     rule without one is listed in `a.missing_markers` (the better response was out of reach for
     want of data, not ruled out by it).
     """
-    context = _Context(cfg, criteria, inputs, baseline, a)
-    evaluated: list[tuple[str, list[Check]]] = []
+    context = _Context(cfg, inputs, baseline, a, criteria.analyte)
+    evaluated: list[tuple[RuleResponse, list[Check]]] = []
     missing: list[str] = []
-    response = "NR"
+    response: Response = "NR"
     for rule in criteria.rules:
         checks: list[Check] = []
         lazy = True  # still on the path the rule reads ("Hb > 12 and then the markers")
