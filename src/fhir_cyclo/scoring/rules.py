@@ -23,6 +23,7 @@ from fhir_cyclo.scoring.model import (
     Note,
     PatientInputs,
     ScoringInputs,
+    StartDate,
     TransfusionEvent,
     log_name,
 )
@@ -551,20 +552,24 @@ def classify(
                 if m not in missing and marker_pick(cfg, inputs, m, a.target) is None
             ]
     a.missing_markers = tuple(missing)
-    for rule_response, checks in evaluated:
-        for c in checks:
-            if rule_response == response:
-                if c.held:
-                    a.reasons.append(Reason(c.kind, f"{response}: {c.text}", c.refs))
-            elif c.held:
-                a.reasons.append(Reason(c.kind, f"{rule_response} condition met: {c.text}", c.refs))
-            elif c.kind == "marker_missing":
-                a.reasons.append(
-                    Reason(c.kind, f"{rule_response} not assessable: {c.text}", c.refs)
-                )
-            else:
-                a.reasons.append(Reason(c.kind, f"{rule_response} missed: {c.text}", c.refs))
+    a.reasons += [
+        reason
+        for rule_response, checks in evaluated
+        for c in checks
+        if (reason := _check_reason(c, rule_response, response)) is not None
+    ]
     return response
+
+
+def _check_reason(c: Check, rule_response: RuleResponse, response: Response) -> Reason | None:
+    """What an evaluated test says about the response given (None: a failed test of it)."""
+    if rule_response == response:
+        return Reason(c.kind, f"{response}: {c.text}", c.refs) if c.held else None
+    if c.held:
+        return Reason(c.kind, f"{rule_response} condition met: {c.text}", c.refs)
+    if c.kind == "marker_missing":
+        return Reason(c.kind, f"{rule_response} not assessable: {c.text}", c.refs)
+    return Reason(c.kind, f"{rule_response} missed: {c.text}", c.refs)
 
 
 def _imputed_note(pick: Pick, role: str) -> Note:
@@ -627,6 +632,51 @@ def _no_value_reason(series: list[Measurement], a: Assessment, name: str) -> Rea
     )
 
 
+def _assessment_notes(
+    inputs: PatientInputs, a: Assessment, cfg: ScoringConfig, name: str
+) -> list[Note]:
+    """Warnings about a classified assessment (imputed dates, markers out of reach); the
+    imputed dates are added to its reasons too."""
+    assert a.pick is not None
+    notes = []
+    if a.pick.imputed:
+        notes.append(_imputed_note(a.pick, f"month {a.month}"))
+        a.reasons.append(_imputed_reason(a.pick, name))
+    if a.missing_markers:
+        notes.append(_missing_note(inputs, a, cfg))
+    for marker_name, p in a.markers.items():
+        if p is not None and p.imputed:
+            notes.append(_imputed_note(p, f"month {a.month} {marker_name}"))
+            a.reasons.append(_imputed_reason(p, label(marker_name)))
+    return notes
+
+
+def _no_baseline_note(inputs: PatientInputs, analyte: str, start: date, days: int) -> Note:
+    return Note(
+        log_name(inputs),
+        analyte,
+        f"no baseline within {days} days before {start.isoformat()}: every timepoint NE",
+    )
+
+
+def _partial_start_note(start: StartDate) -> Note:
+    return Note(
+        start.ref,
+        start.date_field,
+        f"partial date {start.date_text!r}: cyclosporine start taken as "
+        f"{start.day.isoformat()} (first day)",
+    )
+
+
+def _partial_start_reason(start: StartDate) -> Reason:
+    return Reason(
+        "date_imputed",
+        f"cyclosporine start dated {start.date_text!r} (partial): taken as "
+        f"{start.day.isoformat()}, the first day of its interval",
+        (start.ref,),
+    )
+
+
 def score_patient(
     inputs: PatientInputs, cfg: ScoringConfig | None = None
 ) -> tuple[PatientScore, list[Note]]:
@@ -642,33 +692,12 @@ def score_patient(
     series = inputs.labs.get(criteria.analyte, [])
     start = inputs.start.day
     if inputs.start.span[0] != inputs.start.span[1]:
-        notes.append(
-            Note(
-                inputs.start.ref,
-                inputs.start.date_field,
-                f"partial date {inputs.start.date_text!r}: cyclosporine start taken as "
-                f"{start.isoformat()} (first day)",
-            )
-        )
-        reasons.append(
-            Reason(
-                "date_imputed",
-                f"cyclosporine start dated {inputs.start.date_text!r} (partial): taken as "
-                f"{start.isoformat()}, the first day of its interval",
-                (inputs.start.ref,),
-            )
-        )
+        notes.append(_partial_start_note(inputs.start))
+        reasons.append(_partial_start_reason(inputs.start))
     baseline = pick_baseline(series, start, cfg.baseline_days)
-    base_window = (start - timedelta(days=cfg.baseline_days), start)
     if baseline is None:
-        notes.append(
-            Note(
-                log_name(inputs),
-                criteria.analyte,
-                f"no baseline within {cfg.baseline_days} days before {start.isoformat()}: "
-                "every timepoint NE",
-            )
-        )
+        notes.append(_no_baseline_note(inputs, criteria.analyte, start, cfg.baseline_days))
+        base_window = (start - timedelta(days=cfg.baseline_days), start)
         reasons.append(
             Reason(
                 "no_baseline",
@@ -696,15 +725,7 @@ def score_patient(
                 a.reasons.append(_no_value_reason(series, a, name))
             else:
                 a.response = classify(criteria, cfg, inputs, baseline, a)
-                if a.pick.imputed:
-                    notes.append(_imputed_note(a.pick, f"month {month}"))
-                    a.reasons.append(_imputed_reason(a.pick, name))
-                if a.missing_markers:
-                    notes.append(_missing_note(inputs, a, cfg))
-                for marker_name, p in a.markers.items():
-                    if p is not None and p.imputed:
-                        notes.append(_imputed_note(p, f"month {month} {marker_name}"))
-                        a.reasons.append(_imputed_reason(p, label(marker_name)))
+                notes += _assessment_notes(inputs, a, cfg, name)
                 if (
                     a.normal_low is not None
                     and a.pick.measurement.low is None
@@ -733,6 +754,19 @@ def score_patient(
     return score, notes
 
 
+def _not_scored(p: PatientInputs) -> tuple[str, list[Note]]:
+    """Why a patient without a disease or a start is not scored, and the warning, if any."""
+    # Patients with neither are simply outside the cohort; half-documented ones are news.
+    if p.disease is not None:
+        note = Note(log_name(p), "MedicationStatement", "no cyclosporine start; not scored")
+        return NO_START, [note]
+    if p.start is not None:
+        return NO_CONDITION, [
+            Note(log_name(p), "Condition", "no ITP/AIHA/PRCA Condition; not scored")
+        ]
+    return NO_BOTH, []
+
+
 def score(inputs: ScoringInputs, config: ScoringConfig | None = None) -> CohortScore:
     """Score every patient that has both a scored disease and a cyclosporine start."""
     cfg = config or load_config()
@@ -750,21 +784,9 @@ def score(inputs: ScoringInputs, config: ScoringConfig | None = None) -> CohortS
                 )
             )
         if p.disease is None or p.start is None:
-            reason = (
-                NO_BOTH
-                if p.disease is None and p.start is None
-                else (NO_START if p.disease is not None else NO_CONDITION)
-            )
+            reason, note = _not_scored(p)
             accounting.not_scored[reason] = accounting.not_scored.get(reason, 0) + 1
-            # Patients with neither are simply outside the cohort; half-documented ones are news.
-            if p.disease is not None:
-                notes.append(
-                    Note(log_name(p), "MedicationStatement", "no cyclosporine start; not scored")
-                )
-            elif p.start is not None:
-                notes.append(
-                    Note(log_name(p), "Condition", "no ITP/AIHA/PRCA Condition; not scored")
-                )
+            notes += note
             continue
         scored, more = score_patient(p, cfg)
         patients.append(scored)
