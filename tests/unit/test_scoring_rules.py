@@ -236,8 +236,17 @@ def test_broken_table_is_a_terminology_error(
         ),
         (("analytes", "ldh", "factors"), {"U/L": 1}, r"analytes\.ldh: `factors`: .*substance"),
         (("baseline", "days_before_start"), 30.5, r"baseline\.days_before_start: .*integer"),
-        (("writeback", "responses", "NE"), "Not evaluable", r"writeback\.responses\.NE: "),
-        (("timepoints", "window"), 31, r"timepoints\.window: Extra inputs"),  # a typo is no default
+        (
+            ("writeback", "responses", "NE"),
+            "Not evaluable",
+            r"writeback\.responses\.NE: must be a mapping",
+        ),
+        (("timepoints", "window"), 31, r"timepoints\.window: unknown key"),  # a typo is no default
+        (
+            ("criteria", "ITP", "rules", 0, "all_of", 0, "op"),
+            "=>",
+            r"criteria\.ITP\.rules\[0\]\.all_of\[0\]\.op: .*'>='.* \(got '=>'\)$",
+        ),
     ],
 )
 def test_table_error_names_the_file_and_the_field_path(

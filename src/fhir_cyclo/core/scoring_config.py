@@ -448,14 +448,25 @@ def _where(loc: tuple[int | str, ...]) -> str:
     return out
 
 
+# pydantic messages that would name our model classes, said in the table's terms instead.
+_PLAIN = {
+    "missing": "missing",
+    "extra_forbidden": "unknown key",
+    "model_type": "must be a mapping",
+    "dict_type": "must be a mapping",
+}
+
+
 def _parse(data: dict[str, Any]) -> _Table:
     try:
         return _Table.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
         message = first["msg"].removeprefix("Value error, ")
-        if first["type"] == "missing":
-            message = "missing"
+        if first["type"] in _PLAIN:
+            message = _PLAIN[first["type"]]
+        elif isinstance(first.get("input"), str | int | float):  # bools are ints
+            message += f" (got {first['input']!r})"
         where = _where(first["loc"])
         more = exc.error_count() - 1
         tail = f" (and {more} more problem(s))" if more else ""
