@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
+from dataclasses import replace
 
 import pytest
 import responses
 
-from fhir_cyclo.client import TOKEN_ENV, TOKEN_FILE_ENV, FhirClient
+from fhir_cyclo.client import (
+    TOKEN_ENV,
+    TOKEN_FILE_ENV,
+    AuthOptions,
+    FhirClient,
+    RetryPolicy,
+    ServerOptions,
+)
 
 from .helpers import BASE
 
@@ -38,9 +45,14 @@ def make_client(sleeps: list[float]) -> Iterator[Callable[..., FhirClient]]:
     """Build clients on BASE with the recording sleep; all are closed after the test."""
     made: list[FhirClient] = []
 
-    def make(**kwargs: Any) -> FhirClient:
-        kwargs.setdefault("sleep", sleeps.append)
-        made.append(FhirClient(BASE, **kwargs))
+    def make(
+        *,
+        server: ServerOptions | None = None,
+        auth: AuthOptions | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> FhirClient:
+        policy = replace(retry or RetryPolicy(), sleep=sleeps.append)
+        made.append(FhirClient(server or ServerOptions(BASE), auth=auth, retry=policy))
         return made[-1]
 
     yield make

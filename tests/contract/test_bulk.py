@@ -13,6 +13,7 @@ import responses
 from requests.exceptions import ConnectionError as RequestsConnectionError
 
 from fhir_cyclo.cli.app import main
+from fhir_cyclo.client import AuthOptions
 from fhir_cyclo.client.bulk import (
     MANIFEST,
     STATE_FILE,
@@ -147,7 +148,7 @@ def test_full_flow(
     rsps: responses.RequestsMock, make_client: MakeClient, sleeps: list[float], tmp_path: Path
 ) -> None:
     script(rsps, gzip_obs=True)
-    bulk = exporter(make_client, tmp_path, token=TOKEN)
+    bulk = exporter(make_client, tmp_path, auth=AuthOptions(token=TOKEN))
     codes = ["718-7", "777-3"]
     request = BulkRequest(
         type_filters=(observation_filter("http://loinc.org", codes),), since="2020-01-01T00:00:00Z"
@@ -207,7 +208,7 @@ def test_no_token_on_files_when_not_required(
     rsps: responses.RequestsMock, make_client: MakeClient, tmp_path: Path
 ) -> None:
     script(rsps, token=False)
-    exporter(make_client, tmp_path, token=TOKEN).run(BulkRequest())
+    exporter(make_client, tmp_path, auth=AuthOptions(token=TOKEN)).run(BulkRequest())
     downloads = [c.request for c in rsps.calls if c.request.url.startswith(FILES)]
     assert downloads and all("Authorization" not in r.headers for r in downloads)
     status = [c.request for c in rsps.calls if c.request.url == STATUS]
@@ -352,7 +353,7 @@ def test_token_not_sent_to_another_server(
     rsps.get(KICKOFF, status=202, headers={"Content-Location": STATUS})
     rsps.get(STATUS, status=200, json=manifest(files="https://files.elsewhere.example/x"))
     with pytest.raises(BulkExportError, match="refusing to send credentials there"):
-        exporter(make_client, tmp_path, token=TOKEN).run(BulkRequest())
+        exporter(make_client, tmp_path, auth=AuthOptions(token=TOKEN)).run(BulkRequest())
     assert not any("elsewhere" in c.request.url for c in rsps.calls)
 
 

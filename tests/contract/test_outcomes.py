@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import responses
 
-from fhir_cyclo.client import FhirClient
+from fhir_cyclo.client import FhirClient, RetryPolicy
 from fhir_cyclo.core.errors import (
     Conflict,
     NotFound,
@@ -55,7 +55,7 @@ def test_recorded_outcome_becomes_server_error(
     rsps.add(responses.POST, BASE, json=load(name), status=status, content_type=FHIR_JSON)
     recorded_issue = load(name)["issue"][0]
 
-    client = make_client(retries=0)
+    client = make_client(retry=RetryPolicy(retries=0))
     with pytest.raises(ServerError) as info:
         client.transaction(tx_bundle(1))
 
@@ -80,7 +80,7 @@ def test_recorded_validation_failure_lists_every_issue(
     """422 from the server's validating interceptor: the error issues name their FHIRPath."""
     recorded = load("oo-local-hapi88-422-validation-failure.json")
     rsps.add(responses.POST, BASE, json=recorded, status=422, content_type=FHIR_JSON)
-    client = make_client(retries=0)
+    client = make_client(retry=RetryPolicy(retries=0))
     with pytest.raises(Unprocessable) as info:
         client.transaction(tx_bundle(1))
     exc = info.value
@@ -111,7 +111,7 @@ def test_recorded_read_of_missing_or_deleted_is_not_found(
         status=status,
         content_type=FHIR_JSON,
     )
-    client = make_client(retries=0)
+    client = make_client(retry=RetryPolicy(retries=0))
     with pytest.raises(NotFound) as info:
         client.read("Observation", "gone")
     assert info.value.status == status
@@ -145,7 +145,7 @@ def test_html_gateway_page_becomes_a_text_outcome(
         "<body><center><h1>502 Bad Gateway</h1></center><hr><center>nginx</center></body></html>"
     )
     rsps.add(responses.POST, BASE, body=page, status=502, content_type="text/html")
-    client = make_client(retries=0)
+    client = make_client(retry=RetryPolicy(retries=0))
     with pytest.raises(ServerError) as info:
         client.transaction(tx_bundle(1))
     exc = info.value
@@ -161,6 +161,6 @@ def test_empty_error_body_still_gives_a_message(
     rsps: responses.RequestsMock, make_client: MakeClient
 ) -> None:
     rsps.add(responses.POST, BASE, body=b"", status=503)
-    client = make_client(retries=0)
+    client = make_client(retry=RetryPolicy(retries=0))
     with pytest.raises(ServerError, match="HTTP 503 with an empty body"):
         client.transaction(tx_bundle(1))

@@ -10,7 +10,7 @@ import pytest
 import requests
 import responses
 
-from fhir_cyclo.client import FhirClient
+from fhir_cyclo.client import FhirClient, ServerOptions
 from fhir_cyclo.core.errors import FatalTransportError, NotFound
 
 from .helpers import BASE, FHIR_JSON, MakeClient, load, obs, outcome, searchset, sent_url
@@ -238,7 +238,7 @@ def test_page_body_over_the_size_limit_is_refused(
     rsps: responses.RequestsMock, make_client: MakeClient
 ) -> None:
     _get(rsps, f"{BASE}/Observation", searchset([obs(str(i)) for i in range(200)]))
-    client = make_client(max_body_bytes=2_000)
+    client = make_client(server=ServerOptions(BASE, max_body_bytes=2_000))
     with pytest.raises(FatalTransportError, match="larger than the 2,000 byte limit"):
         list(client.search("Observation"))
 
@@ -248,7 +248,7 @@ def test_page_size_limit_holds_without_content_length(
 ) -> None:
     big = orjson.dumps(searchset([obs(str(i)) for i in range(200)]))
     rsps.add(responses.GET, f"{BASE}/Observation", body=big, auto_calculate_content_length=False)
-    client = make_client(max_body_bytes=2_000)
+    client = make_client(server=ServerOptions(BASE, max_body_bytes=2_000))
     with pytest.raises(FatalTransportError, match="byte limit"):
         list(client.search("Observation"))
     response = rsps.calls[0].response

@@ -9,7 +9,7 @@ import pytest
 import requests
 import responses
 
-from fhir_cyclo.client import FhirClient, parse_retry_after
+from fhir_cyclo.client import FhirClient, RetryPolicy, parse_retry_after
 from fhir_cyclo.core.errors import (
     FatalTransportError,
     PreconditionFailed,
@@ -50,7 +50,7 @@ def test_500_retried_n_times_then_raises_the_last_server_error(
     rsps: responses.RequestsMock, sleeps: list[float], make_client: MakeClient
 ) -> None:
     _add(rsps, 500, FAULT_2223)  # the last registered response repeats
-    client = make_client(retries=3)
+    client = make_client(retry=RetryPolicy(retries=3))
     with pytest.raises(ServerError) as info:
         client.transaction(tx_bundle(2))
     assert type(info.value) is ServerError
@@ -64,7 +64,7 @@ def test_backoff_grows_exponentially_with_bounded_jitter(
     rsps: responses.RequestsMock, sleeps: list[float], make_client: MakeClient
 ) -> None:
     _add(rsps, 503, FAULT_2223)
-    client = make_client(retries=4, backoff=0.5, max_retry_after=3.0)
+    client = make_client(retry=RetryPolicy(retries=4, backoff=0.5, max_retry_after=3.0))
     with pytest.raises(ServerError):
         client.transaction(tx_bundle(2))
     # attempt n waits between half and all of min(0.5 * 2**n, 3.0).
@@ -135,7 +135,7 @@ def test_429_retry_after_is_capped(
 ) -> None:
     _add(rsps, 429, FAULT_2223, **{"Retry-After": "120"})
     _add(rsps, 200, OK_TX)
-    with make_client(max_retry_after=cap) as client:
+    with make_client(retry=RetryPolicy(max_retry_after=cap)) as client:
         client.transaction(tx_bundle(2))
     assert sleeps == [expected]
 
@@ -241,7 +241,7 @@ def test_zero_retries_means_one_attempt(
     rsps: responses.RequestsMock, sleeps: list[float], make_client: MakeClient
 ) -> None:
     _add(rsps, 503, FAULT_2223)
-    client = make_client(retries=0)
+    client = make_client(retry=RetryPolicy(retries=0))
     with pytest.raises(ServerError):
         client.transaction(tx_bundle(2))
     assert len(rsps.calls) == 1

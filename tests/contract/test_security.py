@@ -11,8 +11,16 @@ import pytest
 import requests
 import responses
 
-from fhir_cyclo.client import TOKEN_ENV, TOKEN_FILE_ENV, FhirClient
-from fhir_cyclo.core.errors import FatalTransportError, FhirCycloError, ServerError
+from fhir_cyclo.client import (
+    TOKEN_ENV,
+    TOKEN_FILE_ENV,
+    AuthOptions,
+    FhirClient,
+    RetryPolicy,
+    ServerOptions,
+    TlsOptions,
+)
+from fhir_cyclo.core.errors import FatalTransportError, FhirCycloError, InputError, ServerError
 
 from .helpers import BASE, FHIR_JSON, MakeClient, load, outcome, tx_bundle
 
@@ -23,7 +31,7 @@ def test_bearer_token_is_sent_but_not_in_repr(
     rsps: responses.RequestsMock, make_client: MakeClient
 ) -> None:
     rsps.add(responses.GET, f"{BASE}/Patient/abc", json={"resourceType": "Patient", "id": "abc"})
-    with make_client(token=TOKEN) as client:
+    with make_client(auth=AuthOptions(token=TOKEN)) as client:
         client.read("Patient", "abc")
         text = repr(client)
     assert rsps.calls[0].request.headers["Authorization"] == f"Bearer {TOKEN}"
@@ -44,7 +52,7 @@ def test_token_never_in_exceptions_or_logs(
     rsps.add(responses.GET, f"{BASE}/metadata", body=net)
 
     caplog.set_level(logging.DEBUG)
-    client = make_client(token=TOKEN, retries=1)
+    client = make_client(auth=AuthOptions(token=TOKEN), retry=RetryPolicy(retries=1))
     with pytest.raises(ServerError) as server_error:
         client.transaction(tx_bundle(1))
     with pytest.raises(FatalTransportError) as transport_error:
@@ -74,7 +82,7 @@ def test_basic_auth_password_is_redacted(
         status=401,
         content_type=FHIR_JSON,
     )
-    with make_client(basic_auth=("alice", password)) as client:
+    with make_client(auth=AuthOptions(basic_auth=("alice", password))) as client:
         with pytest.raises(ServerError) as info:
             client.read("Patient", "abc")
         text = repr(client)
@@ -113,9 +121,9 @@ def test_token_file_from_environment_and_argument(
 
     with make_client() as from_env:
         from_env.read("Patient", "abc")
-    with make_client(token_file=arg_file) as from_arg:
+    with make_client(auth=AuthOptions(token_file=arg_file)) as from_arg:
         from_arg.read("Patient", "abc")
-    with make_client(token=TOKEN) as explicit:
+    with make_client(auth=AuthOptions(token=TOKEN)) as explicit:
         explicit.read("Patient", "abc")
 
     sent = [c.request.headers["Authorization"] for c in rsps.calls]
@@ -128,16 +136,16 @@ def test_token_file_from_environment_and_argument(
 
 def test_unreadable_or_empty_token_file(tmp_path: Path) -> None:
     with pytest.raises(FatalTransportError, match="cannot read token file"):
-        FhirClient(BASE, token_file=tmp_path / "missing")
+        FhirClient(BASE, auth=AuthOptions(token_file=tmp_path / "missing"))
     empty = tmp_path / "empty"
     empty.write_text("  \n")
     with pytest.raises(FatalTransportError, match="is empty"):
-        FhirClient(BASE, token_file=empty)
+        FhirClient(BASE, auth=AuthOptions(token_file=empty))
 
 
 def test_conflicting_credentials_are_refused() -> None:
     with pytest.raises(FatalTransportError, match="not both") as info:
-        FhirClient(BASE, token=TOKEN, basic_auth=("alice", "pw"))
+        FhirClient(BASE, auth=AuthOptions(token=TOKEN, basic_auth=("alice", "pw")))
     assert TOKEN not in str(info.value)
 
 
@@ -170,7 +178,9 @@ def test_plain_http_on_loopback_is_allowed(url: str) -> None:
 
 
 def test_plain_http_allowed_when_explicitly_asked() -> None:
-    with FhirClient("http://fhir.internal:8080/fhir", allow_http=True) as client:
+    with FhirClient(
+        ServerOptions("http://fhir.internal:8080/fhir", tls=TlsOptions(allow_http=True))
+    ) as client:
         assert client.base_url == "http://fhir.internal:8080/fhir"
 
 
@@ -211,9 +221,11 @@ def test_tls_verified_timeouts_set_and_redirects_off_by_default(
         content_type=FHIR_JSON,
     )
     session = RecordingSession()
-    with make_client(session=session) as client:
+    with make_client(server=ServerOptions(BASE, session=session)) as client:
         client.transaction(tx_bundle(2))
-    with make_client(session=session, verify=False, timeout=3.0) as c:
+    with make_client(
+        server=ServerOptions(BASE, tls=TlsOptions(verify=False), timeout=3.0, session=session)
+    ) as c:
         c.transaction(tx_bundle(2))
     default, insecure = session.seen
     assert default["verify"] is True
@@ -221,3 +233,14 @@ def test_tls_verified_timeouts_set_and_redirects_off_by_default(
     assert default["allow_redirects"] is False
     assert insecure["verify"] is False
     assert insecure["timeout"] == 3.0
+
+
+def test_option_objects_never_show_secrets() -> None:
+    options = AuthOptions(token=TOKEN, basic_auth=("alice", "pw-hunter2"))
+    assert TOKEN not in repr(options) and "pw-hunter2" not in repr(options)
+
+
+@pytest.mark.parametrize("field", ["retries", "backoff", "max_retry_after"])
+def test_negative_retry_settings_are_refused(field: str) -> None:
+    with pytest.raises(InputError, match=">= 0"):
+        RetryPolicy(**{field: -1})

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from fhir_cyclo.cli.app import main
-from fhir_cyclo.client import FhirClient
+from fhir_cyclo.client import AuthOptions, FhirClient, RetryPolicy, ServerOptions
 from fhir_cyclo.client.smart import SmartConfig, load_signing_key, resolve_smart
 from fhir_cyclo.core.errors import FatalTransportError, ServerError
 
@@ -69,8 +70,11 @@ class Clock:
         return self.now
 
 
-def client(server: SmartServer, cfg: SmartConfig | None = None, **kwargs: Any) -> FhirClient:
-    return FhirClient(server.base_url, smart=cfg or config(), retries=0, **kwargs)
+def client(
+    server: SmartServer, cfg: SmartConfig | None = None, clock: Callable[[], float] = time.time
+) -> FhirClient:
+    auth = AuthOptions(smart=cfg or config(), clock=clock)
+    return FhirClient(server.base_url, auth=auth, retry=RetryPolicy(retries=0))
 
 
 def patients(c: FhirClient) -> list[dict[str, Any]]:
@@ -151,7 +155,10 @@ def test_server_refuses_a_replayed_assertion(server: SmartServer) -> None:
     from fhir_cyclo.client.smart import SmartBackendAuth
 
     auth = SmartBackendAuth(
-        config(), base_url=server.base_url, session=requests.Session(), redact=Redactor()
+        config(),
+        server=ServerOptions(server.base_url),
+        session=requests.Session(),
+        redact=Redactor(),
     )
     assertion = auth.assertion(server.token_url)
     form = {

@@ -8,7 +8,7 @@ import orjson
 import pytest
 import responses
 
-from fhir_cyclo.client import FhirClient, parse_location, parse_status
+from fhir_cyclo.client import FhirClient, ServerOptions, parse_location, parse_status
 from fhir_cyclo.core.errors import FatalTransportError, InputError
 
 from .helpers import BASE, FHIR_JSON, MakeClient, load, recorded_ids, sent_body, tx_bundle
@@ -113,7 +113,7 @@ def test_large_bodies_are_gzipped_only_when_enabled(
     big = tx_bundle(2)
     big["entry"][0]["resource"]["note"] = [{"text": "x" * 70_000}]
 
-    with make_client(gzip_requests=True) as zipped:
+    with make_client(server=ServerOptions(BASE, gzip_requests=True)) as zipped:
         zipped.transaction(big)
         zipped.transaction(tx_bundle(2))  # small: sent as is
     with make_client() as plain:

@@ -6,6 +6,7 @@ import orjson
 import pytest
 import responses
 
+from fhir_cyclo.client import RetryPolicy
 from fhir_cyclo.core.errors import InputError, ServerError
 from fhir_cyclo.validation.server import findings, target_for
 
@@ -29,7 +30,7 @@ def test_recorded_outcome_is_returned_with_every_issue(
 ) -> None:
     recorded = load(name)
     rsps.add(responses.POST, URL, json=recorded, status=status, content_type=FHIR_JSON)
-    outcome = make_client(retries=0).validate_resource(OBS)
+    outcome = make_client(retry=RetryPolicy(retries=0)).validate_resource(OBS)
     assert [(i.severity, i.diagnostics) for i in outcome.issues] == [
         (i["severity"], i["diagnostics"]) for i in recorded["issue"]
     ]
@@ -48,7 +49,7 @@ def test_bytes_are_sent_unchanged_to_their_type(
     recorded = load("oo-local-hapi88-200-validate-observation.json")
     rsps.add(responses.POST, f"{BASE}/Patient/$validate", json=recorded, content_type=FHIR_JSON)
     body = b'{\n  "resourceType": "Patient",\n  "active": true\n}\n'
-    make_client(retries=0).validate_resource(body)
+    make_client(retry=RetryPolicy(retries=0)).validate_resource(body)
     assert rsps.calls[0].request.body == body
 
 
@@ -59,7 +60,7 @@ def test_other_failures_raise(
     recorded = load("oo-local-hapi88-422-validate-observation.json")
     rsps.add(responses.POST, URL, json=recorded, status=status, content_type=FHIR_JSON)
     with pytest.raises(ServerError) as info:
-        make_client(retries=0).validate_resource(OBS)
+        make_client(retry=RetryPolicy(retries=0)).validate_resource(OBS)
     assert info.value.status == status
 
 
@@ -68,7 +69,7 @@ def test_a_422_that_is_not_an_operation_outcome_raises(
 ) -> None:
     rsps.add(responses.POST, URL, body="<html>no</html>", status=422, content_type="text/html")
     with pytest.raises(ServerError):
-        make_client(retries=0).validate_resource(OBS)
+        make_client(retry=RetryPolicy(retries=0)).validate_resource(OBS)
 
 
 def test_not_a_resource_is_refused_before_sending(make_client: MakeClient) -> None:
@@ -93,7 +94,7 @@ def test_bundle_findings_name_entry_and_clean_fhirpath(
         ],
     }
     target = target_for("case.json", bundle)
-    found = findings(target, make_client(retries=0).validate_resource(bundle))
+    found = findings(target, make_client(retry=RetryPolicy(retries=0)).validate_resource(bundle))
     assert len(found) == len(recorded["issue"])
     errors = [f for f in found if f.is_error]
     assert errors

@@ -9,7 +9,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from fhir_cyclo.client import FhirClient
+from fhir_cyclo.client import FhirClient, RetryPolicy, ServerOptions
 from fhir_cyclo.importing.readback import find_patients
 from fhir_cyclo.server.journal import PushJournal
 from fhir_cyclo.server.push import GIVE_UP_AFTER, push_bundles
@@ -44,7 +44,8 @@ COMMITTED = frozenset({RESET_AFTER, SLOW})
 
 def client(url: str, sleep: RecordingSleep, backoff: float = 0.05) -> FhirClient:
     return FhirClient(
-        url, timeout=(2.0, READ_TIMEOUT), retries=RETRIES, backoff=backoff, sleep=sleep
+        ServerOptions(url, timeout=(2.0, READ_TIMEOUT)),
+        retry=RetryPolicy(retries=RETRIES, backoff=backoff, sleep=sleep),
     )
 
 

@@ -25,8 +25,8 @@ class Server:
         if self.hapi is not None:
             self.hapi.reset()
 
-    def client(self, **kw: object) -> FhirClient:
-        return FhirClient(self.base_url, **kw)  # type: ignore[arg-type]
+    def client(self) -> FhirClient:
+        return FhirClient(self.base_url)
 
 
 @pytest.fixture(scope="session")

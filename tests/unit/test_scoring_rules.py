@@ -221,8 +221,66 @@ def test_broken_table_is_a_terminology_error(
         build_config(data)
 
 
+@pytest.mark.parametrize(
+    ("path", "bad", "message"),
+    [
+        (
+            ("criteria", "ITP", "rules", 0, "all_of", 0, "threshold"),
+            True,
+            r"criteria\.ITP\.rules\[0\]\.all_of\[0\]\.threshold: .*number",
+        ),
+        (
+            ("criteria", "AIHA", "rules", 0, "all_of", 1, "analyte"),
+            "platelets",
+            r"criteria\.AIHA\.rules\[0\]\.all_of\[1\]\.analyte: .*default_upper_limit",
+        ),
+        (("analytes", "ldh", "factors"), {"U/L": 1}, r"analytes\.ldh: `factors`: .*substance"),
+        (("baseline", "days_before_start"), 30.5, r"baseline\.days_before_start: .*integer"),
+        (
+            ("writeback", "responses", "NE"),
+            "Not evaluable",
+            r"writeback\.responses\.NE: must be a mapping",
+        ),
+        (("timepoints", "window"), 31, r"timepoints\.window: unknown key"),  # a typo is no default
+        (
+            ("criteria", "ITP", "rules", 0, "all_of", 0, "op"),
+            "=>",
+            r"criteria\.ITP\.rules\[0\]\.all_of\[0\]\.op: .*'>='.* \(got '=>'\)$",
+        ),
+    ],
+)
+def test_table_error_names_the_file_and_the_field_path(
+    path: tuple[object, ...], bad: object, message: str
+) -> None:
+    data = copy.deepcopy(load_table("scoring"))
+    node = data
+    for part in path[:-1]:
+        node = node[part]  # type: ignore[index]
+    node[path[-1]] = bad  # type: ignore[index]
+    with pytest.raises(TerminologyError, match=r"^mappings/scoring\.yaml: " + message):
+        build_config(data)
+
+
+def test_rule_needs_exactly_one_list_of_tests() -> None:
+    data = copy.deepcopy(load_table("scoring"))
+    rule = data["criteria"]["ITP"]["rules"][0]
+    rule["any_of"] = rule["all_of"]
+    with pytest.raises(TerminologyError, match=r"criteria\.ITP\.rules\[0\]: needs exactly one"):
+        build_config(data)
+
+
 def test_missing_key_names_the_path() -> None:
     data = copy.deepcopy(load_table("scoring"))
     del data["baseline"]
     with pytest.raises(TerminologyError, match=r"scoring\.yaml: baseline\.days_before_start"):
         build_config(data)
+
+
+def test_every_test_kind_has_a_check_function() -> None:
+    # The dispatch table is keyed by the TestKind Literal; a kind added to the table's model
+    # without a function here would pass the config check and fail only when scored.
+    from fhir_cyclo.core.scoring_config import TESTS
+    from fhir_cyclo.scoring.rules import _CHECKS
+
+    assert set(_CHECKS) == set(TESTS)
+    assert len(set(_CHECKS.values())) == len(TESTS)  # one function per kind

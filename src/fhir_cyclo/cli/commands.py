@@ -76,7 +76,7 @@ def check_server_options(args: argparse.Namespace) -> None:
 
 
 def make_client(args: argparse.Namespace) -> Any:
-    from fhir_cyclo.client import FhirClient
+    from fhir_cyclo.client import AuthOptions, FhirClient, ServerOptions, TlsOptions
 
     server = resolve_server(args, required=True)
     assert server is not None
@@ -91,13 +91,11 @@ def make_client(args: argparse.Namespace) -> Any:
         token_url=getattr(args, "smart_token_url", None),
         config=table if isinstance(table, dict) else None,
     )
+    tls = TlsOptions(verify=not args.insecure, allow_http=args.allow_http)
+    token_file = Path(args.token_file) if args.token_file else None
     return FhirClient(
-        server,
-        smart=smart,
-        token_file=Path(args.token_file) if args.token_file else None,
-        verify=not args.insecure,
-        allow_http=args.allow_http,
-        timeout=(5.0, args.timeout),
+        ServerOptions(server, tls=tls, timeout=(5.0, args.timeout)),
+        auth=AuthOptions(token_file=token_file, smart=smart),
     )
 
 

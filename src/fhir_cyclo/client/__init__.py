@@ -1,8 +1,14 @@
 """HTTP client for FHIR R4 servers (HAPI first): session, retries, transactions, paging."""
 
 from fhir_cyclo.client.auth import TOKEN_ENV, TOKEN_FILE_ENV, BasicAuth, BearerAuth
-from fhir_cyclo.client.fhir import FhirClient
-from fhir_cyclo.client.http import RETRY_STATUSES, RetryPolicy, parse_retry_after
+from fhir_cyclo.client.fhir import AuthOptions, FhirClient
+from fhir_cyclo.client.http import (
+    RETRY_STATUSES,
+    RetryPolicy,
+    ServerOptions,
+    TlsOptions,
+    parse_retry_after,
+)
 from fhir_cyclo.client.results import (
     EntryResult,
     TransactionResult,
@@ -15,11 +21,14 @@ __all__ = [
     "RETRY_STATUSES",
     "TOKEN_ENV",
     "TOKEN_FILE_ENV",
+    "AuthOptions",
     "BasicAuth",
     "BearerAuth",
     "EntryResult",
     "FhirClient",
     "RetryPolicy",
+    "ServerOptions",
+    "TlsOptions",
     "TransactionResult",
     "parse_location",
     "parse_retry_after",

@@ -331,12 +331,8 @@ class BulkExporter:
             t.session,
             auth=t.auth,
             redact=t.redact,
-            timeout=t.timeout,
-            policy=dataclasses.replace(t.policy, statuses=frozenset({408})),
-            verify=t.verify,
-            sleep=self.sleep,
-            max_body_bytes=t.max_body_bytes,
-            user_agent=t.user_agent,
+            server=t.server,
+            policy=dataclasses.replace(t.policy, statuses=frozenset({408}), sleep=self.sleep),
         )
 
     # --- the job ---------------------------------------------------------------------------

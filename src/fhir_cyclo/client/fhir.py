@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.metadata
 import re
 import time
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -17,10 +17,9 @@ from requests.auth import AuthBase
 
 from fhir_cyclo.client.auth import Redactor, resolve_auth
 from fhir_cyclo.client.http import (
-    DEFAULT_MAX_BODY_BYTES,
     HttpResponse,
     RetryPolicy,
-    Timeout,
+    ServerOptions,
     Transport,
     check_base_url,
 )
@@ -47,14 +46,6 @@ _VALIDATE_STATUSES = frozenset({400, 412, 422})
 # FHIR R4 id and resource-type syntax; checked before either goes into a URL path.
 _ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 _TYPE = re.compile(r"^[A-Z][A-Za-z]{1,63}$")
-_DEFAULT_POOL = 10
-
-
-def _user_agent() -> str:
-    try:
-        return f"fhir-cyclo/{importlib.metadata.version('fhir-cyclo')}"
-    except importlib.metadata.PackageNotFoundError:  # pragma: no cover - source checkout
-        return "fhir-cyclo"
 
 
 def _dumps(resource: Mapping[str, Any] | bytes, what: str) -> bytes:
@@ -76,74 +67,67 @@ def _check_type_id(resource_type: str, resource_id: str | None = None) -> None:
         )
 
 
+@dataclass(frozen=True)
+class AuthOptions:
+    """Credentials: a bearer token (or a file holding one), HTTP basic, or SMART Backend Services.
+
+    With none given, $FHIR_CYCLO_TOKEN / $FHIR_CYCLO_TOKEN_FILE are read (client.auth).
+    `clock` decides when a SMART access token is due for renewal (tests move it).
+    """
+
+    token: str | None = field(default=None, repr=False)
+    token_file: Path | None = None
+    basic_auth: tuple[str, str] | None = field(default=None, repr=False)
+    smart: SmartConfig | None = None
+    clock: Callable[[], float] = field(default=time.time, compare=False, repr=False)
+
+
 class FhirClient:
     """A FHIR R4 REST client on one pooled requests.Session (thread-safe for push workers)."""
 
     def __init__(
         self,
-        base_url: str,
+        server: str | ServerOptions,
         *,
-        token: str | None = None,
-        token_file: Path | None = None,
-        basic_auth: tuple[str, str] | None = None,
-        timeout: Timeout = (5.0, 60.0),
-        retries: int = 3,
-        backoff: float = 0.5,
-        max_retry_after: float = 30.0,
-        verify: bool | str = True,
-        allow_http: bool = False,
-        sleep: Callable[[float], None] = time.sleep,
-        session: requests.Session | None = None,
-        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-        gzip_requests: bool = False,
-        pool_size: int = _DEFAULT_POOL,
-        smart: SmartConfig | None = None,
-        clock: Callable[[], float] = time.time,
+        auth: AuthOptions | None = None,
+        retry: RetryPolicy | None = None,
     ) -> None:
-        if retries < 0 or backoff < 0 or max_retry_after < 0:
-            raise InputError(
-                "retries, backoff and max_retry_after must be >= 0", source="FhirClient"
-            )
-        self.base_url = check_base_url(base_url, allow_http=allow_http)
-        self._owns_session = session is None
-        self._session = session if session is not None else requests.Session()
-        auth: AuthBase | None
-        if smart is not None:
-            if token is not None or token_file is not None or basic_auth is not None:
-                raise FatalTransportError(
-                    "give either SMART Backend Services settings or a token/basic auth, not both"
-                )
-            self._redact = Redactor()
-            auth = SmartBackendAuth(
-                smart,
-                base_url=self.base_url,
-                session=self._session,
-                redact=self._redact,
-                verify=verify,
-                timeout=timeout,
-                allow_http=allow_http,
-                clock=clock,
-            )
-        else:
-            static = resolve_auth(token=token, token_file=token_file, basic_auth=basic_auth)
-            self._redact = Redactor(static.secrets if static else ())
-            auth = static
-        self._auth = auth
+        options = ServerOptions(server) if isinstance(server, str) else server
+        credentials = auth or AuthOptions()
+        self.base_url = check_base_url(options.base_url, allow_http=options.tls.allow_http)
+        options = replace(options, base_url=self.base_url)
+        self._owns_session = options.session is None
+        self._session = options.session if options.session is not None else requests.Session()
+        self._redact, self._auth = self._credentials(credentials, options)
         self._pool_size = 0
         if self._owns_session:
-            self.ensure_pool_size(pool_size)
+            self.ensure_pool_size(options.pool_size)
         self._transport = Transport(
             self._session,
-            auth=auth,
+            auth=self._auth,
             redact=self._redact,
-            timeout=timeout,
-            policy=RetryPolicy(retries=retries, backoff=backoff, max_retry_after=max_retry_after),
-            verify=verify,
-            sleep=sleep,
-            max_body_bytes=max_body_bytes,
-            gzip_requests=gzip_requests,
-            user_agent=_user_agent(),
+            server=options,
+            policy=retry or RetryPolicy(),
         )
+
+    def _credentials(
+        self, auth: AuthOptions, server: ServerOptions
+    ) -> tuple[Redactor, AuthBase | None]:
+        """The redactor of the client's secrets and the requests auth carrying them."""
+        if auth.smart is None:
+            static = resolve_auth(
+                token=auth.token, token_file=auth.token_file, basic_auth=auth.basic_auth
+            )
+            return Redactor(static.secrets if static else ()), static
+        if auth.token is not None or auth.token_file is not None or auth.basic_auth is not None:
+            raise FatalTransportError(
+                "give either SMART Backend Services settings or a token/basic auth, not both"
+            )
+        redact = Redactor()
+        smart = SmartBackendAuth(
+            auth.smart, server=server, session=self._session, redact=redact, clock=auth.clock
+        )
+        return redact, smart
 
     # --- plumbing ---------------------------------------------------------------------------
 

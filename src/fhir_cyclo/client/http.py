@@ -5,6 +5,7 @@ from __future__ import annotations
 import email.utils
 import gzip
 import html
+import importlib.metadata
 import ipaddress
 import logging
 import random
@@ -24,6 +25,7 @@ from requests.structures import CaseInsensitiveDict
 from fhir_cyclo.client.auth import Redactor
 from fhir_cyclo.core.errors import (
     FatalTransportError,
+    InputError,
     Issue,
     OperationOutcome,
     ServerError,
@@ -44,14 +46,49 @@ Params = Mapping[str, str | Sequence[str]]
 Timeout = float | tuple[float, float]
 
 
+DEFAULT_POOL_SIZE = 10
+
+
+@dataclass(frozen=True)
+class TlsOptions:
+    """Transport security: certificate checks and whether plain http may leave the machine."""
+
+    verify: bool | str = True  # False: no certificate check (--insecure); a str: a CA bundle
+    allow_http: bool = False  # plain http to a host other than loopback
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    """The server and how requests reach it: TLS, timeouts, body limit, gzip, connection pool.
+
+    `session`: a caller's requests.Session to send on (its adapters are kept as they are).
+    """
+
+    base_url: str
+    tls: TlsOptions = TlsOptions()
+    timeout: Timeout = (5.0, 60.0)  # (connect, read) seconds, or one number for both
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    gzip_requests: bool = False  # gzip large request bodies (HAPI inflates them)
+    pool_size: int = DEFAULT_POOL_SIZE
+    session: requests.Session | None = field(default=None, compare=False, repr=False)
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
-    """How often and how long to wait; `retries` counts re-sends (retries + 1 attempts)."""
+    """How often and how long to wait; `retries` counts re-sends (retries + 1 attempts).
+
+    `sleep` makes the waits (tests pass a recorder, so retries cost no time).
+    """
 
     retries: int = 3
     backoff: float = 0.5
     max_retry_after: float = 30.0
     statuses: frozenset[int] = RETRY_STATUSES
+    sleep: Callable[[float], None] = field(default=time.sleep, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.retries < 0 or self.backoff < 0 or self.max_retry_after < 0:
+            raise InputError("retries, backoff and max_retry_after must be >= 0", source="retries")
 
     def backoff_delay(self, attempt: int, rng: random.Random) -> float:
         """Exponential backoff with "equal jitter": half fixed, half random, capped.
@@ -61,6 +98,14 @@ class RetryPolicy:
         """
         base = min(self.backoff * (2.0**attempt), self.max_retry_after)
         return base / 2 + rng.uniform(0, base / 2)
+
+
+def user_agent() -> str:
+    """`fhir-cyclo/<version>` of the installed package (plain `fhir-cyclo` in a source tree)."""
+    try:
+        return f"fhir-cyclo/{importlib.metadata.version('fhir-cyclo')}"
+    except importlib.metadata.PackageNotFoundError:  # pragma: no cover - source checkout
+        return "fhir-cyclo"
 
 
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
@@ -277,24 +322,20 @@ class Transport:
         *,
         auth: AuthBase | None,
         redact: Redactor,
-        timeout: Timeout,
+        server: ServerOptions,
         policy: RetryPolicy,
-        verify: bool | str,
-        sleep: Callable[[float], None],
-        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-        gzip_requests: bool = False,
-        user_agent: str = "fhir-cyclo",
     ) -> None:
         self.session = session
         self.auth = auth
         self.redact = redact
-        self.timeout = timeout
+        self.server = server  # kept whole: the Bulk client's poll transport reuses it
+        self.timeout = server.timeout
         self.policy = policy
-        self.verify = verify
-        self.sleep = sleep
-        self.max_body_bytes = max_body_bytes
-        self.gzip_requests = gzip_requests
-        self.user_agent = user_agent
+        self.verify = server.tls.verify
+        self.sleep = policy.sleep
+        self.max_body_bytes = server.max_body_bytes
+        self.gzip_requests = server.gzip_requests
+        self.user_agent = user_agent()
         self._rng = random.Random()  # noqa: S311 - jitter only, not security
 
     def request(

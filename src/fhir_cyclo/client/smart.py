@@ -25,6 +25,7 @@ import requests
 from requests.auth import AuthBase
 
 from fhir_cyclo.client.auth import REDACTED, Redactor
+from fhir_cyclo.client.http import ServerOptions
 from fhir_cyclo.core.errors import FatalTransportError
 
 log = logging.getLogger("fhir_cyclo.client")
@@ -211,21 +212,18 @@ class SmartBackendAuth(AuthBase):
         self,
         config: SmartConfig,
         *,
-        base_url: str,
+        server: ServerOptions,
         session: requests.Session,
         redact: Redactor,
-        verify: bool | str = True,
-        timeout: float | tuple[float, float] = (5.0, 30.0),
-        allow_http: bool = False,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
-        self.base_url = base_url
+        self.base_url = server.base_url.rstrip("/")
         self._session = session
         self._redact = redact
-        self._verify = verify
-        self._timeout = timeout
-        self._allow_http = allow_http
+        self._verify = server.tls.verify
+        self._timeout = server.timeout
+        self._allow_http = server.tls.allow_http
         self._clock = clock
         self._key = load_signing_key(config)
         self._lock = threading.Lock()

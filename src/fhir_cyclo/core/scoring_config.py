@@ -5,23 +5,41 @@ from __future__ import annotations
 import functools
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any, Literal, get_args
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictFloat,
+    StrictInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from fhir_cyclo.core import units
 from fhir_cyclo.core.errors import TerminologyError
 from fhir_cyclo.core.tables import load_table
 
-DISEASES = ("ITP", "AIHA", "PRCA")
-RESPONSES = ("CR", "PR", "NR", "NE")
-OPS = (">", ">=", "<", "<=")
-TESTS = (
+Disease = Literal["ITP", "AIHA", "PRCA"]
+Response = Literal["CR", "PR", "NR", "NE"]
+RuleResponse = Literal["CR", "PR"]  # what a rule can give; NR and NE are what is left
+Op = Literal[">", ">=", "<", "<="]
+TestKind = Literal[
     "value",
     "ratio_to_baseline",
     "rise_from_baseline",
     "marker_within_upper_limit",
     "within_normal_range",
     "transfusion_free",
-)
+]
+Mode = Literal["all", "any"]
+
+DISEASES: tuple[Disease, ...] = get_args(Disease)
+RESPONSES: tuple[Response, ...] = get_args(Response)
+OPS: tuple[Op, ...] = get_args(Op)
+TESTS: tuple[TestKind, ...] = get_args(TestKind)
 _TABLE = "mappings/scoring.yaml"
 
 
@@ -59,8 +77,8 @@ class Analyte:
 class Test:
     """One test inside a response rule (see the `criteria` comment in scoring.yaml)."""
 
-    kind: str
-    op: str = ">"
+    kind: TestKind
+    op: Op = ">"
     threshold: float = 0.0
     analyte: str = ""
 
@@ -69,8 +87,8 @@ class Test:
 class Rule:
     """Response given when all (mode "all") or any (mode "any") of the tests hold."""
 
-    response: str
-    mode: str
+    response: RuleResponse
+    mode: Mode
     tests: tuple[Test, ...]
     source: str
 
@@ -79,7 +97,7 @@ class Rule:
 class Criteria:
     """The response criteria of one disease."""
 
-    disease: str
+    disease: Disease
     analyte: str
     rules: tuple[Rule, ...]
     sources: tuple[str, ...]  # keys of ScoringConfig.sources
@@ -151,10 +169,10 @@ class ScoringConfig:
     rxnorm_system: str
     ucum: str
     interpretation: str
-    precedence: tuple[str, ...]
+    precedence: tuple[Disease, ...]
     skip_verification: frozenset[str]
-    snomed_disease: dict[str, str]
-    icd_disease: dict[str, str]  # icd_key(code) -> disease
+    snomed_disease: dict[str, Disease]
+    icd_disease: dict[str, Disease]  # icd_key(code) -> disease
     rxnorm: frozenset[str]
     medication_text: TextNames
     statement_skip_status: frozenset[str]
@@ -176,7 +194,7 @@ class ScoringConfig:
     writeback: dict[str, Any]
     # WHO ICD-10 (issue 24): systems and icd_key(code) -> disease.
     icd10: frozenset[str] = frozenset()
-    icd10_disease: dict[str, str] = field(default_factory=dict)
+    icd10_disease: dict[str, Disease] = field(default_factory=dict)
     # Near misses: (system kind "snomed"/"icd10cm"/"icd10", key) -> NearMiss; text patterns.
     near_miss: dict[tuple[str, str], NearMiss] = field(default_factory=dict)
     near_miss_text: tuple[re.Pattern[str], ...] = ()
@@ -186,267 +204,474 @@ class ScoringConfig:
         return self.sources.get(key, key)
 
 
-def _get(data: dict[str, Any], path: str) -> Any:
-    """Follow a dotted path; a missing key is a TerminologyError naming the table and path."""
-    node: Any = data
-    for part in path.split("."):
-        if not isinstance(node, dict) or part not in node:
-            raise TerminologyError(f"{_TABLE}: {path}: missing")
-        node = node[part]
-    return node
+# --- the table as written: pydantic models (shapes, types, one-of values) ----------------------
 
 
-def _strs(data: dict[str, Any], path: str) -> tuple[str, ...]:
-    value = _get(data, path)
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise TerminologyError(f"{_TABLE}: {path}: must be a list of strings")
-    return tuple(value)
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _absent_section_is_empty(cls, data: Any) -> Any:
+        # A missing section is read as an empty one, so the error names the first missing leaf
+        # ("baseline.days_before_start: missing") instead of the section alone.
+        if isinstance(data, dict):
+            for name, info in cls.model_fields.items():
+                kind = info.annotation
+                if (
+                    name not in data
+                    and info.is_required()
+                    and isinstance(kind, type)
+                    and issubclass(kind, BaseModel)
+                ):
+                    data = {**data, name: {}}
+        return data
 
 
-def _num(data: dict[str, Any], path: str) -> float:
-    value = _get(data, path)
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TerminologyError(f"{_TABLE}: {path}: must be a number")
-    return float(value)
+Text = Annotated[str, Field(min_length=1)]
+Number = StrictFloat  # an int or float, never a bool
+WholeDays = Annotated[StrictInt, Field(ge=0)]
 
 
-def _str(data: dict[str, Any], path: str) -> str:
-    value = _get(data, path)
-    if not isinstance(value, str):
-        raise TerminologyError(f"{_TABLE}: {path}: must be a string")
-    return value
+def _folded(text: str) -> str:
+    return " ".join(text.split())
 
 
-def _analyte(name: str, raw: dict[str, Any]) -> Analyte:
-    path = f"analytes.{name}"
-    unit = _str(raw, "unit")  # UCUM validity is a unit test: parsing it here costs a second
-    if "factors" in raw:
-        raise TerminologyError(
-            f"{_TABLE}: {path}.factors: units convert through the UCUM library and "
-            "mappings/units.yaml; give `substance` for mmol/L or umol/L instead"
-        )
-    substance = raw.get("substance")
-    if substance is not None and substance not in units.table().molar_masses:
-        raise TerminologyError(
-            f"{_TABLE}: {path}.substance: {substance!r} is not in mappings/units.yaml molar_masses"
-        )
-    uln = raw.get("default_upper_limit")
-    if uln is not None and (isinstance(uln, bool) or not isinstance(uln, int | float)):
-        raise TerminologyError(f"{_TABLE}: {path}.default_upper_limit: must be a number")
-    return Analyte(
-        name=name,
-        loinc=_strs(raw, "loinc"),
-        unit=unit,
-        substance=substance,
-        default_upper_limit=None if uln is None else float(uln),
-    )
+def _patterns(values: tuple[str, ...]) -> tuple[re.Pattern[str], ...]:
+    try:
+        return tuple(re.compile(p, re.IGNORECASE) for p in values)
+    except re.error as exc:
+        raise ValueError(f"bad pattern: {exc}") from None
 
 
-def _test(raw: Any, path: str, analytes: dict[str, Analyte]) -> Test:
-    if not isinstance(raw, dict):
-        raise TerminologyError(f"{_TABLE}: {path}: must be a mapping")
-    kind = raw.get("test")
-    if kind not in TESTS:
-        raise TerminologyError(f"{_TABLE}: {path}.test: {kind!r} is not one of {TESTS}")
-    if kind in ("value", "ratio_to_baseline", "rise_from_baseline"):
-        op = raw.get("op")
-        if op not in OPS:
-            raise TerminologyError(f"{_TABLE}: {path}.op: {op!r} is not one of {OPS}")
-        return Test(kind=kind, op=op, threshold=_num(raw, "threshold"))
-    if kind == "marker_within_upper_limit":
-        analyte = raw.get("analyte")
-        if analyte not in analytes or analytes[analyte].default_upper_limit is None:
-            raise TerminologyError(
-                f"{_TABLE}: {path}.analyte: {analyte!r} needs an analyte with default_upper_limit"
+class _Systems(_Strict):
+    snomed: Text
+    icd10cm: tuple[Text, ...]
+    icd10: tuple[Text, ...] = ()
+    loinc: Text
+    rxnorm: Text
+    ucum: Text
+    interpretation: Text
+
+
+class _DiseaseCodes(_Strict):
+    snomed: tuple[Text, ...]
+    icd10cm: tuple[Text, ...]
+    icd10: tuple[Text, ...] = ()
+
+
+class _NearMissEntry(_Strict):
+    display: Text
+    near: Disease
+    source: Text
+
+
+class _NearMiss(_Strict):
+    snomed: dict[str, _NearMissEntry] = Field(default_factory=dict)
+    icd10cm: dict[str, _NearMissEntry] = Field(default_factory=dict)
+    icd10: dict[str, _NearMissEntry] = Field(default_factory=dict)
+    text: tuple[Text, ...] = ()
+
+    @field_validator("text")
+    @classmethod
+    def _compiles(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        _patterns(value)
+        return value
+
+
+class _Diseases(_Strict):
+    precedence: tuple[Disease, ...]
+    skip_verification: tuple[Text, ...]
+    codes: dict[Disease, _DiseaseCodes]
+    near_miss: _NearMiss = Field(default_factory=_NearMiss)
+
+    @field_validator("precedence")
+    @classmethod
+    def _each_once(cls, value: tuple[Disease, ...]) -> tuple[Disease, ...]:
+        if sorted(value) != sorted(DISEASES):
+            raise ValueError(f"must list {DISEASES} once each")
+        return value
+
+    @field_validator("codes")
+    @classmethod
+    def _every_disease(cls, value: dict[Disease, _DiseaseCodes]) -> dict[Disease, _DiseaseCodes]:
+        missing = [d for d in DISEASES if d not in value]
+        if missing:
+            raise ValueError(f"missing {', '.join(missing)}")
+        return value
+
+
+class _Medication(_Strict):
+    rxnorm: tuple[Text, ...]
+    text_names: tuple[Text, ...]
+    text_names_source: Text
+    statement_skip_status: tuple[Text, ...]
+    administration_skip_status: tuple[Text, ...]
+    request_skip_status: tuple[Text, ...]
+    request_skip_intent: tuple[Text, ...]
+
+    @field_validator("text_names")
+    @classmethod
+    def _compiles(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        _patterns(value)
+        return value
+
+
+class _Observation(_Strict):
+    skip_status: tuple[Text, ...]
+
+
+class _Analyte(_Strict):
+    loinc: tuple[Text, ...]
+    unit: Text  # UCUM validity is a unit test: parsing it here costs a second
+    substance: Text | None = None  # key of mappings/units.yaml molar_masses
+    default_upper_limit: Number | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_factors(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "factors" in data:
+            raise ValueError(
+                "`factors`: units convert through the UCUM library and mappings/units.yaml; "
+                "give `substance` for mmol/L or umol/L instead"
             )
-        return Test(kind=kind, analyte=analyte)
-    return Test(kind=kind)
+        return data
+
+
+class _Derived(_Strict):
+    minuend: Text
+    subtrahend: Text
+    source: Text
+
+
+class _Baseline(_Strict):
+    days_before_start: WholeDays
+
+
+class _Timepoints(_Strict):
+    months: Annotated[tuple[Annotated[StrictInt, Field(gt=0)], ...], Field(min_length=1)]
+    window_days: WholeDays
+    source: Text
+
+
+class _NormalLow(_Strict):
+    female: Number
+    male: Number
+    other: Number
+    source: Text
+
+
+class _Transfusion(_Strict):
+    count_status: tuple[Text, ...]
+    required: tuple[Text, ...]
+    red_cell: tuple[Text, ...]
+    generic: tuple[Text, ...]
+    other_component: tuple[Text, ...]
+    free_days: WholeDays
+    source: Text
+
+    @field_validator("required", "red_cell", "generic", "other_component")
+    @classmethod
+    def _compiles(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        _patterns(value)
+        return value
+
+
+_NUMERIC_TESTS = ("value", "ratio_to_baseline", "rise_from_baseline")
+
+
+class _Test(_Strict):
+    test: TestKind
+    op: Op | None = None
+    threshold: Number | None = None
+    analyte: Text | None = None
+
+    @model_validator(mode="after")
+    def _fields_of_its_kind(self) -> _Test:
+        numeric = self.test in _NUMERIC_TESTS
+        if numeric and (self.op is None or self.threshold is None):
+            raise ValueError(f"test {self.test} needs `op` (one of {OPS}) and `threshold`")
+        if self.test == "marker_within_upper_limit" and self.analyte is None:
+            raise ValueError("test marker_within_upper_limit needs `analyte`")
+        return self
+
+
+class _Rule(_Strict):
+    response: Literal["CR", "PR"]
+    all_of: tuple[_Test, ...] = ()
+    any_of: tuple[_Test, ...] = ()
+    source: Text
+
+    @model_validator(mode="after")
+    def _one_mode(self) -> _Rule:
+        if bool(self.all_of) == bool(self.any_of):
+            raise ValueError("needs exactly one non-empty all_of/any_of")
+        return self
+
+
+class _Criteria(_Strict):
+    analyte: Text
+    source: Text | Annotated[tuple[Text, ...], Field(min_length=1)]
+    rules: tuple[_Rule, ...]
+
+
+class _Coding(_Strict):
+    code: Text
+    display: Text | None = None
+
+
+class _WritebackResponse(_Strict):
+    display: Text
+    snomed: Text | None = None
+    snomed_display: Text | None = None
+
+    @model_validator(mode="after")
+    def _snomed_has_display(self) -> _WritebackResponse:
+        if self.snomed is not None and self.snomed_display is None:
+            raise ValueError("`snomed` needs `snomed_display`")
+        return self
+
+
+class _Writeback(_Strict):
+    code_system: Text
+    identifier_system: Text
+    code: _Coding
+    month_component: _Coding
+    responses: dict[Response, _WritebackResponse]
+
+    @field_validator("responses")
+    @classmethod
+    def _every_response(
+        cls, value: dict[Response, _WritebackResponse]
+    ) -> dict[Response, _WritebackResponse]:
+        missing = [r for r in RESPONSES if r not in value]
+        if missing:
+            raise ValueError(f"missing {', '.join(missing)}")
+        return value
+
+
+class _Table(_Strict):
+    version: Literal[1]
+    sources: dict[str, Text]
+    systems: _Systems
+    diseases: _Diseases
+    medication: _Medication
+    observation: _Observation
+    analytes: dict[str, _Analyte]
+    derived: dict[str, _Derived] = {}
+    baseline: _Baseline
+    timepoints: _Timepoints
+    prca_normal_low: _NormalLow
+    transfusion: _Transfusion
+    criteria: dict[Disease, _Criteria]
+    writeback: _Writeback
+
+    @field_validator("criteria")
+    @classmethod
+    def _every_disease(cls, value: dict[Disease, _Criteria]) -> dict[Disease, _Criteria]:
+        missing = [d for d in DISEASES if d not in value]
+        if missing:
+            raise ValueError(f"missing {', '.join(missing)}")
+        return value
+
+
+# --- from the table to the ScoringConfig: references between sections ---------------------
+
+
+def _where(loc: tuple[int | str, ...]) -> str:
+    """A pydantic location as the table's path: criteria.ITP.rules[0].all_of[1].op."""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+# pydantic messages that would name our model classes, said in the table's terms instead.
+_PLAIN = {
+    "missing": "missing",
+    "extra_forbidden": "unknown key",
+    "model_type": "must be a mapping",
+    "dict_type": "must be a mapping",
+}
+
+
+def _parse(data: dict[str, Any]) -> _Table:
+    try:
+        return _Table.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        message = first["msg"].removeprefix("Value error, ")
+        if first["type"] in _PLAIN:
+            message = _PLAIN[first["type"]]
+        elif isinstance(first.get("input"), str | int | float):  # bools are ints
+            message += f" (got {first['input']!r})"
+        where = _where(first["loc"])
+        more = exc.error_count() - 1
+        tail = f" (and {more} more problem(s))" if more else ""
+        raise TerminologyError(
+            f"{_TABLE}: {where}: {message}{tail}" if where else f"{_TABLE}: {message}{tail}"
+        ) from None
+
+
+def _error(path: str, message: str) -> TerminologyError:
+    return TerminologyError(f"{_TABLE}: {path}: {message}")
+
+
+def _analytes(table: _Table) -> dict[str, Analyte]:
+    molar_masses = units.table().molar_masses
+    out: dict[str, Analyte] = {}
+    for name, raw in table.analytes.items():
+        if raw.substance is not None and raw.substance not in molar_masses:
+            raise _error(
+                f"analytes.{name}.substance",
+                f"{raw.substance!r} is not in mappings/units.yaml molar_masses",
+            )
+        out[name] = Analyte(
+            name=name,
+            loinc=raw.loinc,
+            unit=raw.unit,
+            substance=raw.substance,
+            default_upper_limit=raw.default_upper_limit,
+        )
+    for required in ("hemoglobin", "platelets", "ldh", "indirect_bilirubin"):
+        if required not in out:
+            raise _error(f"analytes.{required}", "missing")
+    return out
+
+
+def _test(raw: _Test, path: str, analytes: dict[str, Analyte]) -> Test:
+    if raw.test == "marker_within_upper_limit":
+        marker = analytes.get(raw.analyte or "")
+        if marker is None or marker.default_upper_limit is None:
+            raise _error(
+                f"{path}.analyte", f"{raw.analyte!r} needs an analyte with default_upper_limit"
+            )
+        return Test(kind=raw.test, analyte=marker.name)
+    if raw.op is not None and raw.threshold is not None:  # a numeric test (checked by _Test)
+        return Test(kind=raw.test, op=raw.op, threshold=raw.threshold)
+    return Test(kind=raw.test)
 
 
 def _criteria(
-    disease: str, raw: Any, analytes: dict[str, Analyte], sources: dict[str, str]
+    disease: Disease, raw: _Criteria, analytes: dict[str, Analyte], sources: dict[str, str]
 ) -> Criteria:
     path = f"criteria.{disease}"
-    if not isinstance(raw, dict):
-        raise TerminologyError(f"{_TABLE}: {path}: must be a mapping")
-    analyte = _str(raw, "analyte")
-    if analyte not in analytes:
-        raise TerminologyError(f"{_TABLE}: {path}.analyte: unknown analyte {analyte!r}")
-    rules_raw = _get(raw, "rules")
-    if not isinstance(rules_raw, list):
-        raise TerminologyError(f"{_TABLE}: {path}.rules: must be a list")
+    if raw.analyte not in analytes:
+        raise _error(f"{path}.analyte", f"unknown analyte {raw.analyte!r}")
     rules = []
-    for i, rule in enumerate(rules_raw):
-        rpath = f"{path}.rules[{i}]"
-        if not isinstance(rule, dict):
-            raise TerminologyError(f"{_TABLE}: {rpath}: must be a mapping")
-        response = rule.get("response")
-        if response not in ("CR", "PR"):
-            raise TerminologyError(f"{_TABLE}: {rpath}.response: must be CR or PR")
-        modes = [m for m in ("all_of", "any_of") if m in rule]
-        if len(modes) != 1 or not isinstance(rule[modes[0]], list) or not rule[modes[0]]:
-            raise TerminologyError(f"{_TABLE}: {rpath}: needs exactly one non-empty all_of/any_of")
-        tests = tuple(
-            _test(t, f"{rpath}.{modes[0]}[{j}]", analytes) for j, t in enumerate(rule[modes[0]])
-        )
+    for i, rule in enumerate(raw.rules):
+        mode: Mode = "all" if rule.all_of else "any"  # _Rule: exactly one is non-empty
+        tests = rule.all_of or rule.any_of
+        where = f"{path}.rules[{i}].{mode}_of"
         rules.append(
             Rule(
-                response=response,
-                mode=modes[0][:3],
-                tests=tests,
-                source=_str(rule, "source").strip(),
+                response=rule.response,
+                mode=mode,
+                tests=tuple(_test(t, f"{where}[{j}]", analytes) for j, t in enumerate(tests)),
+                source=rule.source.strip(),
             )
         )
-    keys = _get(raw, "source")
-    keys = [keys] if isinstance(keys, str) else keys
-    if not isinstance(keys, list) or not keys or any(k not in sources for k in keys):
-        raise TerminologyError(f"{_TABLE}: {path}.source: must name keys of `sources`")
-    return Criteria(disease=disease, analyte=analyte, rules=tuple(rules), sources=tuple(keys))
+    keys = (raw.source,) if isinstance(raw.source, str) else raw.source
+    if any(k not in sources for k in keys):
+        raise _error(f"{path}.source", "must name keys of `sources`")
+    return Criteria(disease=disease, analyte=raw.analyte, rules=tuple(rules), sources=keys)
 
 
-def _near_misses(data: dict[str, Any]) -> dict[tuple[str, str], NearMiss]:
-    raw = (data["diseases"].get("near_miss") or {}) if isinstance(data["diseases"], dict) else {}
-    found: dict[tuple[str, str], NearMiss] = {}
-    for kind in ("snomed", "icd10cm", "icd10"):
-        for code, entry in (raw.get(kind) or {}).items():
-            path = f"diseases.near_miss.{kind}.{code}"
-            if not isinstance(entry, dict) or entry.get("near") not in DISEASES:
-                raise TerminologyError(f"{_TABLE}: {path}: needs `near` (one of {DISEASES})")
-            key = str(code) if kind == "snomed" else icd_key(str(code))
-            found[(kind, key)] = NearMiss(
-                str(code), _str(entry, "display"), entry["near"], _str(entry, "source")
-            )
-    return found
+def _derived(table: _Table, analytes: dict[str, Analyte]) -> dict[str, Derived]:
+    out: dict[str, Derived] = {}
+    for name, raw in table.derived.items():
+        for key in (name, raw.minuend, raw.subtrahend):
+            if key not in analytes:
+                raise _error(f"derived.{name}", f"unknown analyte {key!r}")
+        out[name] = Derived(
+            analyte=name,
+            minuend=raw.minuend,
+            subtrahend=raw.subtrahend,
+            source=_folded(raw.source),
+        )
+    return out
+
+
+def _transfusion(raw: _Transfusion) -> Transfusion:
+    return Transfusion(
+        count_status=frozenset(raw.count_status),
+        required=_patterns(raw.required),
+        red_cell=_patterns(raw.red_cell),
+        generic=_patterns(raw.generic),
+        other_component=_patterns(raw.other_component),
+        free_days=raw.free_days,
+        source=raw.source,
+    )
 
 
 def build_config(data: dict[str, Any]) -> ScoringConfig:
     """Check a parsed scoring table and build the ScoringConfig; TerminologyError if broken."""
-    sources_raw = _get(data, "sources")
-    if not isinstance(sources_raw, dict):
-        raise TerminologyError(f"{_TABLE}: sources: must be a mapping")
-    sources = {str(k): " ".join(str(v).split()) for k, v in sources_raw.items()}
-
-    precedence = _strs(data, "diseases.precedence")
-    if sorted(precedence) != sorted(DISEASES):
-        raise TerminologyError(f"{_TABLE}: diseases.precedence: must list {DISEASES} once each")
-    snomed_disease: dict[str, str] = {}
-    icd_disease: dict[str, str] = {}
-    icd10_disease: dict[str, str] = {}
+    table = _parse(data)
+    sources = {k: _folded(v) for k, v in table.sources.items()}
+    diseases = table.diseases
+    snomed_disease: dict[str, Disease] = {}
+    icd_disease: dict[str, Disease] = {}
+    icd10_disease: dict[str, Disease] = {}
     for disease in DISEASES:
-        for code in _strs(data, f"diseases.codes.{disease}.snomed"):
+        for code in diseases.codes[disease].snomed:
             snomed_disease[code] = disease
-        for code in _strs(data, f"diseases.codes.{disease}.icd10cm"):
+        for code in diseases.codes[disease].icd10cm:
             icd_disease[icd_key(code)] = disease
-        for code in data["diseases"]["codes"][disease].get("icd10") or ():
-            icd10_disease[icd_key(str(code))] = disease
-    near_miss = _near_misses(data)
-    try:
-        near_text = tuple(
-            re.compile(p, re.IGNORECASE)
-            for p in (data["diseases"].get("near_miss") or {}).get("text") or ()
+        for code in diseases.codes[disease].icd10:
+            icd10_disease[icd_key(code)] = disease
+    near = diseases.near_miss
+    near_miss = {
+        (kind, code if kind == "snomed" else icd_key(code)): NearMiss(
+            code, entry.display, entry.near, entry.source
         )
-    except re.error as exc:
-        raise TerminologyError(f"{_TABLE}: diseases.near_miss.text: bad pattern: {exc}") from exc
-
-    analytes_raw = _get(data, "analytes")
-    if not isinstance(analytes_raw, dict):
-        raise TerminologyError(f"{_TABLE}: analytes: must be a mapping")
-    analytes = {str(name): _analyte(str(name), raw) for name, raw in analytes_raw.items()}
-    for required in ("hemoglobin", "platelets", "ldh", "indirect_bilirubin"):
-        if required not in analytes:
-            raise TerminologyError(f"{_TABLE}: analytes.{required}: missing")
-    loinc_analyte = {code: a.name for a in analytes.values() for code in a.loinc}
-
-    criteria_raw = _get(data, "criteria")
-    criteria = {d: _criteria(d, _get(criteria_raw, d), analytes, sources) for d in DISEASES}
-
-    tr = _get(data, "transfusion")
-    try:
-        transfusion = Transfusion(
-            count_status=frozenset(_strs(tr, "count_status")),
-            required=tuple(re.compile(p, re.IGNORECASE) for p in _strs(tr, "required")),
-            red_cell=tuple(re.compile(p, re.IGNORECASE) for p in _strs(tr, "red_cell")),
-            generic=tuple(re.compile(p, re.IGNORECASE) for p in _strs(tr, "generic")),
-            other_component=tuple(
-                re.compile(p, re.IGNORECASE) for p in _strs(tr, "other_component")
-            ),
-            free_days=int(_num(tr, "free_days")),
-            source=_str(tr, "source"),
+        for kind, entries in (
+            ("snomed", near.snomed),
+            ("icd10cm", near.icd10cm),
+            ("icd10", near.icd10),
         )
-    except re.error as exc:
-        raise TerminologyError(f"{_TABLE}: transfusion: bad pattern: {exc}") from exc
-
-    derived: dict[str, Derived] = {}
-    derived_raw = data.get("derived") or {}
-    if not isinstance(derived_raw, dict):
-        raise TerminologyError(f"{_TABLE}: derived: must be a mapping")
-    for name, raw in derived_raw.items():
-        path = f"derived.{name}"
-        parts = {k: _str(raw, k) for k in ("minuend", "subtrahend")}
-        for key in (str(name), *parts.values()):
-            if key not in analytes:
-                raise TerminologyError(f"{_TABLE}: {path}: unknown analyte {key!r}")
-        derived[str(name)] = Derived(
-            analyte=str(name), **parts, source=" ".join(_str(raw, "source").split())
-        )
-
-    try:
-        text_names = TextNames(
-            patterns=tuple(
-                re.compile(p, re.IGNORECASE) for p in _strs(data, "medication.text_names")
-            ),
-            source=" ".join(_str(data, "medication.text_names_source").split()),
-        )
-    except re.error as exc:
-        raise TerminologyError(f"{_TABLE}: medication.text_names: bad pattern: {exc}") from exc
-
-    months_raw = _get(data, "timepoints.months")
-    if not isinstance(months_raw, list) or not all(
-        isinstance(m, int) and not isinstance(m, bool) and m > 0 for m in months_raw
-    ):
-        raise TerminologyError(f"{_TABLE}: timepoints.months: must be positive whole months")
-    months = tuple(months_raw)
-    writeback = _get(data, "writeback")
-    for response in RESPONSES:
-        _str(writeback, f"responses.{response}.display")
-    for key in ("code_system", "identifier_system", "code.code", "month_component.code"):
-        _str(writeback, key)
-
+        for code, entry in entries.items()
+    }
+    analytes = _analytes(table)
+    medication = table.medication
+    normal = table.prca_normal_low
     return ScoringConfig(
         sources=sources,
-        snomed=_str(data, "systems.snomed"),
-        icd10cm=frozenset(_strs(data, "systems.icd10cm")),
-        icd10=frozenset(_strs(data, "systems.icd10")),
+        snomed=table.systems.snomed,
+        icd10cm=frozenset(table.systems.icd10cm),
+        icd10=frozenset(table.systems.icd10),
         icd10_disease=icd10_disease,
         near_miss=near_miss,
-        near_miss_text=near_text,
-        loinc=_str(data, "systems.loinc"),
-        rxnorm_system=_str(data, "systems.rxnorm"),
-        ucum=_str(data, "systems.ucum"),
-        interpretation=_str(data, "systems.interpretation"),
-        precedence=precedence,
-        skip_verification=frozenset(_strs(data, "diseases.skip_verification")),
+        near_miss_text=_patterns(near.text),
+        loinc=table.systems.loinc,
+        rxnorm_system=table.systems.rxnorm,
+        ucum=table.systems.ucum,
+        interpretation=table.systems.interpretation,
+        precedence=diseases.precedence,
+        skip_verification=frozenset(diseases.skip_verification),
         snomed_disease=snomed_disease,
         icd_disease=icd_disease,
-        rxnorm=frozenset(_strs(data, "medication.rxnorm")),
-        medication_text=text_names,
-        statement_skip_status=frozenset(_strs(data, "medication.statement_skip_status")),
-        administration_skip_status=frozenset(_strs(data, "medication.administration_skip_status")),
-        request_skip_status=frozenset(_strs(data, "medication.request_skip_status")),
-        request_skip_intent=frozenset(_strs(data, "medication.request_skip_intent")),
-        observation_skip_status=frozenset(_strs(data, "observation.skip_status")),
+        rxnorm=frozenset(medication.rxnorm),
+        medication_text=TextNames(
+            patterns=_patterns(medication.text_names),
+            source=_folded(medication.text_names_source),
+        ),
+        statement_skip_status=frozenset(medication.statement_skip_status),
+        administration_skip_status=frozenset(medication.administration_skip_status),
+        request_skip_status=frozenset(medication.request_skip_status),
+        request_skip_intent=frozenset(medication.request_skip_intent),
+        observation_skip_status=frozenset(table.observation.skip_status),
         analytes=analytes,
-        loinc_analyte=loinc_analyte,
-        derived=derived,
-        baseline_days=int(_num(data, "baseline.days_before_start")),
-        months=months,
-        window_days=int(_num(data, "timepoints.window_days")),
-        timepoint_source=_str(data, "timepoints.source"),
-        normal_low={k: _num(data, f"prca_normal_low.{k}") for k in ("female", "male", "other")},
-        normal_low_source=_str(data, "prca_normal_low.source"),
-        transfusion=transfusion,
-        criteria=criteria,
-        writeback=writeback,
+        loinc_analyte={code: a.name for a in analytes.values() for code in a.loinc},
+        derived=_derived(table, analytes),
+        baseline_days=table.baseline.days_before_start,
+        months=table.timepoints.months,
+        window_days=table.timepoints.window_days,
+        timepoint_source=table.timepoints.source,
+        normal_low={"female": normal.female, "male": normal.male, "other": normal.other},
+        normal_low_source=normal.source,
+        transfusion=_transfusion(table.transfusion),
+        criteria={d: _criteria(d, table.criteria[d], analytes, sources) for d in DISEASES},
+        writeback=table.writeback.model_dump(exclude_none=True),
     )
 
 

@@ -190,15 +190,23 @@ def check_bundle(bundle: Resource, terms: Terminology | None = None) -> list[str
         if res.get("id"):
             known.add(f"{res['resourceType']}/{res['id']}")
     for i, entry in enumerate(bundle.get("entry") or []):
-        res = entry.get("resource")
-        where = f"entry[{i}] {(res or {}).get('resourceType', '?')}"
-        if not isinstance(res, dict) or len(res) <= 1:
-            problems.append(f"{where}: empty resource")
-            continue
-        for path, ref in _references(res, where):
-            if ref not in known:
-                problems.append(f"{path}: reference {ref} does not resolve inside the bundle")
-        for path, system, code in _codings(res, where):
-            if (system, code) not in terms.known_codings:
-                problems.append(f"{path}: coding {system}|{code} is not in mappings/")
+        problems += _entry_problems(i, entry.get("resource"), known, terms)
+    return problems
+
+
+def _entry_problems(i: int, res: Any, known: set[str], terms: Terminology) -> list[str]:
+    """An entry's resource: not empty, references resolving to `known`, codings in mappings/."""
+    where = f"entry[{i}] {(res or {}).get('resourceType', '?')}"
+    if not isinstance(res, dict) or len(res) <= 1:
+        return [f"{where}: empty resource"]
+    problems = [
+        f"{path}: reference {ref} does not resolve inside the bundle"
+        for path, ref in _references(res, where)
+        if ref not in known
+    ]
+    problems += [
+        f"{path}: coding {system}|{code} is not in mappings/"
+        for path, system, code in _codings(res, where)
+        if (system, code) not in terms.known_codings
+    ]
     return problems

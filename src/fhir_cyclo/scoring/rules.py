@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import date, timedelta
-from typing import Any
+from typing import Any, Literal, get_args
 
-from fhir_cyclo.core.scoring_config import Criteria, Derived, ScoringConfig, Test, load_config
+from fhir_cyclo.core.scoring_config import (
+    Criteria,
+    Derived,
+    Response,
+    RuleResponse,
+    ScoringConfig,
+    Test,
+    TestKind,
+    load_config,
+)
 from fhir_cyclo.scoring.dates import Span, add_months, clamp
 from fhir_cyclo.scoring.model import (
     Measurement,
@@ -15,12 +24,13 @@ from fhir_cyclo.scoring.model import (
     PatientInputs,
     ScoringInputs,
     Skipped,
+    StartDate,
     TransfusionEvent,
     log_name,
 )
 
 # The kinds of reason an assessment can carry (the JSON "reasons[].kind"; see score.schema.json).
-REASON_KINDS = (
+ReasonKind = Literal[
     "threshold_met",  # a test of a rule held (the value, the operator and the threshold)
     "threshold_missed",  # a test failed on a measured value
     "marker_missing",  # a test needed a value (LDH, indirect bilirubin) that the window lacks
@@ -30,7 +40,13 @@ REASON_KINDS = (
     "value_skipped",  # NE: a result in the window was read but skipped (unit, value, status)
     "no_baseline",  # NE: no baseline in [start - days, start]
     "date_imputed",  # a partial date was placed at a day of its interval
-)
+]
+REASON_KINDS: tuple[ReasonKind, ...] = get_args(ReasonKind)
+
+
+def _outcome(held: bool) -> ReasonKind:
+    return "threshold_met" if held else "threshold_missed"
+
 
 _LABEL = {
     "platelets": "PLT",
@@ -67,10 +83,10 @@ class Pick:
 class Check:
     """One test of a rule as evaluated: the values compared, the threshold, and the outcome."""
 
-    rule: str  # the response the rule gives (CR / PR)
-    test: str  # the test kind (config.TESTS)
+    rule: RuleResponse  # the response the rule gives
+    test: TestKind
     held: bool
-    kind: str  # the reason kind it makes (REASON_KINDS)
+    kind: ReasonKind  # the reason kind it makes
     text: str  # e.g. "Hb 12.4 g/dL > 12", "no LDH in window 2011-03-10..2011-05-11"
     value: float | None = None  # the left side compared (after rounding, as compared)
     op: str | None = None
@@ -84,7 +100,7 @@ class Check:
 class Reason:
     """A sentence saying what decided (or blocked) a result, with its kind and resources."""
 
-    kind: str  # one of REASON_KINDS
+    kind: ReasonKind
     text: str
     refs: tuple[str, ...] = ()
 
@@ -109,7 +125,7 @@ class Assessment:
     month: int
     target: date
     window: Span
-    response: str  # CR / PR / NR / NE
+    response: Response
     pick: Pick | None = None
     markers: dict[str, Pick | None] = field(default_factory=dict)  # AIHA: analyte -> pick
     transfusions: tuple[TransfusionEvent, ...] = ()  # PRCA: counted ones in the free window
@@ -302,152 +318,221 @@ def _num(value: float) -> str:
     return f"{value:g}"
 
 
+@dataclass(frozen=True, slots=True)
 class _Context:
     """What the tests of one timepoint look at."""
 
-    def __init__(
-        self,
-        cfg: ScoringConfig,
-        criteria: Criteria,
-        inputs: PatientInputs,
-        baseline: Pick,
-        assessment: Assessment,
-    ) -> None:
-        self.cfg = cfg
-        self.inputs = inputs
-        self.baseline = baseline
-        self.assessment = assessment
-        self.analyte = criteria.analyte
-        self.label = label(criteria.analyte)
-        self.unit = cfg.analytes[criteria.analyte].unit
-        self.shown_unit = display_unit(self.unit)  # in sentences; the JSON fields keep UCUM
+    cfg: ScoringConfig
+    inputs: PatientInputs
+    baseline: Pick
+    assessment: Assessment
+    analyte: str  # the analyte scored
 
-    def check(self, rule: str, test: Test, register: bool) -> Check:
+    @property
+    def pick(self) -> Pick:
+        """The scored measurement of the timepoint (classify is called only with one)."""
+        assert self.assessment.pick is not None
+        return self.assessment.pick
+
+    @property
+    def base(self) -> float:
+        """The baseline value (pick_baseline picks only measurements with a value)."""
+        assert self.baseline.value is not None
+        return self.baseline.value
+
+    @property
+    def label(self) -> str:
+        return label(self.analyte)
+
+    @property
+    def unit(self) -> str:
+        return self.cfg.analytes[self.analyte].unit
+
+    @property
+    def shown_unit(self) -> str:
+        return display_unit(self.unit)  # in sentences; the JSON fields keep UCUM
+
+    def check(self, rule: RuleResponse, test: Test, register: bool) -> Check:
         """Evaluate one test; with `register`, keep what it looked up as evidence."""
-        a = self.assessment
-        assert a.pick is not None
-        value = a.pick.value
-        ref = a.pick.measurement.ref
-        base = self.baseline.value
-        assert base is not None
-        name, unit, shown = self.label, self.unit, self.shown_unit
-        if test.kind in ("value", "ratio_to_baseline", "rise_from_baseline"):
-            if value is None:
-                # Only a value-less PRCA Hb gets here, and PRCA has no numeric tests.
-                return Check(rule, test.kind, False, "marker_missing", f"{name} has no value")
-            if test.kind == "value":
-                left, right = value, test.threshold
-                what = f"{name} {_num(left)} {shown}"
-                bound = _num(right)
-                refs: tuple[str, ...] = (ref,)
-            elif test.kind == "ratio_to_baseline":
-                # Multiply instead of dividing: a baseline of 0 is a valid platelet count.
-                left, right = value, round(test.threshold * base, 4)
-                what = f"{name} {_num(left)} {shown}"
-                bound = f"{_num(test.threshold)} x baseline {_num(base)} = {_num(right)}"
-                refs = (ref, self.baseline.measurement.ref)
-            else:
-                # Rounded so that 9.1 - 7.1 counts as the 2.0 it is, not 1.9999999999999991.
-                left, right = round(value - base, 4), test.threshold
-                what = f"{name} rise {_num(left)} {shown} (baseline {_num(base)} to {_num(value)})"
-                bound = _num(right)
-                refs = (ref, self.baseline.measurement.ref)
-            held = _compare(test.op, left, right)
-            text = f"{what} {test.op} {bound}" if held else f"{what} is not {test.op} {bound}"
-            kind = "threshold_met" if held else "threshold_missed"
-            return Check(rule, test.kind, held, kind, text, left, test.op, right, unit, None, refs)
-        if test.kind == "marker_within_upper_limit":
-            analyte = self.cfg.analytes[test.analyte]
-            marker_name = label(test.analyte)
-            # The measured marker, else one derived from others (indirect = total - direct).
-            marker = marker_pick(self.cfg, self.inputs, test.analyte, a.target)
-            if register:
-                a.markers[test.analyte] = marker
-            if marker is None or marker.value is None:
-                text = f"no {marker_name} in window {_span_text(a.window)}"
-                derived = self.cfg.derived.get(test.analyte)
-                if derived is not None:
-                    text += (
-                        f" (nor {label(derived.minuend)} with {label(derived.subtrahend)} to "
-                        "derive it)"
-                    )
-                return Check(rule, test.kind, False, "marker_missing", text)
-            limit = marker.measurement.high
-            source = "referenceRange.high"
-            if limit is None:
-                limit = analyte.default_upper_limit
-                source = "project default (no referenceRange.high)"
-            assert limit is not None  # config.py requires a default upper limit
-            held = marker.value <= limit
-            what = f"{marker_name} {_num(marker.value)} {analyte.unit} on {marker.date}"
-            bound = f"upper limit {_num(limit)} ({source})"
-            text = f"{what} <= {bound}" if held else f"{what} is above the {bound}"
-            return Check(
-                rule,
-                test.kind,
-                held,
-                "threshold_met" if held else "threshold_missed",
-                text,
-                marker.value,
-                "<=",
-                limit,
-                analyte.unit,
-                source,
-                marker.measurement.derived_from or (marker.measurement.ref,),
-            )
-        if test.kind == "within_normal_range":
-            if value is None:
-                held = a.pick.measurement.normal
-                return Check(
-                    rule,
-                    test.kind,
-                    held,
-                    "normal_without_value" if held else "marker_missing",
-                    f"{name} without a value, interpretation N (normal) "
-                    f"({a.pick.measurement.date_text}): counted as in the normal range",
-                    refs=(ref,),
-                )
-            low = a.pick.measurement.low
-            source = "referenceRange.low"
-            if low is None:
-                gender = self.inputs.gender if self.inputs.gender in ("female", "male") else "other"
-                low = self.cfg.normal_low[gender]
-                source = f"{self.cfg.normal_low_source}, {gender}"
-            if register:
-                a.normal_low = low
-            held = value >= low
-            what = f"{name} {_num(value)} {shown}"
-            bound = f"lower limit of normal {_num(low)} ({source})"
-            text = f"{what} >= {bound}" if held else f"{what} is below the {bound}"
-            kind = "threshold_met" if held else "threshold_missed"
-            return Check(rule, test.kind, held, kind, text, value, ">=", low, unit, source, (ref,))
-        if test.kind == "transfusion_free":
-            days = self.cfg.transfusion.free_days
-            end = a.pick.date
-            start = end - timedelta(days=days)
-            events = counted_transfusions(self.inputs.transfusions, start, end)
-            if register:
-                a.transfusions = events
-            window = f"{start.isoformat()}..{end.isoformat()} ({days} d before the {name})"
-            if not events:
-                text = f"no counted red-cell transfusion in {window}"
-                return Check(rule, test.kind, True, "threshold_met", text, threshold=days)
-            listed = ", ".join(f"{e.text!r} ({e.status}, {_when(e.span)})" for e in events)
-            return Check(
-                rule,
-                test.kind,
-                False,
-                "transfusion_in_window",
-                f"red-cell transfusion in {window}: {listed}",
-                threshold=days,
-                refs=tuple(e.ref for e in events),
-            )
-        raise AssertionError(test.kind)  # config.py only lets known tests through
+        return _CHECKS[test.kind](self, rule, test, register)
+
+
+# One function per test kind (mappings/scoring.yaml `criteria` comment): each takes the context,
+# the response of the rule, the test and whether to register evidence on the assessment.
+_CheckFn = Callable[[_Context, RuleResponse, Test, bool], Check]
+
+
+def _compared(
+    ctx: _Context,
+    rule: RuleResponse,
+    test: Test,
+    sides: tuple[float, float],
+    texts: tuple[str, str],
+) -> Check:
+    """A numeric test: `left op right`, with the sentence's two halves and the resources."""
+    left, right = sides
+    what, bound = texts
+    held = _compare(test.op, left, right)
+    text = f"{what} {test.op} {bound}" if held else f"{what} is not {test.op} {bound}"
+    refs: tuple[str, ...] = (ctx.pick.measurement.ref,)
+    if test.kind != "value":
+        refs += (ctx.baseline.measurement.ref,)
+    return Check(
+        rule, test.kind, held, _outcome(held), text, left, test.op, right, ctx.unit, None, refs
+    )
+
+
+def _no_value(ctx: _Context, rule: RuleResponse, test: Test) -> Check:
+    # Only a value-less PRCA Hb reaches a numeric test without a value, and PRCA has none.
+    return Check(rule, test.kind, False, "marker_missing", f"{ctx.label} has no value")
+
+
+def _check_value(ctx: _Context, rule: RuleResponse, test: Test, register: bool) -> Check:
+    value = ctx.pick.value
+    if value is None:
+        return _no_value(ctx, rule, test)
+    what = f"{ctx.label} {_num(value)} {ctx.shown_unit}"
+    return _compared(ctx, rule, test, (value, test.threshold), (what, _num(test.threshold)))
+
+
+def _check_ratio_to_baseline(
+    ctx: _Context, rule: RuleResponse, test: Test, register: bool
+) -> Check:
+    value = ctx.pick.value
+    if value is None:
+        return _no_value(ctx, rule, test)
+    # Multiply instead of dividing: a baseline of 0 is a valid platelet count.
+    right = round(test.threshold * ctx.base, 4)
+    what = f"{ctx.label} {_num(value)} {ctx.shown_unit}"
+    bound = f"{_num(test.threshold)} x baseline {_num(ctx.base)} = {_num(right)}"
+    return _compared(ctx, rule, test, (value, right), (what, bound))
+
+
+def _check_rise_from_baseline(
+    ctx: _Context, rule: RuleResponse, test: Test, register: bool
+) -> Check:
+    value = ctx.pick.value
+    if value is None:
+        return _no_value(ctx, rule, test)
+    # Rounded so that 9.1 - 7.1 counts as the 2.0 it is, not 1.9999999999999991.
+    left = round(value - ctx.base, 4)
+    what = (
+        f"{ctx.label} rise {_num(left)} {ctx.shown_unit} "
+        f"(baseline {_num(ctx.base)} to {_num(value)})"
+    )
+    return _compared(ctx, rule, test, (left, test.threshold), (what, _num(test.threshold)))
+
+
+def _check_marker_within_upper_limit(
+    ctx: _Context, rule: RuleResponse, test: Test, register: bool
+) -> Check:
+    a = ctx.assessment
+    analyte = ctx.cfg.analytes[test.analyte]
+    marker_name = label(test.analyte)
+    # The measured marker, else one derived from others (indirect = total - direct).
+    marker = marker_pick(ctx.cfg, ctx.inputs, test.analyte, a.target)
+    if register:
+        a.markers[test.analyte] = marker
+    if marker is None or marker.value is None:
+        text = f"no {marker_name} in window {_span_text(a.window)}"
+        derived = ctx.cfg.derived.get(test.analyte)
+        if derived is not None:
+            text += f" (nor {label(derived.minuend)} with {label(derived.subtrahend)} to derive it)"
+        return Check(rule, test.kind, False, "marker_missing", text)
+    limit = marker.measurement.high
+    source = "referenceRange.high"
+    if limit is None:
+        limit = analyte.default_upper_limit
+        source = "project default (no referenceRange.high)"
+    assert limit is not None  # scoring_config requires a default upper limit
+    held = marker.value <= limit
+    what = f"{marker_name} {_num(marker.value)} {analyte.unit} on {marker.date}"
+    bound = f"upper limit {_num(limit)} ({source})"
+    text = f"{what} <= {bound}" if held else f"{what} is above the {bound}"
+    return Check(
+        rule,
+        test.kind,
+        held,
+        _outcome(held),
+        text,
+        marker.value,
+        "<=",
+        limit,
+        analyte.unit,
+        source,
+        marker.measurement.derived_from or (marker.measurement.ref,),
+    )
+
+
+def _check_within_normal_range(
+    ctx: _Context, rule: RuleResponse, test: Test, register: bool
+) -> Check:
+    pick = ctx.pick
+    value, ref, name = pick.value, pick.measurement.ref, ctx.label
+    if value is None:
+        held = pick.measurement.normal
+        return Check(
+            rule,
+            test.kind,
+            held,
+            "normal_without_value" if held else "marker_missing",
+            f"{name} without a value, interpretation N (normal) "
+            f"({pick.measurement.date_text}): counted as in the normal range",
+            refs=(ref,),
+        )
+    low = pick.measurement.low
+    source = "referenceRange.low"
+    if low is None:
+        gender = ctx.inputs.gender if ctx.inputs.gender in ("female", "male") else "other"
+        low = ctx.cfg.normal_low[gender]
+        source = f"{ctx.cfg.normal_low_source}, {gender}"
+    if register:
+        ctx.assessment.normal_low = low
+    held = value >= low
+    what = f"{name} {_num(value)} {ctx.shown_unit}"
+    bound = f"lower limit of normal {_num(low)} ({source})"
+    text = f"{what} >= {bound}" if held else f"{what} is below the {bound}"
+    return Check(
+        rule, test.kind, held, _outcome(held), text, value, ">=", low, ctx.unit, source, (ref,)
+    )
+
+
+def _check_transfusion_free(ctx: _Context, rule: RuleResponse, test: Test, register: bool) -> Check:
+    days = ctx.cfg.transfusion.free_days
+    end = ctx.pick.date
+    start = end - timedelta(days=days)
+    events = counted_transfusions(ctx.inputs.transfusions, start, end)
+    if register:
+        ctx.assessment.transfusions = events
+    window = f"{start.isoformat()}..{end.isoformat()} ({days} d before the {ctx.label})"
+    if not events:
+        text = f"no counted red-cell transfusion in {window}"
+        return Check(rule, test.kind, True, "threshold_met", text, threshold=days)
+    listed = ", ".join(f"{e.text!r} ({e.status}, {_when(e.span)})" for e in events)
+    return Check(
+        rule,
+        test.kind,
+        False,
+        "transfusion_in_window",
+        f"red-cell transfusion in {window}: {listed}",
+        threshold=days,
+        refs=tuple(e.ref for e in events),
+    )
+
+
+_CHECKS: dict[TestKind, _CheckFn] = {
+    "value": _check_value,
+    "ratio_to_baseline": _check_ratio_to_baseline,
+    "rise_from_baseline": _check_rise_from_baseline,
+    "marker_within_upper_limit": _check_marker_within_upper_limit,
+    "within_normal_range": _check_within_normal_range,
+    "transfusion_free": _check_transfusion_free,
+}
 
 
 def classify(
     criteria: Criteria, cfg: ScoringConfig, inputs: PatientInputs, baseline: Pick, a: Assessment
-) -> str:
+) -> Response:
     """Response for an assessment with a pick: the first rule whose tests hold, else NR.
 
     Fills `a.checks` (every test evaluated) and `a.reasons` (what decided the response, and
@@ -456,10 +541,10 @@ def classify(
     rule without one is listed in `a.missing_markers` (the better response was out of reach for
     want of data, not ruled out by it).
     """
-    context = _Context(cfg, criteria, inputs, baseline, a)
-    evaluated: list[tuple[str, list[Check]]] = []
+    context = _Context(cfg, inputs, baseline, a, criteria.analyte)
+    evaluated: list[tuple[RuleResponse, list[Check]]] = []
     missing: list[str] = []
-    response = "NR"
+    response: Response = "NR"
     for rule in criteria.rules:
         checks: list[Check] = []
         lazy = True  # still on the path the rule reads ("Hb > 12 and then the markers")
@@ -488,20 +573,24 @@ def classify(
                 if m not in missing and marker_pick(cfg, inputs, m, a.target) is None
             ]
     a.missing_markers = tuple(missing)
-    for rule_response, checks in evaluated:
-        for c in checks:
-            if rule_response == response:
-                if c.held:
-                    a.reasons.append(Reason(c.kind, f"{response}: {c.text}", c.refs))
-            elif c.held:
-                a.reasons.append(Reason(c.kind, f"{rule_response} condition met: {c.text}", c.refs))
-            elif c.kind == "marker_missing":
-                a.reasons.append(
-                    Reason(c.kind, f"{rule_response} not assessable: {c.text}", c.refs)
-                )
-            else:
-                a.reasons.append(Reason(c.kind, f"{rule_response} missed: {c.text}", c.refs))
+    a.reasons += [
+        reason
+        for rule_response, checks in evaluated
+        for c in checks
+        if (reason := _check_reason(c, rule_response, response)) is not None
+    ]
     return response
+
+
+def _check_reason(c: Check, rule_response: RuleResponse, response: Response) -> Reason | None:
+    """What an evaluated test says about the response given (None: a failed test of it)."""
+    if rule_response == response:
+        return Reason(c.kind, f"{response}: {c.text}", c.refs) if c.held else None
+    if c.held:
+        return Reason(c.kind, f"{rule_response} condition met: {c.text}", c.refs)
+    if c.kind == "marker_missing":
+        return Reason(c.kind, f"{rule_response} not assessable: {c.text}", c.refs)
+    return Reason(c.kind, f"{rule_response} missed: {c.text}", c.refs)
 
 
 def _imputed_note(pick: Pick, role: str) -> Note:
@@ -599,20 +688,107 @@ def _no_value_reason(
     )
 
 
-def _same_instant(series: list[Measurement], pick: Pick, role: str, name: str) -> Note | None:
+def _same_instant(series: list[Measurement], pick: Pick | None, role: str, name: str) -> list[Note]:
     """A note when other results were written at exactly the instant of the one used."""
+    if pick is None:
+        return []
     m = pick.measurement
     others = sorted(
         o.ref for o in series if o.date_text == m.date_text and o.ref != m.ref and not m.partial
     )
     if not others:
-        return None
+        return []
     values = sorted({str(o.value) for o in series if o.date_text == m.date_text})
+    return [
+        Note(
+            m.ref,
+            role,
+            f"{len(others) + 1} {name} results at the same instant {m.date_text} (values "
+            f"{', '.join(values)}; also {', '.join(others)}): used {m.ref} (the last by reference)",
+        )
+    ]
+
+
+def _baseline_reason(inputs: PatientInputs, analyte: str, name: str, window: Span) -> Reason:
+    """Why there is no baseline: nothing measured, or measured and skipped (issue 24)."""
+    skips = skipped_in(inputs, analyte, window)
+    if skips:
+        return Reason(
+            "value_skipped",
+            f"no usable {name} value in the baseline window {_span_text(window)}: "
+            f"{len(skips)} result(s) there skipped: {_skipped_text(skips)}; every timepoint NE",
+            tuple(s.ref for s in skips),
+        )
+    return Reason(
+        "no_baseline",
+        f"no {name} value in the baseline window {_span_text(window)}: every timepoint NE",
+    )
+
+
+def _other_skips(
+    inputs: PatientInputs, reasons: list[Reason], assessments: list[Assessment]
+) -> list[Reason]:
+    """Every other result read but skipped, named (issue 24: a unit still not understood is in
+    that patient's reasons), so "not measured" and "not understood" never look alike."""
+    named = {ref for r in reasons for ref in r.refs}
+    named |= {ref for a in assessments for r in a.reasons for ref in r.refs}
+    found = []
+    for skip in inputs.skipped:
+        if skip.ref not in named:
+            named.add(skip.ref)
+            when = _when(skip.span) if skip.span else "no date"
+            found.append(
+                Reason(
+                    "value_skipped",
+                    f"{label(skip.analyte)} result {skip.ref} ({when}) skipped: {skip.why}",
+                    (skip.ref,),
+                )
+            )
+    return found
+
+
+def _assessment_notes(
+    inputs: PatientInputs, a: Assessment, cfg: ScoringConfig, name: str
+) -> list[Note]:
+    """Warnings about a classified assessment (imputed dates, markers out of reach); the
+    imputed dates are added to its reasons too."""
+    assert a.pick is not None
+    notes = []
+    if a.pick.imputed:
+        notes.append(_imputed_note(a.pick, f"month {a.month}"))
+        a.reasons.append(_imputed_reason(a.pick, name))
+    if a.missing_markers:
+        notes.append(_missing_note(inputs, a, cfg))
+    for marker_name, p in a.markers.items():
+        if p is not None and p.imputed:
+            notes.append(_imputed_note(p, f"month {a.month} {marker_name}"))
+            a.reasons.append(_imputed_reason(p, label(marker_name)))
+    return notes
+
+
+def _no_baseline_note(inputs: PatientInputs, analyte: str, start: date, days: int) -> Note:
     return Note(
-        m.ref,
-        role,
-        f"{len(others) + 1} {name} results at the same instant {m.date_text} (values "
-        f"{', '.join(values)}; also {', '.join(others)}): used {m.ref} (the last by reference)",
+        log_name(inputs),
+        analyte,
+        f"no baseline within {days} days before {start.isoformat()}: every timepoint NE",
+    )
+
+
+def _partial_start_note(start: StartDate) -> Note:
+    return Note(
+        start.ref,
+        start.date_field,
+        f"partial date {start.date_text!r}: cyclosporine start taken as "
+        f"{start.day.isoformat()} (first day)",
+    )
+
+
+def _partial_start_reason(start: StartDate) -> Reason:
+    return Reason(
+        "date_imputed",
+        f"cyclosporine start dated {start.date_text!r} (partial): taken as "
+        f"{start.day.isoformat()}, the first day of its interval",
+        (start.ref,),
     )
 
 
@@ -631,59 +807,17 @@ def score_patient(
     series = inputs.labs.get(criteria.analyte, [])
     start = inputs.start.day
     if inputs.start.span[0] != inputs.start.span[1]:
-        notes.append(
-            Note(
-                inputs.start.ref,
-                inputs.start.date_field,
-                f"partial date {inputs.start.date_text!r}: cyclosporine start taken as "
-                f"{start.isoformat()} (first day)",
-            )
-        )
-        reasons.append(
-            Reason(
-                "date_imputed",
-                f"cyclosporine start dated {inputs.start.date_text!r} (partial): taken as "
-                f"{start.isoformat()}, the first day of its interval",
-                (inputs.start.ref,),
-            )
-        )
+        notes.append(_partial_start_note(inputs.start))
+        reasons.append(_partial_start_reason(inputs.start))
     baseline = pick_baseline(series, start, cfg.baseline_days)
-    base_window = (start - timedelta(days=cfg.baseline_days), start)
     if baseline is None:
-        notes.append(
-            Note(
-                log_name(inputs),
-                criteria.analyte,
-                f"no baseline within {cfg.baseline_days} days before {start.isoformat()}: "
-                "every timepoint NE",
-            )
-        )
-        skips = skipped_in(inputs, criteria.analyte, base_window)
-        if skips:
-            reasons.append(
-                Reason(
-                    "value_skipped",
-                    f"no usable {name} value in the baseline window {_span_text(base_window)}: "
-                    f"{len(skips)} result(s) there skipped: {_skipped_text(skips)}; every "
-                    "timepoint NE",
-                    tuple(s.ref for s in skips),
-                )
-            )
-        else:
-            reasons.append(
-                Reason(
-                    "no_baseline",
-                    f"no {name} value in the baseline window {_span_text(base_window)}: "
-                    "every timepoint NE",
-                )
-            )
+        notes.append(_no_baseline_note(inputs, criteria.analyte, start, cfg.baseline_days))
+        base_window = (start - timedelta(days=cfg.baseline_days), start)
+        reasons.append(_baseline_reason(inputs, criteria.analyte, name, base_window))
     elif baseline.imputed:
         notes.append(_imputed_note(baseline, "baseline"))
         reasons.append(_imputed_reason(baseline, f"baseline {name}"))
-    if baseline is not None:
-        twin = _same_instant(series, baseline, "baseline", name)
-        if twin is not None:
-            notes.append(twin)
+    notes += _same_instant(series, baseline, "baseline", name)
     assessments = []
     defaulted: list[int] = []  # months that used the sex-less lower limit of normal
     for month in cfg.months:
@@ -702,18 +836,8 @@ def score_patient(
                 a.reasons.append(_no_value_reason(series, a, name, skips))
             else:
                 a.response = classify(criteria, cfg, inputs, baseline, a)
-                twin = _same_instant(series, a.pick, f"month {month}", name)
-                if twin is not None:
-                    notes.append(twin)
-                if a.pick.imputed:
-                    notes.append(_imputed_note(a.pick, f"month {month}"))
-                    a.reasons.append(_imputed_reason(a.pick, name))
-                if a.missing_markers:
-                    notes.append(_missing_note(inputs, a, cfg))
-                for marker_name, p in a.markers.items():
-                    if p is not None and p.imputed:
-                        notes.append(_imputed_note(p, f"month {month} {marker_name}"))
-                        a.reasons.append(_imputed_reason(p, label(marker_name)))
+                notes += _same_instant(series, a.pick, f"month {month}", name)
+                notes += _assessment_notes(inputs, a, cfg, name)
                 if (
                     a.normal_low is not None
                     and a.pick.measurement.low is None
@@ -721,21 +845,7 @@ def score_patient(
                 ):
                     defaulted.append(month)
         assessments.append(a)
-    # Every other result read but skipped is named too (issue 24: a unit still not understood
-    # is in that patient's reasons), so "not measured" and "not understood" never look alike.
-    named = {ref for r in reasons for ref in r.refs}
-    named |= {ref for a in assessments for r in a.reasons for ref in r.refs}
-    for skip in inputs.skipped:
-        if skip.ref not in named:
-            named.add(skip.ref)
-            when = _when(skip.span) if skip.span else "no date"
-            reasons.append(
-                Reason(
-                    "value_skipped",
-                    f"{label(skip.analyte)} result {skip.ref} ({when}) skipped: {skip.why}",
-                    (skip.ref,),
-                )
-            )
+    reasons += _other_skips(inputs, reasons, assessments)
     if defaulted:
         notes.append(
             Note(
@@ -755,6 +865,20 @@ def score_patient(
         reasons=reasons,
     )
     return score, notes
+
+
+def _not_scored(p: PatientInputs) -> tuple[str, list[Note]]:
+    """Why a patient without a disease or a start is not scored, and the warning, if any."""
+    # Patients with neither are simply outside the cohort; half-documented ones are news.
+    if p.disease is not None:
+        note = Note(log_name(p), "MedicationStatement", "no cyclosporine start; not scored")
+        return NO_START, [note]
+    if p.start is not None:
+        near = f" (near miss: {'; '.join(p.near_misses)})" if p.near_misses else ""
+        return NO_CONDITION, [
+            Note(log_name(p), "Condition", f"no ITP/AIHA/PRCA Condition{near}; not scored")
+        ]
+    return NO_BOTH, []
 
 
 def score(inputs: ScoringInputs, config: ScoringConfig | None = None) -> CohortScore:
@@ -777,22 +901,9 @@ def score(inputs: ScoringInputs, config: ScoringConfig | None = None) -> CohortS
                 )
             )
         if p.disease is None or p.start is None:
-            reason = (
-                NO_BOTH
-                if p.disease is None and p.start is None
-                else (NO_START if p.disease is not None else NO_CONDITION)
-            )
+            reason, note = _not_scored(p)
             accounting.not_scored[reason] = accounting.not_scored.get(reason, 0) + 1
-            # Patients with neither are simply outside the cohort; half-documented ones are news.
-            if p.disease is not None:
-                notes.append(
-                    Note(log_name(p), "MedicationStatement", "no cyclosporine start; not scored")
-                )
-            elif p.start is not None:
-                near = f" (near miss: {'; '.join(p.near_misses)})" if p.near_misses else ""
-                notes.append(
-                    Note(log_name(p), "Condition", f"no ITP/AIHA/PRCA Condition{near}; not scored")
-                )
+            notes += note
             continue
         scored, more = score_patient(p, cfg)
         patients.append(scored)

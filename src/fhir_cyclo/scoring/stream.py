@@ -13,7 +13,7 @@ from typing import IO, Any
 
 import orjson
 
-from fhir_cyclo.core.scoring_config import ScoringConfig, load_config
+from fhir_cyclo.core.scoring_config import Response, ScoringConfig, load_config
 from fhir_cyclo.readers.fhir import SourceItem
 from fhir_cyclo.report import to_json, to_table
 from fhir_cyclo.report.document import FORMAT, tail
@@ -91,7 +91,7 @@ def score_groups(
     return result
 
 
-def _stand_in(disease: str, responses: tuple[tuple[int, str], ...], unit: str) -> PatientScore:
+def _stand_in(disease: str, responses: tuple[tuple[int, Response], ...], unit: str) -> PatientScore:
     day = date.min
     return PatientScore(
         inputs=PatientInputs(key="", reference=None, identifier=None, gender=None),

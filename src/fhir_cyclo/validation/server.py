@@ -290,7 +290,7 @@ def _say(line: str) -> None:
 
 def run(args: argparse.Namespace, out: Callable[[str], None] = _say) -> int:
     """`validate --server`: every issue and a summary on stderr; exit 0, 1, 2 or 3."""
-    from fhir_cyclo.client import FhirClient
+    from fhir_cyclo.client import AuthOptions, FhirClient, ServerOptions, TlsOptions
 
     paths: Sequence[str] = args.paths
     if args.workers < 1:
@@ -299,11 +299,10 @@ def run(args: argparse.Namespace, out: Callable[[str], None] = _say) -> int:
     if missing:
         return _usage(f"no such file or folder: {', '.join(missing)}")
     try:
+        tls = TlsOptions(verify=not args.insecure, allow_http=args.allow_http)
         client = FhirClient(
-            args.server,
-            token_file=Path(args.token_file) if args.token_file else None,
-            verify=not args.insecure,
-            allow_http=args.allow_http,
+            ServerOptions(args.server, tls=tls),
+            auth=AuthOptions(token_file=Path(args.token_file) if args.token_file else None),
         )
     except InputError as exc:
         return _usage(str(exc))

@@ -63,7 +63,8 @@ import org.springframework.orm.jpa.LocalContainerEntityManagerFactoryBean;
  *
  * <p>Every setting keeps HAPI's default (the public server's behaviour: cached identical searches,
  * no Bundle.total, sequential numeric server ids, 20 per page) except the ones named in the README:
- * validation of every write, $expunge (reset), Bulk Data export.
+ * validation of every write, multiple and cascading delete (the tests' reset), $expunge, Bulk Data
+ * export.
  */
 @Configuration
 @Import(ThreadPoolFactoryConfig.class)
@@ -72,7 +73,11 @@ public class ServerConfig {
 	@Bean
 	public JpaStorageSettings jpaStorageSettings() {
 		JpaStorageSettings settings = new JpaStorageSettings();
-		// Changed from HAPI's default, for the tests: a reset between test groups ($expunge).
+		// Changed from HAPI's default, for the tests: the reset between test groups
+		// (server/hapi.py reset_clinical_data) is a multiple delete,
+		// `DELETE [type]?_lastUpdated=ge1900-01-01&_cascade=delete`. It does not use $expunge:
+		// expunging everything would also drop the StructureDefinitions, which HAPI 8.8 cannot
+		// store again over REST. $expunge stays enabled for clearing deleted versions by hand.
 		settings.setExpungeEnabled(true);
 		settings.setDeleteExpungeEnabled(true);
 		settings.setAllowMultipleDelete(true);
