@@ -134,7 +134,7 @@ def _run_grouped(
 ) -> int:
     """`run` for file input without --plot/--report/--write-back/--patient/--identifier: the
     same output, in constant memory per patient group."""
-    from fhir_cyclo.scoring.stream import score_groups, scratch, table, write_json
+    from fhir_cyclo.report.stream import score_groups, scratch, table, write_json
 
     def warn(note: Any) -> None:
         print(f"fhir-cyclo: warning: {note}", file=sys.stderr)
