@@ -12,7 +12,6 @@ import difflib
 import logging
 import sys
 from collections.abc import Sequence
-from importlib import metadata
 from types import ModuleType
 from typing import NoReturn
 
@@ -35,6 +34,8 @@ COMMANDS: dict[str, ModuleType] = {
 
 
 def version() -> str:
+    from importlib import metadata  # email, csv, zipfile...: only --version pays for them
+
     try:
         return metadata.version("fhir-cyclo")
     except metadata.PackageNotFoundError:  # running from a source tree without install

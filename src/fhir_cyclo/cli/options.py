@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -81,6 +80,8 @@ def verbosity(ns: argparse.Namespace) -> Verbosity:
 
 def config_data(path: Path | None = None) -> dict[str, Any]:
     """The config file: --config, else $FHIR_CYCLO_CONFIG, ./fhir-cyclo.toml, ~/.config/..."""
+    import tomllib
+
     if path is not None:
         candidates = [path]
     else:

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-import orjson
 
 from fhir_cyclo.cli import options, output, preflight
 from fhir_cyclo.cli.options import HelpFormatter, ServerOptions, add_verbosity
@@ -102,6 +99,8 @@ def parse(ns: argparse.Namespace) -> PushOptions:
 
 def _bundles(paths: list[str], failures: list[str], skipped: list[str]) -> Iterator[Outgoing]:
     """(label, transaction bytes[, identifier]) per case; bad inputs reported once, skipped."""
+    import hashlib
+
     from fhir_cyclo.core.terminology import terminology
     from fhir_cyclo.export.writer import map_case
     from fhir_cyclo.fhir.bundle import dumps, transaction_bundle
@@ -135,6 +134,8 @@ def _bundles(paths: list[str], failures: list[str], skipped: list[str]) -> Itera
 
 def _plan(items: Iterator[Outgoing]) -> Iterator[Outgoing]:
     """--dry-run: print what each transaction would send (data, so stdout), pass it on."""
+    import orjson
+
     for item in items:
         label, data = item.label, item.bundle
         bundle = orjson.loads(data) if isinstance(data, bytes) else data

@@ -9,8 +9,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import orjson
-
 from fhir_cyclo.cli import bulk_export, options, output, preflight
 from fhir_cyclo.cli.options import SERVER_ENV, HelpFormatter, ServerOptions, add_verbosity
 from fhir_cyclo.core.errors import InputError, UsageError
@@ -212,6 +210,8 @@ def _score(opts: ScoreOptions, paths: list[str], client: Any | None) -> int:
 
 
 def _write(cohort: CohortScore, out: ScoreOutputs, client: Any | None) -> None:
+    import orjson
+
     from fhir_cyclo.report import plot, to_json, to_table
     from fhir_cyclo.scoring.writeback import to_bundle
 
