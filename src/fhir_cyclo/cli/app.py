@@ -60,7 +60,9 @@ class _Version(argparse.Action):
         parser.exit()
 
 
-def build_parser() -> Parser:
+def build_parser(command: str | None = None) -> Parser:
+    """The parser; with `command`, only that subcommand gets its options (the others: their
+    name and help line, which is all `fhir-cyclo --help` shows): less start-up for every run."""
     parser = Parser(
         prog="fhir-cyclo",
         description="FHIR R4 adapter for cyclosporine-treated cases: export, push, score.",
@@ -73,8 +75,11 @@ def build_parser() -> Parser:
     sub = parser.add_subparsers(
         dest="command", required=True, metavar="COMMAND", parser_class=Parser
     )
-    for module in COMMANDS.values():
-        module.register(sub)
+    for name, module in COMMANDS.items():
+        if command is None or name == command:
+            module.register(sub)
+        else:
+            sub.add_parser(name, help=module.HELP)
     return parser
 
 
@@ -146,7 +151,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         command = _command_of(arguments)
         if command is not None and command not in COMMANDS:
             raise _unknown_command(command)
-        parser = build_parser()
+        # No command (--help, --version, or none given): names and help lines are enough.
+        parser = build_parser(command or "")
         ns, extras = parser.parse_known_args(arguments)
         if extras:
             raise _unrecognized(parser, ns.command, extras)

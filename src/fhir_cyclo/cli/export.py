@@ -12,6 +12,7 @@ from fhir_cyclo.cli.options import HelpFormatter, add_verbosity
 from fhir_cyclo.core.errors import UsageError
 
 NAME = "export"
+HELP = "case files / cohort CSV folders -> transaction Bundles"
 
 
 @dataclass(frozen=True)
@@ -26,7 +27,7 @@ class ExportOptions:
 def register(sub: argparse._SubParsersAction[Any]) -> None:
     p = sub.add_parser(
         NAME,
-        help="case files / cohort CSV folders -> transaction Bundles",
+        help=HELP,
         description="Map case files (YAML/JSON) and cohort CSV folders to one FHIR R4 transaction "
         "Bundle per case, written atomically to --out.",
         formatter_class=HelpFormatter,

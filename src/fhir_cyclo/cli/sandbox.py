@@ -13,6 +13,7 @@ from fhir_cyclo.cli.options import HelpFormatter, add_verbosity
 from fhir_cyclo.core.errors import UsageError
 
 NAME = "sandbox"
+HELP = "run the project's HAPI FHIR JPA R4 test server (built by `make hapi`) on 127.0.0.1"
 
 
 @dataclass(frozen=True)
@@ -25,7 +26,7 @@ class SandboxOptions:
 def register(sub: argparse._SubParsersAction[Any]) -> None:
     p = sub.add_parser(
         NAME,
-        help="run the project's HAPI FHIR JPA R4 test server (built by `make hapi`) on 127.0.0.1",
+        help=HELP,
         description="Run the project's HAPI FHIR JPA R4 test server on 127.0.0.1 until Ctrl-C.",
         formatter_class=HelpFormatter,
     )
