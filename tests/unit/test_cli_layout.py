@@ -6,6 +6,7 @@ import ast
 import subprocess
 import sys
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -154,3 +155,50 @@ def test_each_command_is_one_module() -> None:
         "bulk-export": "fhir_cyclo.cli.bulk_export",
         "sandbox": "fhir_cyclo.cli.sandbox",
     }
+
+
+class _Recorder:
+    """Stands in for the FhirClient `options.make_client` builds; records what it was given."""
+
+    base_url = "https://fhir.example.org/r4"
+    given: ClassVar[list[object]] = []
+
+    def __init__(self, server: object) -> None:
+        _Recorder.given.append(server)
+
+    def __enter__(self) -> _Recorder:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        pass
+
+    def capabilities(self) -> dict[str, str]:
+        return {"resourceType": "CapabilityStatement", "fhirVersion": "4.0.1"}
+
+    def ensure_pool_size(self, workers: int) -> None:
+        pass
+
+    def validate_resource(self, body: object) -> object:
+        from fhir_cyclo.core.errors import OperationOutcome
+
+        return OperationOutcome(issues=())
+
+
+def test_validate_server_builds_its_client_like_every_command(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # It built its own client without SMART auth, config file or --timeout (issue 21).
+    import fhir_cyclo.cli.options
+
+    config = tmp_path / "c.toml"
+    config.write_text('[smart]\nclient_id = "from-config"\n')
+    monkeypatch.setattr(fhir_cyclo.cli.options, "make_client", _Recorder)
+    argv = ["validate", str(CASE), "--server", _Recorder.base_url, "--timeout", "7"]
+    assert main([*argv, "--smart-kid", "k1", "--config", str(config)]) == 0
+    server = _Recorder.given[-1]
+    assert isinstance(server, fhir_cyclo.cli.options.ServerOptions)
+    assert (server.url, server.timeout, server.smart.kid) == (_Recorder.base_url, 7.0, "k1")
+    assert server.config == {"smart": {"client_id": "from-config"}}
+    assert "fhir-cyclo: validated 1 resource(s)" in capsys.readouterr().err
+    assert main([*argv[:-1], "0"]) == 2  # --timeout 0: the shared check, before any work
+    assert "--timeout must be greater than 0" in capsys.readouterr().err
