@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from types import ModuleType
 from typing import NoReturn
 
-from fhir_cyclo.cli import bulk_export, export, options, output, push, sandbox, score, validate
+from fhir_cyclo.cli import options, output
 from fhir_cyclo.core.errors import FhirCycloError, UsageError
 
 log = logging.getLogger("fhir_cyclo")
@@ -28,9 +28,45 @@ EXIT_TRANSPORT = output.EXIT_TRANSPORT
 EXIT_INTERNAL = output.EXIT_INTERNAL
 say = output.say
 
-COMMANDS: dict[str, ModuleType] = {
-    m.NAME: m for m in (export, validate, push, score, bulk_export, sandbox)
+# Each command: its line in `fhir-cyclo --help`. Its module is imported only when it runs (or
+# shows its own --help): `--version` and `--help` load no command module at all.
+COMMANDS: dict[str, str] = {
+    "export": "case files / cohort CSV folders -> transaction Bundles",
+    "validate": "check case files, cohort folders and FHIR Bundles; list every problem",
+    "push": "push one transaction Bundle per case to a FHIR R4 server",
+    "score": "score cyclosporine response from FHIR files or a server",
+    "bulk-export": "FHIR Bulk Data $export into a folder (manifest.json + NDJSON)",
+    "sandbox": "run the project's HAPI FHIR JPA R4 test server (built by `make hapi`) on 127.0.0.1",
 }
+
+
+def command_module(name: str) -> ModuleType:
+    """The module of one command (imported here, not at the top: see COMMANDS)."""
+    if name == "export":
+        from fhir_cyclo.cli import export
+
+        return export
+    if name == "validate":
+        from fhir_cyclo.cli import validate
+
+        return validate
+    if name == "push":
+        from fhir_cyclo.cli import push
+
+        return push
+    if name == "score":
+        from fhir_cyclo.cli import score
+
+        return score
+    if name == "bulk-export":
+        from fhir_cyclo.cli import bulk_export
+
+        return bulk_export
+    if name == "sandbox":
+        from fhir_cyclo.cli import sandbox
+
+        return sandbox
+    raise _unknown_command(name)
 
 
 def version() -> str:
@@ -75,11 +111,11 @@ def build_parser(command: str | None = None) -> Parser:
     sub = parser.add_subparsers(
         dest="command", required=True, metavar="COMMAND", parser_class=Parser
     )
-    for name, module in COMMANDS.items():
+    for name, help_line in COMMANDS.items():
         if command is None or name == command:
-            module.register(sub)
+            command_module(name).register(sub, help_line)
         else:
-            sub.add_parser(name, help=module.HELP)
+            sub.add_parser(name, help=help_line)
     return parser
 
 
@@ -157,7 +193,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if extras:
             raise _unrecognized(parser, ns.command, extras)
         _configure(options.verbosity(ns))
-        module = COMMANDS[ns.command]
+        module = command_module(ns.command)
         opts = module.parse(ns)  # every usage error is found here, before any work
         return int(module.run(opts))
     except SystemExit as exc:  # --help and --version

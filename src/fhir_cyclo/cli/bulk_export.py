@@ -15,7 +15,6 @@ if TYPE_CHECKING:
     from fhir_cyclo.client.fhir import FhirClient
 
 NAME = "bulk-export"
-HELP = "FHIR Bulk Data $export into a folder (manifest.json + NDJSON)"
 DEFAULT_BULK_DIR = Path(".fhir-cyclo") / "bulk-export"
 DEFAULT_MAX_POLL_WAIT = 300.0
 
@@ -75,10 +74,10 @@ def bulk_options(ns: argparse.Namespace) -> BulkOptions:
     )
 
 
-def register(sub: argparse._SubParsersAction[Any]) -> None:
+def register(sub: argparse._SubParsersAction[Any], help_line: str) -> None:
     p = sub.add_parser(
         NAME,
-        help=HELP,
+        help=help_line,
         description="Run (or resume) a FHIR Bulk Data $export from --server into --out.",
         formatter_class=HelpFormatter,
     )

@@ -12,7 +12,6 @@ from fhir_cyclo.cli.options import HelpFormatter, add_verbosity
 from fhir_cyclo.core.errors import UsageError
 
 NAME = "export"
-HELP = "case files / cohort CSV folders -> transaction Bundles"
 
 
 @dataclass(frozen=True)
@@ -24,10 +23,10 @@ class ExportOptions:
     key_file: Path | None = None  # set only with --deidentify
 
 
-def register(sub: argparse._SubParsersAction[Any]) -> None:
+def register(sub: argparse._SubParsersAction[Any], help_line: str) -> None:
     p = sub.add_parser(
         NAME,
-        help=HELP,
+        help=help_line,
         description="Map case files (YAML/JSON) and cohort CSV folders to one FHIR R4 transaction "
         "Bundle per case, written atomically to --out.",
         formatter_class=HelpFormatter,

@@ -17,7 +17,6 @@ if TYPE_CHECKING:
     from fhir_cyclo.server.push import CaseResult, Outgoing
 
 NAME = "push"
-HELP = "push one transaction Bundle per case to a FHIR R4 server"
 # The journal's default place; server.journal.DEFAULT_JOURNAL is the same path (not imported:
 # it would load the push machinery for every `--help`).
 DEFAULT_JOURNAL = Path(".fhir-cyclo") / "push-journal.jsonl"
@@ -34,10 +33,10 @@ class PushOptions:
     resume: bool = False
 
 
-def register(sub: argparse._SubParsersAction[Any]) -> None:
+def register(sub: argparse._SubParsersAction[Any], help_line: str) -> None:
     p = sub.add_parser(
         NAME,
-        help=HELP,
+        help=help_line,
         description="Send one transaction per case (case files, cohort folders or exported "
         "Bundles) to a FHIR R4 server. Failures and the summary go to stderr.",
         formatter_class=HelpFormatter,

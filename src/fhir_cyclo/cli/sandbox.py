@@ -13,7 +13,6 @@ from fhir_cyclo.cli.options import HelpFormatter, add_verbosity
 from fhir_cyclo.core.errors import UsageError
 
 NAME = "sandbox"
-HELP = "run the project's HAPI FHIR JPA R4 test server (built by `make hapi`) on 127.0.0.1"
 
 
 @dataclass(frozen=True)
@@ -23,10 +22,10 @@ class SandboxOptions:
     log: Path | None = None  # None: a temporary folder
 
 
-def register(sub: argparse._SubParsersAction[Any]) -> None:
+def register(sub: argparse._SubParsersAction[Any], help_line: str) -> None:
     p = sub.add_parser(
         NAME,
-        help=HELP,
+        help=help_line,
         description="Run the project's HAPI FHIR JPA R4 test server on 127.0.0.1 until Ctrl-C.",
         formatter_class=HelpFormatter,
     )

@@ -20,7 +20,6 @@ if TYPE_CHECKING:
     from fhir_cyclo.scoring.rules import CohortScore
 
 NAME = "score"
-HELP = "score cyclosporine response from FHIR files or a server"
 # What an existing --json / --report file must hold to be replaced: only what score wrote.
 JSON_MARKER = b'"fhir-cyclo-score/'
 REPORT_MARKER = b'<meta name="generator" content="fhir-cyclo score report">'
@@ -49,10 +48,10 @@ class ScoreOptions:
     bulk_dir: Path = bulk_export.DEFAULT_BULK_DIR
 
 
-def register(sub: argparse._SubParsersAction[Any]) -> None:
+def register(sub: argparse._SubParsersAction[Any], help_line: str) -> None:
     p = sub.add_parser(
         NAME,
-        help=HELP,
+        help=help_line,
         description="Score response to cyclosporine (mappings/scoring.yaml) from FHIR Bundle / "
         "NDJSON files or folders, or from a server (--server). Data (--json -, --table) goes to "
         "stdout; warnings and the summary to stderr. Case files are not FHIR: export them first.",

@@ -11,7 +11,6 @@ from fhir_cyclo.cli.options import HelpFormatter, ServerOptions, add_verbosity
 from fhir_cyclo.core.errors import UsageError
 
 NAME = "validate"
-HELP = "check case files, cohort folders and FHIR Bundles; list every problem"
 DEFAULT_WORKERS = 2  # the server validates ~0.1-1 s per Bundle; 2 keeps a 2-core box usable
 SEVERITIES = ("fatal", "error", "warning", "information")
 
@@ -24,10 +23,10 @@ class ValidateOptions:
     information: bool = False  # --server: list information issues too
 
 
-def register(sub: argparse._SubParsersAction[Any]) -> None:
+def register(sub: argparse._SubParsersAction[Any], help_line: str) -> None:
     p = sub.add_parser(
         NAME,
-        help=HELP,
+        help=help_line,
         description="Check case files, cohort folders and FHIR Bundle files without writing "
         "anything; print every problem as FILE: WHERE: MESSAGE on stderr. With --server, also "
         "send each to the server's $validate and list its issues.",
