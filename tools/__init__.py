@@ -1,1 +1,1 @@
-"""Build-time generators (profiles/, docs/reference.md): not part of the runtime package."""
+"""Build-time generators (profiles/, docs/reference.md, mappings/unit_factors.yaml): not shipped."""

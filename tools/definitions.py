@@ -16,9 +16,8 @@ from typing import Any, NamedTuple
 import orjson
 
 from fhir_cyclo.core.tables import load_table
-from fhir_cyclo.core.terminology import LOCAL_BASE, LOCAL_SYSTEM, terminology
+from fhir_cyclo.core.terminology import LOCAL_BASE, LOCAL_SYSTEM, SYNTHETIC_TAG, terminology
 from fhir_cyclo.mappers.datatypes import EXT_LINE_OF_THERAPY, EXT_TARGET_TROUGH, EXT_TIME
-from fhir_cyclo.mappers.patient import SYNTHETIC_TAG
 
 VERSION = "1.0.0"
 PUBLISHER = "fhir-cyclo"

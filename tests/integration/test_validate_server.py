@@ -261,17 +261,20 @@ def test_unreadable_input_is_an_error_and_the_rest_is_validated(
     assert "validated 1 resource(s)" in err
 
 
-def test_information_is_listed_only_with_v(
+def test_information_is_listed_only_with_information(
     server: Server, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """A clean resource (narrative included) gets one information issue: shown with -v only."""
+    """A clean resource (narrative included) gets one information issue: shown with
+    --information only (it was `-v`, which is the global verbosity now)."""
     div = '<div xmlns="http://www.w3.org/1999/xhtml">female patient</div>'
     path = write(tmp_path, "clean.json", {**PATIENT, "text": {"status": "generated", "div": div}})
     code, quiet, _ = cli(capsys, "validate", "--server", server.base_url, str(path))
     assert code == 0
     assert quiet[:-1] == []  # only the summary line
     assert "0 error(s), 0 warning(s), 1 information" in quiet[-1]
-    code, verbose, _ = cli(capsys, "validate", "-v", "--server", server.base_url, str(path))
+    code, verbose, _ = cli(
+        capsys, "validate", "--information", "--server", server.base_url, str(path)
+    )
     assert code == 0
     assert verbose[:-1] == [
         f"{path} Patient/p-1: information: No issues detected during validation"

@@ -212,9 +212,9 @@ class FakeServer:
 def test_push_failures_once_on_stderr_and_second_push_says_unchanged(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    import fhir_cyclo.cli.commands
+    import fhir_cyclo.cli.options
 
-    monkeypatch.setattr(fhir_cyclo.cli.commands, "make_client", lambda args: FakeServer())
+    monkeypatch.setattr(fhir_cyclo.cli.options, "make_client", lambda server: FakeServer())
     bad = tmp_path / "bad.yaml"
     bad.write_text(CASE.read_text().replace("drug: cyclosporine", "drug: ciclosporin", 1))
     code = main(

@@ -289,7 +289,7 @@ def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         raise AssertionError("work started before the usage error was found")
 
     import fhir_cyclo.cli.bulk_export
-    import fhir_cyclo.cli.commands
+    import fhir_cyclo.cli.push
     import fhir_cyclo.cli.score
     import fhir_cyclo.client
     import fhir_cyclo.export.writer
@@ -305,12 +305,12 @@ def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         (fhir_cyclo.readers.case_files, "load"),
         (fhir_cyclo.readers.case_files, "discover"),
         (fhir_cyclo.server.push, "push_bundles"),
-        (fhir_cyclo.cli.commands, "_bundles"),
+        (fhir_cyclo.cli.push, "_bundles"),
         (fhir_cyclo.cli.score, "run"),
         (fhir_cyclo.server.hapi, "HapiServer"),
         (fhir_cyclo.client, "FhirClient"),
         (fhir_cyclo.cli.bulk_export, "export"),
-        (fhir_cyclo.validation.server, "run"),
+        (fhir_cyclo.validation.server, "validate_paths_on_server"),
     ]:
         monkeypatch.setattr(module, name, work_started)
     return tmp_path

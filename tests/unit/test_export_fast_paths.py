@@ -137,7 +137,7 @@ def test_cached_date_and_unit_checks_still_refuse_bad_values() -> None:
 
 def test_push_reads_each_input_file_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # A folder of case files and an exported Bundle: each is parsed once (it was twice).
-    from fhir_cyclo.cli.commands import _bundles
+    from fhir_cyclo.cli.push import _bundles
     from fhir_cyclo.fhir.bundle import transaction_bundle
     from fhir_cyclo.readers import case_files as inputs
 
@@ -163,7 +163,7 @@ def test_push_reads_each_input_file_once(tmp_path: Path, monkeypatch: pytest.Mon
 def test_push_keys_each_case_as_the_journal_would_from_the_bundle(tmp_path: Path) -> None:
     # push hands the journal each case's identifier instead of having it parse the Bundle again:
     # the key must be the one the Bundle's Patient gives, for case files and exported Bundles.
-    from fhir_cyclo.cli.commands import _bundles
+    from fhir_cyclo.cli.push import _bundles
     from fhir_cyclo.fhir.bundle import transaction_bundle
     from fhir_cyclo.server.journal import case_key
 

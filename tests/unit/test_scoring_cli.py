@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -83,22 +83,16 @@ class RecordingClient:
 
     def transaction(self, bundle: dict[str, Any]) -> Any:
         self.sent.append(bundle)
-        return argparse.Namespace(created=len(bundle["entry"]), updated=0)
+        return SimpleNamespace(created=len(bundle["entry"]), updated=0)
 
 
 def test_server_mode_with_write_back(capsys: pytest.CaptureFixture[str]) -> None:
     client = RecordingClient()
-    args = argparse.Namespace(
-        paths=[],
+    opts = scoring_cli.ScoreOptions(
         patient="Patient/prca-1",
-        identifier=None,
-        json="-",
-        table=False,
-        plot=None,
-        write_back=True,
-        strict=False,
+        outputs=scoring_cli.ScoreOutputs(json="-", write_back=True),
     )
-    assert scoring_cli.run(args, client) == 0
+    assert scoring_cli.run(opts, client) == 0
     out, err = capsys.readouterr()
     assert [p["patient"] for p in json.loads(out)["patients"]] == ["urn:example:mrn|prca-1"]
     assert len(client.sent) == 1

@@ -13,10 +13,10 @@ import pytest
 from fhir_cyclo.export.writer import export
 from fhir_cyclo.readers.fhir import SourceItem, read_paths
 from fhir_cyclo.report import to_json, to_table
+from fhir_cyclo.report.stream import score_groups, table, write_json
 from fhir_cyclo.scoring.extract import extract
 from fhir_cyclo.scoring.grouping import grouped
 from fhir_cyclo.scoring.rules import score
-from fhir_cyclo.scoring.stream import score_groups, table, write_json
 from tests.conftest import FIXTURES
 
 SYSTEM = "http://example.org/mrn"

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from fhir_cyclo.cli.app import main
-from fhir_cyclo.cli.commands import default_server
+from fhir_cyclo.cli.options import default_server
 
 
 def test_env_var_wins_over_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

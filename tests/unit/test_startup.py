@@ -11,7 +11,7 @@ def test_push_score_and_bulk_start_without_the_jose_libraries() -> None:
     # imports them when it loads its key (client/smart.py).
     code = (
         "import sys\n"
-        "import fhir_cyclo.cli.app, fhir_cyclo.cli.commands, fhir_cyclo.server.push, fhir_cyclo.cli.bulk_export\n"
+        "import fhir_cyclo.cli.app, fhir_cyclo.cli.push, fhir_cyclo.server.push, fhir_cyclo.cli.bulk_export\n"
         "import fhir_cyclo.client.fhir, fhir_cyclo.client.smart\n"
         "print(sorted(m for m in ('jwt', 'cryptography') if m in sys.modules))\n"
     )

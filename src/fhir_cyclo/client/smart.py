@@ -25,7 +25,7 @@ import requests
 from requests.auth import AuthBase
 
 from fhir_cyclo.client.auth import REDACTED, Redactor
-from fhir_cyclo.client.http import ServerOptions
+from fhir_cyclo.client.http import ServerOptions, is_loopback
 from fhir_cyclo.core.errors import FatalTransportError
 
 log = logging.getLogger("fhir_cyclo.client")
@@ -390,8 +390,6 @@ class SmartBackendAuth(AuthBase):
 
 
 def _check_token_url(url: str, *, allow_http: bool) -> None:
-    from fhir_cyclo.client.http import is_loopback
-
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise FatalTransportError(f"SMART token endpoint {url!r} is not an http(s) URL")

@@ -18,6 +18,8 @@ from pydantic import (
     model_validator,
 )
 
+from fhir_cyclo.core.units import to_ucum
+
 # FHIR `date`/`dateTime` lexical forms, so any precision the source gives survives a round trip.
 _PARTIAL_DATE = re.compile(
     r"^(?P<y>\d{4})(-(?P<m>\d{2})(-(?P<d>\d{2})"
@@ -267,8 +269,6 @@ class Lab(Model):
 
 @functools.lru_cache(maxsize=1024)
 def _ucum_or_as_written(unit: str) -> str:
-    from fhir_cyclo.core.units import to_ucum
-
     return to_ucum(unit) or unit
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -206,3 +207,16 @@ def server_error_for(
     else:
         cls = ServerError
     return cls(status, outcome, url=url, method=method)
+
+
+def pydantic_path(loc: Iterable[Any]) -> str:
+    """('labs', 2, 'value') -> 'labs[2].value'."""
+    out = ""
+    for part in loc:
+        if isinstance(part, str) and part.startswith(("When:", "function-")):
+            continue  # union branch tags, not fields the user wrote
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out

@@ -9,9 +9,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from fhir_cyclo.core.errors import TerminologyError
 from fhir_cyclo.core.tables import load_table
+from fhir_cyclo.core.units import factor
 
 LOCAL_BASE = "http://fhir-cyclo.example.org/fhir"
 LOCAL_SYSTEM = f"{LOCAL_BASE}/CodeSystem/cyclo-local"
+# Patient.meta.tag of synthetic cases: written by the exporter, read by the report.
+SYNTHETIC_TAG = {"system": LOCAL_SYSTEM, "code": "synthetic-data", "display": "Synthetic data"}
 UCUM = "http://unitsofmeasure.org"
 
 
@@ -63,8 +66,6 @@ class Concept(_Strict):
         """
         if self.unit is None:
             return None
-        from fhir_cyclo.core.units import factor
-
         return factor(unit, self.unit, self.substance)
 
 

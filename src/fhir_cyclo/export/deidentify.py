@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from fhir_cyclo.core.case import Case
-from fhir_cyclo.core.errors import InputError
+from fhir_cyclo.core.errors import InputError, UsageError
 from fhir_cyclo.core.terminology import LOCAL_BASE
 
 PSEUDONYM_SYSTEM = f"{LOCAL_BASE}/sid/deidentified-case"
@@ -84,8 +84,6 @@ def check_key_file(path: Path, out_dir: Path) -> None:
     """Usage checks for --key-file, before any work: where it is, and that the output folder
     holds no pseudonyms made with another key (two keys = two pseudonymous copies of a patient).
     """
-    from fhir_cyclo.core.errors import UsageError
-
     if path.resolve().is_relative_to(out_dir.resolve()):
         raise UsageError(f"--key-file {path}: must not be inside the output folder {out_dir}")
     if path.exists() and not path.is_file():

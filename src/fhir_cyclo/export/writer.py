@@ -15,6 +15,7 @@ from typing import IO
 from fhir_cyclo.core.case import Case
 from fhir_cyclo.core.errors import FhirCycloError, InputError, MappingError
 from fhir_cyclo.core.terminology import Terminology, terminology
+from fhir_cyclo.export.deidentify import KeyFile, deidentify, mark_folder
 from fhir_cyclo.fhir.bundle import (
     dumps,
     local_reference_lines,
@@ -143,8 +144,6 @@ def export(
     terms = terminology()
     keys = None
     if deidentify_keys is not None:
-        from fhir_cyclo.export.deidentify import KeyFile
-
         if deidentify_keys.resolve().is_relative_to(out_dir.resolve()):
             raise InputError(
                 "the key file must not be inside the output folder", source=str(deidentify_keys)
@@ -152,8 +151,6 @@ def export(
         keys = KeyFile(deidentify_keys)
     out_dir.mkdir(parents=True, exist_ok=True)
     if keys is not None:
-        from fhir_cyclo.export.deidentify import mark_folder
-
         mark_folder(out_dir, keys)
     summary = ExportSummary()
     writer = NdjsonWriter(out_dir / "ndjson") if ndjson else None
@@ -165,8 +162,6 @@ def export(
                 try:
                     case = loaded.case
                     if keys is not None:
-                        from fhir_cyclo.export.deidentify import deidentify
-
                         case = deidentify(case, keys)
                     resources, compact = map_case_compact(case, terms, validate=validate)
                     data = dumps(transaction_bundle(case, terms, resources))

@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from fhir_cyclo.core.case import Diagnosis, Imaging, Lab, MarrowFinding, ReferenceRange
 from fhir_cyclo.core.errors import MappingError
+from fhir_cyclo.core.units import unit_problem
 from fhir_cyclo.mappers.condition import dat_item_id
 from fhir_cyclo.mappers.datatypes import (
     FromContext,
@@ -90,8 +91,6 @@ def lab_to_fhir(lab: Lab, ctx: ToContext) -> Resource:
     except KeyError:
         raise MappingError(f"unknown analyte {lab.analyte!r}", path="analyte") from None
     if lab.unit is not None and concept.factor_to_unit(lab.unit) is None:
-        from fhir_cyclo.readers.case_files import unit_problem
-
         raise MappingError(unit_problem(lab.unit, lab.analyte, concept.unit or ""), path="unit")
     res = _head(ctx, lab.id, lab.date, "laboratory", concept_cc(concept, lab.text))
     if lab.value is not None and lab.unit is not None:

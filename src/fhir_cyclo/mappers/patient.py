@@ -6,10 +6,8 @@ from typing import Any
 
 from fhir_cyclo.core.case import Identifier, Patient
 from fhir_cyclo.core.errors import MappingError
-from fhir_cyclo.core.terminology import LOCAL_SYSTEM
+from fhir_cyclo.core.terminology import LOCAL_SYSTEM, SYNTHETIC_TAG
 from fhir_cyclo.mappers.datatypes import FromContext, Resource, ToContext
-
-SYNTHETIC_TAG = {"system": LOCAL_SYSTEM, "code": "synthetic-data", "display": "Synthetic data"}
 
 
 def to_fhir(patient: Patient, ctx: ToContext) -> Resource:

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ValidationError
 from fhir_cyclo.core.case import AdverseEvent, Case, Diagnosis, Patient, Treatment
 from fhir_cyclo.core.errors import InputError
 from fhir_cyclo.core.terminology import Terminology
-from fhir_cyclo.readers.case_files import (
+from fhir_cyclo.readers.checks import (
     COHORT_LABS,
     COHORT_META,
     COHORT_PATIENTS,

@@ -7,6 +7,7 @@ from typing import Any
 
 from fhir_cyclo.core.errors import TerminologyError
 from fhir_cyclo.core.tables import load_table
+from fhir_cyclo.core.terminology import SYNTHETIC_TAG
 from fhir_cyclo.scoring.rules import CohortScore
 
 DISEASES = ("ITP", "AIHA", "PRCA")
@@ -50,8 +51,6 @@ def is_synthetic(cohort: CohortScore) -> bool:
 
 def patient_is_synthetic(tags: tuple[str, ...]) -> bool:
     """True when Patient.meta.tag ("system|code" strings) carries the synthetic-data tag."""
-    from fhir_cyclo.mappers.patient import SYNTHETIC_TAG  # the exporter's own tag
-
     return f"{SYNTHETIC_TAG['system']}|{SYNTHETIC_TAG['code']}" in tags
 
 

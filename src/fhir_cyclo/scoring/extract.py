@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from datetime import date
 from typing import Any
 
-from fhir_cyclo.core.errors import InputError
+from fhir_cyclo.core.errors import InputError, pydantic_path
 from fhir_cyclo.core.scoring_config import ScoringConfig, icd_key, load_config
 from fhir_cyclo.readers.fhir import SourceItem
 from fhir_cyclo.scoring.dates import Span, parse_span
@@ -417,8 +417,6 @@ def _first_identifier(patient: dict[str, Any]) -> tuple[str, str] | None:
 
 def _one_line(exc: ValueError) -> str:
     """A pydantic error as one line: each field path with its message (the first three)."""
-    from fhir_cyclo.readers.case_files import pydantic_path
-
     errors = getattr(exc, "errors", None)
     if callable(errors):
         parts = [f"{pydantic_path(e['loc'])}: {e['msg']}" for e in errors()]

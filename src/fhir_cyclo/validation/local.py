@@ -13,10 +13,10 @@ from typing import Any
 
 import orjson
 
-from fhir_cyclo.core.errors import InputError
+from fhir_cyclo.core.errors import InputError, pydantic_path
 from fhir_cyclo.core.terminology import Terminology, terminology
 from fhir_cyclo.fhir.bundle import check_bundle, transaction_bundle
-from fhir_cyclo.readers.case_files import discover, load, pydantic_path, read_structured
+from fhir_cyclo.readers.case_files import discover, load, read_structured
 
 _R4B_BUNDLE = "Bundle: R4B validation:"
 

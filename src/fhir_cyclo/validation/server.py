@@ -1,16 +1,14 @@
-"""`fhir-cyclo validate --server`: every issue of a server's $validate, per file and entry."""
+"""Validation by a server's $validate: every issue, per file, NDJSON line and Bundle entry."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
-import sys
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -21,9 +19,13 @@ from fhir_cyclo.core.errors import (
     OperationOutcome,
     ServerError,
 )
+from fhir_cyclo.core.terminology import terminology
+from fhir_cyclo.fhir.bundle import transaction_bundle
 from fhir_cyclo.readers.case_files import COHORT_PATIENTS, discover, load, read_structured
 
-EXIT_OK, EXIT_ERRORS, EXIT_USAGE = 0, 1, 2
+if TYPE_CHECKING:
+    from fhir_cyclo.client.fhir import FhirClient
+
 DEFAULT_WORKERS = 2  # the server validates ~0.1-1 s per Bundle; 2 keeps a 2-core box usable
 SEVERITIES = ("fatal", "error", "warning", "information")
 # HAPI writes the entry's Type/id as a comment into Bundle paths:
@@ -189,9 +191,6 @@ def _ndjson_targets(path: Path) -> Iterator[Target | Finding]:
 
 def collect(paths: Iterable[str | Path]) -> Iterator[Target | Finding]:
     """Targets for every file, NDJSON line and case under `paths`; local problems as Findings."""
-    from fhir_cyclo.core.terminology import terminology
-    from fhir_cyclo.fhir.bundle import transaction_bundle
-
     case_paths: list[Path] = []
     for kind, path in _kinds(paths):
         if kind == "ndjson":
@@ -255,74 +254,39 @@ def validate_all(
         yield from pool.map(one, items)
 
 
-# --- command line -------------------------------------------------------------------------------
+# --- the whole run -----------------------------------------------------------------------------
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    """The `validate` options for server validation (cli.py adds them to its subparser)."""
-    p.add_argument("--server", help="also validate with this FHIR R4 server's $validate")
-    p.add_argument(
-        "--workers",
-        type=int,
-        default=DEFAULT_WORKERS,
-        help=f"parallel $validate requests (default {DEFAULT_WORKERS})",
-    )
-    p.add_argument("--token-file", help="file holding a bearer token (or set $FHIR_CYCLO_TOKEN)")
-    p.add_argument("--allow-http", action="store_true", help="allow http:// to non-loopback hosts")
-    p.add_argument("--insecure", action="store_true", help="do not verify TLS certificates")
-    p.add_argument(
-        "-v",
-        dest="information",
-        action="store_true",
-        help="with --server: list information issues too (errors and warnings always are)",
-    )
+@dataclass
+class ServerValidation:
+    """Counts of one `validate --server` run, by severity."""
+
+    sent: int = 0
+    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SEVERITIES, 0))
+
+    @property
+    def errors(self) -> int:
+        return self.counts["fatal"] + self.counts["error"]
 
 
-def _usage(message: str) -> int:
-    _say(f"error: {message}")
-    return EXIT_USAGE
+def validate_paths_on_server(
+    client: FhirClient,
+    paths: Iterable[str | Path],
+    *,
+    workers: int = DEFAULT_WORKERS,
+    on_finding: Callable[[Finding], None] = lambda _: None,
+) -> ServerValidation:
+    """$validate everything under `paths` with `client`; each finding goes to `on_finding`.
 
-
-def _say(line: str) -> None:
-    # Like every command's diagnostics (cli.say): stderr, one line each, the program's prefix.
-    print(f"fhir-cyclo: {line}", file=sys.stderr, flush=True)
-
-
-def run(args: argparse.Namespace, out: Callable[[str], None] = _say) -> int:
-    """`validate --server`: every issue and a summary on stderr; exit 0, 1, 2 or 3."""
-    from fhir_cyclo.client import AuthOptions, FhirClient, ServerOptions, TlsOptions
-
-    paths: Sequence[str] = args.paths
-    if args.workers < 1:
-        return _usage(f"--workers must be >= 1, got {args.workers}")
-    missing = [p for p in paths if not Path(p).exists()]
-    if missing:
-        return _usage(f"no such file or folder: {', '.join(missing)}")
-    try:
-        tls = TlsOptions(verify=not args.insecure, allow_http=args.allow_http)
-        client = FhirClient(
-            ServerOptions(args.server, tls=tls),
-            auth=AuthOptions(token_file=Path(args.token_file) if args.token_file else None),
-        )
-    except InputError as exc:
-        return _usage(str(exc))
-    # FatalTransportError (plain http off loopback, ...) propagates: exit 3, as for push/score.
-    everything = args.information or getattr(args, "verbose", False)
-    shown = set(SEVERITIES) if everything else set(SEVERITIES[:3])
-    counts = dict.fromkeys(SEVERITIES, 0)
-    sent = 0
-    with client:
-        client.capabilities()  # not reachable / not R4: FatalTransportError -> exit 3
-        for target, found in validate_all(client, collect(paths), workers=args.workers):
-            sent += target is not None
-            for finding in found:
-                severity = finding.severity if finding.severity in counts else "error"
-                counts[severity] += 1
-                if severity in shown:
-                    out(finding.line())
-    errors = counts["fatal"] + counts["error"]
-    _say(
-        f"validated {sent} resource(s) with {client.base_url}/$validate: {errors} error(s), "
-        f"{counts['warning']} warning(s), {counts['information']} information"
-    )
-    return EXIT_ERRORS if errors else EXIT_OK
+    The server is asked for its CapabilityStatement first: not reachable or not R4 raises
+    (FatalTransportError) before anything is sent.
+    """
+    summary = ServerValidation()
+    client.capabilities()
+    for target, found in validate_all(client, collect(paths), workers=workers):
+        summary.sent += target is not None
+        for finding in found:
+            severity = finding.severity if finding.severity in summary.counts else "error"
+            summary.counts[severity] += 1
+            on_finding(finding)
+    return summary

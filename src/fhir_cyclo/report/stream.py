@@ -15,8 +15,8 @@ import orjson
 
 from fhir_cyclo.core.scoring_config import Response, ScoringConfig, load_config
 from fhir_cyclo.readers.fhir import SourceItem
-from fhir_cyclo.report import to_json, to_table
-from fhir_cyclo.report.document import FORMAT, tail
+from fhir_cyclo.report.document import FORMAT, tail, to_json
+from fhir_cyclo.report.table import to_table
 from fhir_cyclo.scoring.extract import InvalidResources, Note, PatientInputs, extract
 from fhir_cyclo.scoring.grouping import IN_MEMORY_LIMIT, PARTITION_SIZE, grouped
 from fhir_cyclo.scoring.rules import Accounting, Assessment, CohortScore, PatientScore, score
