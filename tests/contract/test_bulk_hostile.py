@@ -14,7 +14,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from fhir_cyclo.cli.app import main
-from fhir_cyclo.client import FhirClient
+from fhir_cyclo.client import FhirClient, RetryPolicy
 from fhir_cyclo.client.bulk import MANIFEST, STATE_FILE, BulkExporter, BulkExportError, BulkRequest
 from fhir_cyclo.readers.fhir import read_paths
 
@@ -90,7 +90,9 @@ def lines(path: Path) -> list[dict[str, Any]]:
 
 
 def exporter(server: SmartServer, folder: Path, sleeps: list[float], **kw: Any) -> BulkExporter:
-    client = FhirClient(server.base_url, sleep=sleeps.append, retries=1, backoff=0.0)
+    client = FhirClient(
+        server.base_url, retry=RetryPolicy(retries=1, backoff=0.0, sleep=sleeps.append)
+    )
     notices: list[str] = []
     made = BulkExporter(client, folder, progress=False, on_notice=notices.append, **kw)
     made.notices = notices  # type: ignore[attr-defined]
@@ -256,7 +258,7 @@ def test_interrupted_poll_deletes_the_job(
     def interrupt(_seconds: float) -> None:
         raise KeyboardInterrupt
 
-    client = FhirClient(server.base_url, sleep=interrupt)
+    client = FhirClient(server.base_url, retry=RetryPolicy(sleep=interrupt))
     made = BulkExporter(client, tmp_path, progress=False, on_notice=lambda _t: None)
     with pytest.raises(KeyboardInterrupt):
         made.run(BulkRequest(types=("Patient",)))
