@@ -18,11 +18,7 @@ from fhir_cyclo.scoring.rules import REASON_KINDS, Assessment, score, score_pati
 from tests.unit.test_scoring_criteria import BASE_DAY, M3, START, lab, patient, prca, rbc
 
 SCHEMA_PATH = (
-    Path(__file__).resolve().parents[2]
-    / "src"
-    / "fhir_cyclo"
-    / "report"
-    / "score.schema.json"
+    Path(__file__).resolve().parents[2] / "src" / "fhir_cyclo" / "report" / "score.schema.json"
 )
 DATA = Path(__file__).parent / "scoring_data"
 PLT_UNIT = "\u00d710\u2079/L"  # sentences show x10^9/L with a real times sign, not UCUM 10*9/L
@@ -88,7 +84,7 @@ def test_aiha_marker_above_upper_limit_is_a_missed_threshold() -> None:
     assert a.response == "PR"
     missed = [r.text for r in a.reasons if r.kind == "threshold_missed"]
     assert missed == [
-        f"CR missed: LDH 300 U/L on {M3} is above the upper limit 280 (referenceRange.high)"
+        f"CR missed: LDH 300 U/L on {M3} is above the upper limit 280 U/L (the lab's reference range)"
     ]
     assert "PR: Hb 12.5 g/dL > 10" in texts(a)
 
@@ -98,7 +94,8 @@ def test_prca_normal_range_missed_with_the_limit_used() -> None:
     a = scored.assessments[0]
     assert a.response == "PR"
     assert texts(a)[0] == (
-        "CR missed: Hb 11.9 g/dL is below the lower limit of normal 12 (who_anaemia, female)"
+        "CR missed: Hb 11.9 g/dL is below the lower limit of normal 12 g/dL (WHO anaemia "
+        "threshold, female)"
     )
     assert kinds(a) == ["threshold_missed", "threshold_met"]
 

@@ -12,7 +12,7 @@ import orjson
 
 from fhir_cyclo.core.errors import InputError
 from fhir_cyclo.readers.fhir import SourceItem, iter_from_server, read_paths
-from fhir_cyclo.report import plot, to_json, to_table
+from fhir_cyclo.report import log_lines, publish, to_json, to_table
 from fhir_cyclo.scoring.extract import extract
 from fhir_cyclo.scoring.rules import CohortScore, score
 from fhir_cyclo.scoring.writeback import to_bundle
@@ -75,8 +75,8 @@ def run(args: argparse.Namespace, client: Any | None) -> int:
     if paths:
         cohort = _keep(cohort, patient, identifier)
 
-    for note in cohort.notes:
-        print(f"fhir-cyclo: warning: {note}", file=sys.stderr)
+    for line in log_lines(cohort):
+        print(f"fhir-cyclo: warning: {line}", file=sys.stderr)
     skipped = sum(1 for n in cohort.notes if "skipped" in n.message)
     print(
         f"fhir-cyclo: {cohort.accounting.summary()}; {skipped} resource(s) skipped, "
@@ -103,14 +103,9 @@ def run(args: argparse.Namespace, client: Any | None) -> int:
             write_atomic(Path(json_target), data)
     if table:
         sys.stdout.write(to_table(cohort))
-    if plot_dir:
-        written = plot(cohort, plot_dir)
-        print(f"wrote {len(written)} plot(s) to {plot_dir}", file=sys.stderr)
-    if report_target:
-        from fhir_cyclo.report import html
-
-        html.write(cohort, report_target, document=document)
-        print(f"wrote the report to {report_target}", file=sys.stderr)
+    if plot_dir or report_target:
+        for line in publish(cohort, plot_dir=plot_dir, report=report_target, document=document):
+            print(line, file=sys.stderr)
     if write_back:
         assert client is not None, "commands.check_score requires a server for --write-back"
         bundle = to_bundle(cohort)

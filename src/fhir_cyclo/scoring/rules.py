@@ -352,14 +352,16 @@ class _Context:
                     )
                 return Check(rule, test.kind, False, "marker_missing", text)
             limit = marker.measurement.high
-            source = "referenceRange.high"
+            source = "the lab's reference range"
             if limit is None:
                 limit = analyte.default_upper_limit
-                source = "project default (no referenceRange.high)"
+                source = "default: the lab gave no range"
             assert limit is not None  # config.py requires a default upper limit
             held = marker.value <= limit
-            what = f"{marker_name} {_num(marker.value)} {analyte.unit} on {marker.date}"
-            bound = f"upper limit {_num(limit)} ({source})"
+            what = (
+                f"{marker_name} {_num(marker.value)} {display_unit(analyte.unit)} on {marker.date}"
+            )
+            bound = f"upper limit {_num(limit)} {display_unit(analyte.unit)} ({source})"
             text = f"{what} <= {bound}" if held else f"{what} is above the {bound}"
             return Check(
                 rule,
@@ -387,16 +389,16 @@ class _Context:
                     refs=(ref,),
                 )
             low = a.pick.measurement.low
-            source = "referenceRange.low"
+            source = "the lab's reference range"
             if low is None:
                 gender = self.inputs.gender if self.inputs.gender in ("female", "male") else "other"
                 low = self.cfg.normal_low[gender]
-                source = f"{self.cfg.normal_low_source}, {gender}"
+                source = f"WHO anaemia threshold, {gender}"  # cited as normal_low_source
             if register:
                 a.normal_low = low
             held = value >= low
             what = f"{name} {_num(value)} {shown}"
-            bound = f"lower limit of normal {_num(low)} ({source})"
+            bound = f"lower limit of normal {_num(low)} {shown} ({source})"
             text = f"{what} >= {bound}" if held else f"{what} is below the {bound}"
             kind = "threshold_met" if held else "threshold_missed"
             return Check(rule, test.kind, held, kind, text, value, ">=", low, unit, source, (ref,))
@@ -498,8 +500,12 @@ def _missing_note(inputs: PatientInputs, a: Assessment, cfg: ScoringConfig) -> N
     names = []
     for name in a.missing_markers:
         rule = cfg.derived.get(name)
-        extra = f" (nor {rule.minuend} with {rule.subtrahend} to derive it)" if rule else ""
-        names.append(name + extra)
+        extra = (
+            f" (nor {label(rule.minuend)} with {label(rule.subtrahend)} to derive it)"
+            if rule
+            else ""
+        )
+        names.append(label(name) + extra)
     return Note(
         log_name(inputs),
         f"month {a.month}",

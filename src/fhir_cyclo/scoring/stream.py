@@ -16,7 +16,7 @@ import orjson
 from fhir_cyclo.core.scoring_config import ScoringConfig, load_config
 from fhir_cyclo.readers.fhir import SourceItem
 from fhir_cyclo.report import to_json, to_table
-from fhir_cyclo.report.document import FORMAT, tail
+from fhir_cyclo.report.document import FORMAT, logged, note_patients, tail
 from fhir_cyclo.scoring.extract import Note, PatientInputs, extract
 from fhir_cyclo.scoring.grouping import IN_MEMORY_LIMIT, PARTITION_SIZE, grouped
 from fhir_cyclo.scoring.rules import Accounting, Assessment, CohortScore, PatientScore, score
@@ -61,11 +61,11 @@ def score_groups(
         cohort = score(extract(group, config=cfg, strict=strict), cfg)
         del group
         result.warnings.extend(cohort.notes)
-        for note in cohort.notes:
+        for token, note in zip(note_patients(cohort), cohort.notes, strict=True):
             result.notes += 1
             result.skipped += "skipped" in note.message
             if on_note is not None:
-                on_note(note)
+                on_note(logged(note, token))
         run = tmp / f"run-{n}"
         with run.open("wb") as fh:
             for entry in to_json(cohort)["patients"]:  # sorted by key already
