@@ -577,7 +577,7 @@ def svg(p: PatientScore, cfg: ScoringConfig, citations: Iterable[int] = ()) -> s
         _el(
             root,
             "text",
-            f"Criteria: sources {cited} (numbered list under Criteria)",
+            f"Criteria: sources {cited} (the numbered list of sources in the report)",
             x=_LEFT,
             y=height - 6,
             font_size=11,
