@@ -7,11 +7,13 @@ script). Patients are named by their short label and token, never an identifier 
 
 from __future__ import annotations
 
-import base64
 import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
+
+from markupsafe import Markup
 
 from fhir_cyclo.report.criteria import criteria_entries
 from fhir_cyclo.report.document import to_json
@@ -22,6 +24,7 @@ from fhir_cyclo.scoring.rules import CohortScore, display_unit, label
 _TEMPLATES = Path(__file__).parent / "templates"
 # "system|value" identifier tokens in warning texts: keep the value, drop the system URL.
 _IDENTIFIER_TOKEN = re.compile(r"(?:https?://|urn:)[^\s|'\"]*\|")
+_SIZE = re.compile(r'<svg [^>]*?width="([0-9.]+)" height="([0-9.]+)"')
 _SHORT = {"Observation": "Obs", "Procedure": "Proc", "MedicationStatement": "Med"}
 
 
@@ -29,6 +32,23 @@ def _scrub(text: str, labels: dict[str, str]) -> str:
     for key, value in labels.items():
         text = text.replace(key, value)
     return _IDENTIFIER_TOKEN.sub("", text)
+
+
+def data_uri(svg: str) -> Markup:
+    """An SVG as a percent-encoded data URI for an <img> in a double-quoted attribute.
+
+    Measured on 947 registry-like patients: ~10% over the SVG instead of base64's 33%. Quotes
+    inside become single quotes (an apostrophe in a value: &apos;), and `<`, `>`, `"`, `&`, `#`
+    and `%` are escaped by quote(), so the URI is safe as it is in the attribute.
+    """
+    text = svg.replace("'", "&apos;").replace('"', "'")
+    uri = "data:image/svg+xml," + quote(text, safe=" /=:;,.-_()'[]!*+?@~")
+    return Markup(uri)  # noqa: S704 - quote() left no character that HTML would read
+
+
+def _size(svg: str) -> tuple[str, str]:
+    found = _SIZE.search(svg)
+    return (found.group(1), found.group(2)) if found else ("940", "400")
 
 
 def citation_numbers(cohort: CohortScore, doc: dict[str, Any]) -> dict[str, int]:
@@ -85,10 +105,10 @@ def render(
     if drawn is None:
         drawn = render_all(cohort, per_disease)
     labels = {p["patient"]: f"{p['label']} ({p['token']})" for p in doc["patients"]}
-    plots = {
-        key: "data:image/svg+xml;base64," + base64.b64encode(text.encode()).decode()
-        for key, text in drawn.items()
-    }
+    plots = {key: data_uri(text) for key, text in drawn.items()}
+    # Width and height on every <img>: the page (and the print layout, which decides where cards
+    # break) reserves the room before a lazily decoded plot arrives.
+    sizes = {key: _size(text) for key, text in drawn.items()}
     refs = _Refs()
     cite_key = re.compile(r"\b(" + "|".join(map(re.escape, numbers)) + r")\b")
 
@@ -128,6 +148,7 @@ def render(
     return env.get_template("report.html.j2").render(
         doc=doc,
         plots=plots,
+        sizes=sizes,
         paper=paper_figures(),
         cohort_source=cohort.config.cite(paper_figures()["source"]),
         synthetic=is_synthetic(cohort),
