@@ -392,8 +392,13 @@ def svg(p: PatientScore, cfg: ScoringConfig, citations: Iterable[int] = ()) -> s
 
     # Thresholds: a line per level, its words at the right end (two tests at one level: one
     # line, both names).
-    for t in lines:
+    taken: list[float] = []  # label baselines already used: close lines get labels apart
+    for t in sorted(lines, key=lambda line: -line.level):
         y = main.y(t.level)
+        label_y = y - 3
+        if any(abs(label_y - other) < 11 for other in taken):
+            label_y = y + 11  # below its line instead of on top of the neighbour's label
+        taken.append(label_y)
         group = _el(
             root, "g", class_="threshold", data_level=f"{t.level:g}", data_tests=str(len(t.texts))
         )
@@ -413,7 +418,7 @@ def svg(p: PatientScore, cfg: ScoringConfig, citations: Iterable[int] = ()) -> s
             "text",
             " | ".join(t.texts),
             x=_PLOT_RIGHT - 4,
-            y=y - 3,
+            y=label_y,
             text_anchor="end",
             font_size=10,
             fill=t.colour,
