@@ -317,19 +317,19 @@ class _Context:
             if test.kind == "value":
                 left, right = value, test.threshold
                 what = f"{name} {_num(left)} {shown}"
-                bound = _num(right)
+                bound = f"{_num(right)} {shown}"  # thresholds carry their unit
                 refs: tuple[str, ...] = (ref,)
             elif test.kind == "ratio_to_baseline":
                 # Multiply instead of dividing: a baseline of 0 is a valid platelet count.
                 left, right = value, round(test.threshold * base, 4)
                 what = f"{name} {_num(left)} {shown}"
-                bound = f"{_num(test.threshold)} x baseline {_num(base)} = {_num(right)}"
+                bound = f"{_num(test.threshold)} x baseline {_num(base)} = {_num(right)} {shown}"
                 refs = (ref, self.baseline.measurement.ref)
             else:
                 # Rounded so that 9.1 - 7.1 counts as the 2.0 it is, not 1.9999999999999991.
                 left, right = round(value - base, 4), test.threshold
                 what = f"{name} rise {_num(left)} {shown} (baseline {_num(base)} to {_num(value)})"
-                bound = _num(right)
+                bound = f"{_num(right)} {shown}"
                 refs = (ref, self.baseline.measurement.ref)
             held = _compare(test.op, left, right)
             text = f"{what} {test.op} {bound}" if held else f"{what} is not {test.op} {bound}"
