@@ -129,6 +129,7 @@ def test_one_card_per_patient_with_its_plot(page: tuple[Any, list[str]], report:
     assert labels == [x["label"] for x in doc["patients"]]
     for i, entry in enumerate(doc["patients"]):
         card = cards.nth(i)
+        card.scroll_into_view_if_needed()  # off-screen cards are not laid out (content-visibility)
         badges = card.locator('[data-field="response"]')
         assert [badges.nth(j).inner_text() for j in range(badges.count())] == [
             a["response"] for a in entry["assessments"]
@@ -137,7 +138,11 @@ def test_one_card_per_patient_with_its_plot(page: tuple[Any, list[str]], report:
         for a in entry["assessments"]:
             row = card.locator(f'table.results tr[data-month="{a["month"]}"] li')
             assert row.count() == len(a["reasons"]) >= 1
-    # Every plot decoded (an undecodable data URI has naturalWidth 0).
+    # Every plot decoded (an undecodable data URI has naturalWidth 0); lazily, so scrolled to.
+    p.wait_for_function(
+        "[...document.querySelectorAll('section.card img')].every(i => i.complete)",
+        timeout=30_000,
+    )
     widths = p.eval_on_selector_all("section.card img", "imgs => imgs.map(i => i.naturalWidth)")
     assert len(widths) == 14
     assert all(w > 500 for w in widths)

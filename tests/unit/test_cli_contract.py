@@ -134,7 +134,7 @@ def test_strict_errors_are_one_line_with_file_and_path(exported: Path, tmp_path:
     assert result.returncode == 1
     (line,) = result.stderr.splitlines()
     assert str(tmp_path / "b.json") in line and "status" in line and "R4B" in line
-    assert "[case #" in line and ", item " in line
+    assert "[p-" in line and ", item " in line
 
 
 def test_warnings_name_file_case_and_item(exported: Path, tmp_path: Path) -> None:
@@ -157,7 +157,7 @@ def test_imputed_date_warnings_name_file_case_and_item(exported: Path) -> None:
     imputed = [line for line in result.stderr.splitlines() if "imputed as" in line]
     assert imputed, result.stderr
     for line in imputed:
-        assert "<case>" in line and "[case #" in line and ", item " in line, line
+        assert "<case>" in line and "[p-" in line and ", item " in line, line
         assert "isshiki-thymoma-prca" not in line  # the case value is hashed, never printed
     assert any("item hb-2011]" in line and "(baseline)" in line for line in imputed)
 
@@ -383,6 +383,6 @@ def test_warnings_mask_the_case_value_in_exported_file_names(exported: Path) -> 
     """Exported Bundles are named after the case value (an MRN in real data): warnings that name
     the file mask that part, so no identifier reaches a log line."""
     result = run("score", str(exported), "--json", "-")
-    warnings = [x for x in result.stderr.splitlines() if "[case #" in x]
+    warnings = [x for x in result.stderr.splitlines() if "[p-" in x]
     assert warnings, result.stderr  # the case report has value-less labs: warned with the file
     assert all("<case>-" in w and "isshiki-thymoma-prca" not in w for w in warnings), warnings

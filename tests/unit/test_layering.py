@@ -49,7 +49,6 @@ _STDLIB = (
     "orjson (json, uuid, platform), hashlib (OpenSSL) and tomllib cost ~15 ms together, paid "
     "by --help/--version if imported with the command modules"
 )
-_MPL = "matplotlib costs ~0.5 s; only --plot/--report draw"
 _JOSE = "PyJWT + cryptography cost ~40 ms of every start-up; only a SMART client signs"
 _R4B = "fhir.resources R4B loads ~1 s of models; only the runs that validate with it load it"
 _UCUM = "ucumvert builds its UCUM grammar (~0.3 s); only a unit not in the tables needs it"
@@ -80,7 +79,6 @@ ALLOWED_IN_FUNCTIONS: dict[tuple[str, str], str] = {
     (f"{PACKAGE}.scoring.extract", f"{PACKAGE}.fhir.r4b"): _R4B + " (score --strict)",
     (f"{PACKAGE}.validation.local", "fhir.resources"): _R4B,
     (f"{PACKAGE}.validation.local", "pydantic"): "imported with the R4B models it reports on",
-    (f"{PACKAGE}.report.plots", "matplotlib"): _MPL,
     (f"{PACKAGE}.report.html", "jinja2"): "jinja2 (~60 ms) only for --report",
 }
 

@@ -53,7 +53,7 @@ def test_self_contained(page: Collect) -> None:
     assert not names & {"script", "link", "iframe", "object", "embed", "base"}
     images = [attrs["src"] for tag, attrs in page.tags if tag == "img"]
     assert len(images) == 6
-    assert all(src and src.startswith("data:image/png;base64,") for src in images)
+    assert all(src and src.startswith("data:image/svg+xml,") for src in images)
     for _, attrs in page.tags:
         for value in attrs.values():
             assert not (value or "").startswith(("http:", "https:", "//")), value
@@ -62,7 +62,11 @@ def test_self_contained(page: Collect) -> None:
 
 
 def test_one_card_per_patient_named_by_label(page: Collect, cohort: CohortScore) -> None:
-    cards = [attrs["data-patient"] for tag, attrs in page.tags if attrs.get("class") == "card"]
+    cards = [
+        attrs["data-patient"]
+        for tag, attrs in page.tags
+        if "card" in (attrs.get("class") or "").split()
+    ]
     assert cards == [p["label"] for p in to_json(cohort)["patients"]]
     assert cards == ["isshiki-2019", "aiha-1", "aiha-2", "itp-1", "itp-2", "prca-1"]  # JSON order
     text = " ".join(page.text)

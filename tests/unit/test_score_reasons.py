@@ -46,9 +46,9 @@ def test_itp_cr_and_pr_thresholds_missed() -> None:
     assert a.response == "NR"
     assert kinds(a) == ["threshold_missed", "threshold_met", "threshold_missed"]
     assert texts(a) == [
-        f"CR missed: PLT 35 {PLT_UNIT} is not > 100",
-        f"PR condition met: PLT 35 {PLT_UNIT} > 30",
-        f"PR missed: PLT 35 {PLT_UNIT} is not >= 2 x baseline 20 = 40",
+        f"CR missed: PLT 35 {PLT_UNIT} is not > 100 {PLT_UNIT}",
+        f"PR condition met: PLT 35 {PLT_UNIT} > 30 {PLT_UNIT}",
+        f"PR missed: PLT 35 {PLT_UNIT} is not >= 2 x baseline 20 = 40 {PLT_UNIT}",
     ]
     ratio = a.checks[-1]
     assert (ratio.value, ratio.op, ratio.threshold, ratio.held) == (35, ">=", 40, False)
@@ -58,7 +58,7 @@ def test_itp_cr_and_pr_thresholds_missed() -> None:
 def test_itp_pr_value_threshold_missed_although_doubled() -> None:
     a = month3(lab("platelets", BASE_DAY, 10), lab("platelets", M3, 30), disease="ITP")
     assert a.response == "NR"
-    assert f"PR missed: PLT 30 {PLT_UNIT} is not > 30" in texts(a)
+    assert f"PR missed: PLT 30 {PLT_UNIT} is not > 30 {PLT_UNIT}" in texts(a)
     # A failed value ends the rule: the ratio is not reported as if it mattered.
     assert [c.test for c in a.checks] == ["value", "value"]
 
@@ -67,9 +67,9 @@ def test_aiha_cr_value_and_both_pr_thresholds_missed() -> None:
     a = month3(lab("hemoglobin", BASE_DAY, 8.5), lab("hemoglobin", M3, 10), *GOOD_MARKERS)
     assert a.response == "NR"
     assert texts(a) == [
-        "CR missed: Hb 10 g/dL is not > 12",
-        "PR missed: Hb 10 g/dL is not > 10",
-        "PR missed: Hb rise 1.5 g/dL (baseline 8.5 to 10) is not >= 2",
+        "CR missed: Hb 10 g/dL is not > 12 g/dL",
+        "PR missed: Hb 10 g/dL is not > 10 g/dL",
+        "PR missed: Hb rise 1.5 g/dL (baseline 8.5 to 10) is not >= 2 g/dL",
     ]
     assert set(kinds(a)) == {"threshold_missed"}
 
@@ -84,9 +84,9 @@ def test_aiha_marker_above_upper_limit_is_a_missed_threshold() -> None:
     assert a.response == "PR"
     missed = [r.text for r in a.reasons if r.kind == "threshold_missed"]
     assert missed == [
-        f"CR missed: LDH 300 U/L on {M3} is above the upper limit 280 (referenceRange.high)"
+        f"CR missed: LDH 300 U/L on {M3} is above the upper limit 280 U/L (the lab's reference range)"
     ]
-    assert "PR: Hb 12.5 g/dL > 10" in texts(a)
+    assert "PR: Hb 12.5 g/dL > 10 g/dL" in texts(a)
 
 
 def test_prca_normal_range_missed_with_the_limit_used() -> None:
@@ -94,7 +94,8 @@ def test_prca_normal_range_missed_with_the_limit_used() -> None:
     a = scored.assessments[0]
     assert a.response == "PR"
     assert texts(a)[0] == (
-        "CR missed: Hb 11.9 g/dL is below the lower limit of normal 12 (who_anaemia, female)"
+        "CR missed: Hb 11.9 g/dL is below the lower limit of normal 12 g/dL (WHO anaemia "
+        "threshold, female)"
     )
     assert kinds(a) == ["threshold_missed", "threshold_met"]
 
@@ -108,11 +109,11 @@ def test_aiha_missing_markers_each_named() -> None:
     assert a.response == "PR"
     window = f"{a.window[0]}..{a.window[1]}"
     assert texts(a) == [
-        "CR condition met: Hb 12.4 g/dL > 12",
+        "CR condition met: Hb 12.4 g/dL > 12 g/dL",
         f"CR not assessable: no LDH in window {window}",
         f"CR not assessable: no ind. bili in window {window} (nor total bili with direct bili "
         "to derive it)",
-        "PR: Hb 12.4 g/dL > 10",
+        "PR: Hb 12.4 g/dL > 10 g/dL",
     ]
     assert kinds(a).count("marker_missing") == 2
     # Evidence for write-back stays as before: only what the rule read on its path.

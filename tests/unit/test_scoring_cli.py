@@ -33,7 +33,7 @@ def test_default_is_the_table_and_files_can_be_plotted(
     out, err = capsys.readouterr()
     assert code == 0
     assert out.startswith("Hematologic response to cyclosporine")
-    assert len(list((tmp_path / "png").glob("*.png"))) == 5
+    assert len(list((tmp_path / "png").glob("*.svg"))) == 5
     assert "wrote 5 plot(s)" in err
     assert main(["score", str(DATA / "cohort")]) == 0
     assert capsys.readouterr().out.startswith("Hematologic response")

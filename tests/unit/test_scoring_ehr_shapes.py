@@ -15,6 +15,7 @@ from fhir_cyclo.core.errors import InputError
 from fhir_cyclo.readers.fhir import read_paths
 from fhir_cyclo.report import to_json
 from fhir_cyclo.scoring.extract import extract
+from fhir_cyclo.scoring.model import patient_token
 from fhir_cyclo.scoring.rules import CohortScore, score
 
 DATA = Path(__file__).parent / "ehr_data"
@@ -54,7 +55,8 @@ def test_medication_administration_only_gives_the_start() -> None:
     assert p["baseline"]["value"] == 15.0
     assert responses(cohort, "MAR-0001") == {3: "CR", 6: "PR", 12: "NR"}
     assert (
-        "Patient/ehr-mar-1: cyclosporine start: no usable MedicationStatement; "
+        patient_token("http://hospital.example.org/fhir/sid/mrn|MAR-0001")
+        + ": cyclosporine start: no usable MedicationStatement; "
         "MedicationAdministration used" in messages(cohort)
     )
     assert any("ma-mar-x" in m and "entered-in-error" in m for m in messages(cohort))
@@ -132,7 +134,7 @@ def test_diagnostic_report_panel_contained_results_are_read() -> None:
     month6 = p["assessments"][1]
     assert month6["missing_markers"] == ["ldh"]
     assert any(
-        m.startswith("Patient/ehr-dr-1: month 6: PR: CR not reachable, no ldh in the window")
+        m.startswith("p-") and ": month 6: PR: CR not reachable, no LDH in the window" in m
         for m in messages(cohort)
     )
     assert not any("MedicationRequest used" in m for m in messages(cohort))
@@ -193,8 +195,8 @@ def test_total_and_direct_bilirubin_derive_indirect() -> None:
     assert derived is not None and derived.value == 0.601
     assert derived.measurement.derived_from == ("Observation/o-bili-t-3", "Observation/o-bili-d-3")
     assert any(
-        "month 6: PR: CR not reachable, no indirect_bilirubin (nor total_bilirubin with "
-        "direct_bilirubin to derive it)" in m
+        "month 6: PR: CR not reachable, no ind. bili (nor total bili with "
+        "direct bili to derive it)" in m
         for m in messages(cohort)
     )
 

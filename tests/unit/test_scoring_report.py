@@ -139,7 +139,8 @@ def test_cohort_table(cohort: CohortScore) -> None:
     assert "Japanese PRCA Collaborative Study Group" in text
     assert "WHO/NMH/NHD/MNM/11.1" in text
     assert (
-        "ITP (platelets, 10*9/L): CR if PLT > 100; PR if PLT > 30 and PLT >= 2 x baseline" in text
+        "ITP (PLT, \u00d710\u2079/L): CR if PLT > 100; PR if PLT > 30 and PLT >= 2 x baseline"
+        in text
     )
 
 
@@ -160,24 +161,24 @@ def test_plots_written(cohort: CohortScore, tmp_path: Path) -> None:
     paths = plot(cohort, tmp_path / "plots")
     # Named by the short label, never the identifier system URL.
     assert [p.name for p in paths] == [
-        "aiha-1.png",
-        "aiha-2.png",
-        "itp-1.png",
-        "itp-2.png",
-        "prca-1.png",
+        "aiha-1.svg",
+        "aiha-2.svg",
+        "itp-1.svg",
+        "itp-2.svg",
+        "prca-1.svg",
     ]
     for path in paths:
-        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-        assert path.stat().st_size > 10_000
+        assert path.read_bytes()[:5] == b"<svg "
+        assert path.stat().st_size > 3_000  # a drawn course, not an empty frame
 
 
 def test_plot_filenames_are_safe_and_unique() -> None:
     taken: set[str] = set()
     first = plot_filename("http://x.org/mrn|a/b", taken)
     second = plot_filename("http://x.org/mrn|a:b", taken)  # sanitises to the same stem
-    assert first == "http_x.org_mrn_a_b.png"
+    assert first == "http_x.org_mrn_a_b.svg"
     assert second.startswith("http_x.org_mrn_a_b-") and second != first
-    assert plot_filename("../..", set()) == "patient.png"
+    assert plot_filename("../..", set()) == "patient.svg"
 
 
 # --- write-back --------------------------------------------------------------------------------

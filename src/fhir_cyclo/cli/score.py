@@ -217,7 +217,9 @@ def _score(opts: ScoreOptions, paths: list[str], client: Any | None) -> int:
     if paths:
         cohort = _keep(cohort, opts.patient, opts.identifier, inputs)
 
-    print_notes(cohort.notes)
+    from fhir_cyclo.report.document import logged, note_patients
+
+    print_notes([logged(n, t) for t, n in zip(note_patients(cohort), cohort.notes, strict=True)])
     skipped = sum(1 for n in cohort.notes if "skipped" in n.message)
     skipped += sum(1 for n in notices if "skipped" in n)
     output.say(
@@ -242,7 +244,7 @@ def _write(
 ) -> None:
     import orjson
 
-    from fhir_cyclo.report import plot, to_json, to_table
+    from fhir_cyclo.report import to_json, to_table
     from fhir_cyclo.scoring.writeback import to_bundle
 
     table = out.table or not (
@@ -263,14 +265,12 @@ def _write(
             output.wrote("the JSON result", out.json)
     if table:
         output.data(to_table(cohort))
-    if out.plot:
-        written = plot(cohort, out.plot)
-        output.wrote(f"{len(written)} plot(s)", out.plot)
-    if out.report:
-        from fhir_cyclo.report import html
+    if out.plot or out.report:
+        from fhir_cyclo.report.html import publish
 
-        html.write(cohort, out.report, document=document)
-        output.wrote("the report", out.report)
+        # One drawing per patient, shared by --plot and --report.
+        for line in publish(cohort, plot_dir=out.plot, report=out.report, document=document):
+            output.say(line)
     if out.write_back:
         assert client is not None, "parse requires a server for --write-back"
         bundle = to_bundle(cohort)
@@ -360,8 +360,9 @@ def _run_grouped(
     json_target = opts.outputs.json
     extra = notices or []
     with scratch() as raw_tmp:
-        result = score_groups(items, Path(raw_tmp), strict=opts.strict)
-        print_notes(result.warnings)
+        shown: list[Note] = []  # each led by its patient's token
+        result = score_groups(items, Path(raw_tmp), strict=opts.strict, on_note=shown.append)
+        print_notes(shown)
         output.say(
             f"{result.accounting.summary()}; "
             f"{result.skipped + sum(1 for n in extra if 'skipped' in n)} resource(s) skipped, "

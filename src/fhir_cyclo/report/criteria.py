@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fhir_cyclo.core.scoring_config import Criteria, ScoringConfig, Test
-from fhir_cyclo.scoring.rules import label
+from fhir_cyclo.scoring.rules import display_unit, label
 
 
 def describe(test: Test, criteria: Criteria, cfg: ScoringConfig) -> str:
@@ -20,11 +20,14 @@ def describe(test: Test, criteria: Criteria, cfg: ScoringConfig) -> str:
     if test.kind == "marker_within_upper_limit":
         uln = cfg.analytes[test.analyte].default_upper_limit
         unit = cfg.analytes[test.analyte].unit
-        return f"{label(test.analyte)} <= upper limit (referenceRange.high, else {uln:g} {unit})"
+        return (
+            f"{label(test.analyte)} \u2264 upper limit of the lab's reference range (else "
+            f"{uln:g} {display_unit(unit)})"
+        )
     if test.kind == "within_normal_range":
         low = cfg.normal_low
         return (
-            f"{name} >= lower limit of normal (referenceRange.low, else female "
+            f"{name} \u2265 lower limit of the lab's reference range (else WHO: female "
             f"{low['female']:g} / male {low['male']:g} g/dL)"
         )
     return f"no counted red-cell transfusion in the {cfg.transfusion.free_days} days before"
@@ -84,7 +87,8 @@ def criteria_text(cfg: ScoringConfig, diseases: list[str]) -> list[str]:
     """Human-readable criteria with their citations, for the table and the README."""
     lines = ["Criteria"]
     for entry in criteria_entries(cfg, diseases):
-        lines.append(f"  {entry['disease']} ({entry['analyte']}, {entry['unit']}): {entry['text']}")
+        unit = display_unit(entry["unit"])
+        lines.append(f"  {entry['disease']} ({label(entry['analyte'])}, {unit}): {entry['text']}")
         lines.append("    [" + "; ".join(cfg.criteria[entry["disease"]].sources) + "]")
         lines += [f"    {note}" for note in entry["notes"]]
     lines.append(f"  {timepoint_text(cfg)} [{cfg.timepoint_source}]")

@@ -6,13 +6,14 @@ Its shape is fixed by score.schema.json beside this module (checked by a test).
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 from datetime import date, timedelta
 from typing import Any
 
 from fhir_cyclo.report.criteria import cited_sources, criteria_entries, timepoint_text
 from fhir_cyclo.report.summary import patient_is_synthetic, summarise
 from fhir_cyclo.scoring.dates import Span
-from fhir_cyclo.scoring.model import Note, PatientInputs, log_name
+from fhir_cyclo.scoring.model import Note, PatientInputs, log_name, patient_token
 from fhir_cyclo.scoring.rules import (
     Assessment,
     Check,
@@ -153,9 +154,9 @@ def _patient(
         }
     start = p.inputs.start
     assert start is not None  # scored patients have a start
-    refs = patient_refs(p.inputs)
     return {
         "patient": p.key,
+        "token": patient_token(p.key),
         "label": short_label(p.inputs),
         "synthetic": patient_is_synthetic(p.inputs.tags),
         "disease": p.disease,
@@ -172,18 +173,52 @@ def _patient(
         "assessments": [_assessment(p, a, cohort) for a in p.assessments],
         "reasons": [_reason(r) for r in p.reasons],
         # In the order they were raised, like the cohort's list.
-        "warnings": [
-            _note(n) for _, n in sorted((x for r in refs for x in notes.get(r, ())), key=_first)
-        ],
+        "warnings": [_note(n) for _, n in sorted(notes.get(patient_token(p.key), ()), key=_first)],
     }
+
+
+def note_patients(cohort: CohortScore) -> list[str | None]:
+    """The token of the scored patient each warning is about (by the resources it names or the
+    patient token in its context), None for a warning about no one scored; in note order."""
+    owner: dict[str, str] = {}
+    for p in cohort.patients:
+        mine = patient_token(p.key)
+        for ref in patient_refs(p.inputs):
+            owner.setdefault(ref, mine)
+        owner.setdefault(mine, mine)
+    found: list[str | None] = []
+    for note in cohort.notes:
+        token = owner.get(note.source)
+        if token is None and "[p-" in note.context:
+            # A resource skipped while reading: its file context names the patient's token.
+            start = note.context.index("[p-") + 1
+            token = owner.get(note.context[start : start + 10])
+        found.append(token)
+    return found
+
+
+def logged(note: Note, token: str | None) -> Note:
+    """A warning as logged: led by its patient's token when it is about one scored patient."""
+    if token is None or token in str(note):
+        return note
+    return replace(note, context=f"{token} {note.context}".strip())
+
+
+def log_lines(cohort: CohortScore) -> list[str]:
+    """The warnings as log lines, each naming its patient by token when it is about one."""
+    return [
+        str(logged(note, token))
+        for token, note in zip(note_patients(cohort), cohort.notes, strict=True)
+    ]
 
 
 def patient_entries(cohort: CohortScore) -> list[dict[str, Any]]:
     """The "patients" array of the document, sorted by key."""
-    by_source: dict[str, list[tuple[int, Note]]] = {}  # one pass, not one per patient
-    for index, note in enumerate(cohort.notes):
-        by_source.setdefault(note.source, []).append((index, note))
-    return [_patient(p, cohort, by_source) for p in sorted(cohort.patients, key=lambda s: s.key)]
+    by_token: dict[str, list[tuple[int, Note]]] = {}  # one pass, not one per patient
+    for index, (token, note) in enumerate(zip(note_patients(cohort), cohort.notes, strict=True)):
+        if token is not None:
+            by_token.setdefault(token, []).append((index, note))
+    return [_patient(p, cohort, by_token) for p in sorted(cohort.patients, key=lambda s: s.key)]
 
 
 def tail(cohort: CohortScore) -> dict[str, Any]:

@@ -15,7 +15,7 @@ import orjson
 
 from fhir_cyclo.core.scoring_config import Response, ScoringConfig, load_config
 from fhir_cyclo.readers.fhir import SourceItem
-from fhir_cyclo.report.document import FORMAT, tail, to_json
+from fhir_cyclo.report.document import FORMAT, logged, note_patients, tail, to_json
 from fhir_cyclo.report.table import to_table
 from fhir_cyclo.scoring.extract import InvalidResources, Note, PatientInputs, extract
 from fhir_cyclo.scoring.grouping import IN_MEMORY_LIMIT, PARTITION_SIZE, grouped
@@ -66,11 +66,11 @@ def score_groups(
             continue
         del group
         result.warnings.extend(cohort.notes)
-        for note in cohort.notes:
+        for token, note in zip(note_patients(cohort), cohort.notes, strict=True):
             result.notes += 1
             result.skipped += "skipped" in note.message
             if on_note is not None:
-                on_note(note)
+                on_note(logged(note, token))
         run = tmp / f"run-{n}"
         with run.open("wb") as fh:
             for entry in to_json(cohort)["patients"]:  # sorted by key already

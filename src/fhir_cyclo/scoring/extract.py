@@ -358,7 +358,7 @@ class _Extractor(LabReader, MedicationReader):
             if kind != KINDS[0]:
                 # Named by Patient/id or a hash: the key may be an identifier value (PHI).
                 self.note(
-                    inputs.reference or key_hash(key),
+                    key_hash(key),
                     "cyclosporine start",
                     f"no usable {KINDS[0]}; {kind} used",
                 )

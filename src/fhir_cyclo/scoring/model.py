@@ -30,18 +30,18 @@ _CASE_ITEM = "http://fhir-cyclo.example.org/fhir/sid/case-item"
 
 
 def item_context(resource: dict[str, Any], origin: str) -> str:
-    """ "file [case #hash, item id]" for a warning: where to fix it, never an identifier value."""
+    """ "file [p-token, item id]" for a warning: where to fix it, never an identifier value."""
     for ident in resource.get("identifier") or ():
         if isinstance(ident, dict) and ident.get("system") == _CASE_ITEM:
             case, _, item = str(ident.get("value", "")).rpartition("|")
-            digest = hashlib.sha256(case.encode()).hexdigest()[:10]
+            digest = patient_token(case)  # the case token is the patient's key
             # Exported Bundle files are named after the case value (export.bundle_filename): an
             # MRN in a file name must not reach a log line, so that part of the path is masked.
             value = case.rpartition("|")[2]
             slug = re.sub(r"[^A-Za-z0-9._-]+", "-", value).strip("-")[:60]
             if len(slug) >= 3:
                 origin = origin.replace(slug, "<case>")
-            return f"{origin} [case #{digest}, item {item}]"
+            return f"{origin} [{digest}, item {item}]"
     return "" if origin == "input" else origin  # plain dicts from a caller: no file to name
 
 
@@ -139,16 +139,20 @@ class ScoringInputs:
 
 
 def log_name(inputs: Any) -> str:
-    """How warnings name a patient: Patient/id, else a hash; identifier values are PHI."""
-    reference = getattr(inputs, "reference", None)
-    if reference:
-        return str(reference)
-    return key_hash(str(getattr(inputs, "key", "")))
+    """How warnings name a patient: its pseudonymous token (identifier values are PHI)."""
+    return patient_token(str(getattr(inputs, "key", "")))
 
 
 def key_hash(key: str) -> str:
-    """A patient key ("system|value") as it may appear in logs: a short hash, never the value."""
-    return f"patient#{hashlib.sha256(key.encode()).hexdigest()[:10]}"
+    """A patient key ("system|value") as it may appear in logs: its token, never the value."""
+    return patient_token(key)
+
+
+def patient_token(key: str) -> str:
+    """One pseudonymous name per patient for logs, the JSON and the report: "p-" and 8 hex of
+    the SHA-256 of its key (first identifier "system|value", else "Patient/<id>"), so the same
+    whatever the input format (Bundles, NDJSON, Bulk, server). Not a secret: a stable alias."""
+    return "p-" + hashlib.sha256(key.encode()).hexdigest()[:8]
 
 
 def coding_list(concept: Any) -> list[dict[str, Any]]:

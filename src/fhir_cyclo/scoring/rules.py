@@ -392,7 +392,8 @@ def _check_value(ctx: _Context, rule: RuleResponse, test: Test, register: bool) 
     if value is None:
         return _no_value(ctx, rule, test)
     what = f"{ctx.label} {_num(value)} {ctx.shown_unit}"
-    return _compared(ctx, rule, test, (value, test.threshold), (what, _num(test.threshold)))
+    bound = f"{_num(test.threshold)} {ctx.shown_unit}"  # thresholds carry their unit
+    return _compared(ctx, rule, test, (value, test.threshold), (what, bound))
 
 
 def _check_ratio_to_baseline(
@@ -404,7 +405,7 @@ def _check_ratio_to_baseline(
     # Multiply instead of dividing: a baseline of 0 is a valid platelet count.
     right = round(test.threshold * ctx.base, 4)
     what = f"{ctx.label} {_num(value)} {ctx.shown_unit}"
-    bound = f"{_num(test.threshold)} x baseline {_num(ctx.base)} = {_num(right)}"
+    bound = f"{_num(test.threshold)} x baseline {_num(ctx.base)} = {_num(right)} {ctx.shown_unit}"
     return _compared(ctx, rule, test, (value, right), (what, bound))
 
 
@@ -420,7 +421,8 @@ def _check_rise_from_baseline(
         f"{ctx.label} rise {_num(left)} {ctx.shown_unit} "
         f"(baseline {_num(ctx.base)} to {_num(value)})"
     )
-    return _compared(ctx, rule, test, (left, test.threshold), (what, _num(test.threshold)))
+    bound = f"{_num(test.threshold)} {ctx.shown_unit}"
+    return _compared(ctx, rule, test, (left, test.threshold), (what, bound))
 
 
 def _check_marker_within_upper_limit(
@@ -440,14 +442,14 @@ def _check_marker_within_upper_limit(
             text += f" (nor {label(derived.minuend)} with {label(derived.subtrahend)} to derive it)"
         return Check(rule, test.kind, False, "marker_missing", text)
     limit = marker.measurement.high
-    source = "referenceRange.high"
+    source = "the lab's reference range"
     if limit is None:
         limit = analyte.default_upper_limit
-        source = "project default (no referenceRange.high)"
+        source = "default: the lab gave no range"
     assert limit is not None  # scoring_config requires a default upper limit
     held = marker.value <= limit
-    what = f"{marker_name} {_num(marker.value)} {analyte.unit} on {marker.date}"
-    bound = f"upper limit {_num(limit)} ({source})"
+    what = f"{marker_name} {_num(marker.value)} {display_unit(analyte.unit)} on {marker.date}"
+    bound = f"upper limit {_num(limit)} {display_unit(analyte.unit)} ({source})"
     text = f"{what} <= {bound}" if held else f"{what} is above the {bound}"
     return Check(
         rule,
@@ -481,16 +483,16 @@ def _check_within_normal_range(
             refs=(ref,),
         )
     low = pick.measurement.low
-    source = "referenceRange.low"
+    source = "the lab's reference range"
     if low is None:
         gender = ctx.inputs.gender if ctx.inputs.gender in ("female", "male") else "other"
         low = ctx.cfg.normal_low[gender]
-        source = f"{ctx.cfg.normal_low_source}, {gender}"
+        source = f"WHO anaemia threshold, {gender}"  # cited as normal_low_source
     if register:
         ctx.assessment.normal_low = low
     held = value >= low
     what = f"{name} {_num(value)} {ctx.shown_unit}"
-    bound = f"lower limit of normal {_num(low)} ({source})"
+    bound = f"lower limit of normal {_num(low)} {ctx.shown_unit} ({source})"
     text = f"{what} >= {bound}" if held else f"{what} is below the {bound}"
     return Check(
         rule, test.kind, held, _outcome(held), text, value, ">=", low, ctx.unit, source, (ref,)
@@ -608,8 +610,12 @@ def _missing_note(inputs: PatientInputs, a: Assessment, cfg: ScoringConfig) -> N
     names = []
     for name in a.missing_markers:
         rule = cfg.derived.get(name)
-        extra = f" (nor {rule.minuend} with {rule.subtrahend} to derive it)" if rule else ""
-        names.append(name + extra)
+        extra = (
+            f" (nor {label(rule.minuend)} with {label(rule.subtrahend)} to derive it)"
+            if rule
+            else ""
+        )
+        names.append(label(name) + extra)
     return Note(
         log_name(inputs),
         f"month {a.month}",
