@@ -43,7 +43,7 @@ def export(args: argparse.Namespace, client: Any, folder: Path) -> Any:
     )
     # --type is the user's choice: sent as given; the default is fitted to the server's types.
     given = bool(getattr(args, "type", None))
-    result = exporter.run(bulk_request(args), capability=None if given else capability)
+    result = exporter.run(bulk_request(args), capability=capability, fit_types=not given)
     before = len(result.files) + len(result.errors) + len(result.deleted) - result.fetched
     print(
         f"bulk export: {len(result.files)} file(s), {result.resources} resource(s) in {folder} "
