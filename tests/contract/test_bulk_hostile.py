@@ -556,6 +556,30 @@ def test_duplicate_ids_across_an_interrupted_run_are_reported(
     ]
 
 
+def test_lines_dropped_here_are_counted_across_an_interrupted_run(
+    server: SmartServer, bulk: BulkBehaviour, tmp_path: Path
+) -> None:
+    def hook(manifest: dict[str, Any], files: str) -> dict[str, Any]:
+        manifest["output"].append({"type": "Observation", "url": f"{files}/Observation-2.ndjson"})
+        return manifest
+
+    bulk.type_filter = "ignore"  # OTHER_OBS comes in the first file and is dropped here
+    bulk.manifest_hook = hook
+    bulk.extra_files = {"Observation-2.ndjson": ndjson([{**OTHER_OBS, "id": "other2"}])}
+    bulk.file_failures = {"Observation-2.ndjson": 2}
+    request = BulkRequest(
+        types=("Observation",),
+        type_filters=(f"Observation?code={LOINC}|718-7,{LOINC}|777-3",),
+    )
+    with pytest.raises(BulkExportError, match="failed after 2 attempts"):
+        exporter(server, tmp_path, []).run(request)
+    made = exporter(server, tmp_path, [])
+    made.run(request)
+    assert "2 Observation(s) outside _typeFilter dropped here (the server ignored it)" in (
+        notices(made)
+    )
+
+
 # --- 2. (empty Group) ----------------------------------------------------------------------
 
 

@@ -782,6 +782,8 @@ class BulkExporter:
                         continue
                     check.commit()
                     finished = {"name": name, "lines": check.kept, "bytes": target.stat().st_size}
+                    if check.dropped:
+                        finished["dropped"] = check.dropped
                     if check.foreign:
                         finished["foreign"] = (
                             f"{check.foreign} line(s) whose resourceType is not {rtype} (first: "
@@ -791,8 +793,10 @@ class BulkExporter:
                     state.save()
                     result.fetched += 1
                 elif kind == "output":
-                    # Finished in an earlier run: its ids still count for duplicates.
+                    # Finished in an earlier run: its ids and dropped lines still count.
                     tally.add_ids(name, _ids_in(target))
+                    if finished.get("dropped"):
+                        tally.dropped[rtype] = tally.dropped.get(rtype, 0) + finished["dropped"]
                 if finished.get("foreign"):
                     result.rejected.append(f"{label} {kind}[{i}] ({name}): {finished['foreign']}")
                 local = {"type": rtype, "url": name, "count": finished["lines"]}
