@@ -55,6 +55,14 @@ class BulkBehaviour:
     resources: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # by type
     supported: list[str] | None = None  # types the CapabilityStatement lists (None: all)
     type_filter: str = "apply"  # apply | refuse (400 at kick-off) | ignore
+    # Types left out of any export sent with _typeFilter (what the SMART reference server did
+    # with fhir-cyclo's default request: no Patient, Observation, Procedure; issue 25).
+    filter_drops: tuple[str, ...] = ()
+    # The export OperationDefinition: "canonical" (the IG's URL, not served here), or served
+    # on this server with `export_parameters` ("served"), or named here but absent ("missing").
+    export_definition: str = "canonical"
+    export_parameters: tuple[str, ...] = ("_outputFormat", "_since", "_type", "_typeFilter")
+    file_failures: dict[str, int] = field(default_factory=dict)  # file name -> 503s first
     groups: dict[str, list[str]] = field(default_factory=dict)  # Group id -> Patient ids
     status_script: list[Answer] = field(default_factory=list)  # answers before the manifest
     error_files: list[tuple[list[dict[str, Any]], int | None]] = field(default_factory=list)
@@ -67,6 +75,7 @@ class BulkBehaviour:
     kickoffs: list[dict[str, list[str]]] = field(default_factory=list)
     deletes: list[str] = field(default_factory=list)
     status_requests: int = 0
+    definition_requests: int = 0
     files: dict[str, bytes] = field(default_factory=dict)
     jobs: set[str] = field(default_factory=set)
 
@@ -227,16 +236,14 @@ class SmartServer:
             types = self.bulk.supported
             if types is None:
                 types = sorted({*self.bulk.resources, *_ALL_SCORED})
+            definition = "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export"
+            if self.bulk.export_definition != "canonical":
+                definition = f"{self.base_url}/OperationDefinition/export"
             body["rest"] = [
                 {
                     "mode": "server",
                     "resource": [{"type": t} for t in types],
-                    "operation": [
-                        {
-                            "name": "export",
-                            "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export",
-                        }
-                    ],
+                    "operation": [{"name": "export", "definition": definition}],
                 }
             ]
         return body
@@ -273,6 +280,8 @@ class SmartServer:
         files = f"{self.origin}/fhir/bulkfiles/{job}"
         output = []
         for rtype in types or sorted(bulk.resources):
+            if filters and rtype in bulk.filter_drops:
+                continue
             chosen = [
                 r
                 for r in bulk.resources.get(rtype, [])
@@ -446,10 +455,28 @@ def _handler(server: SmartServer) -> type[BaseHTTPRequestHandler]:
                 if not self._refused():
                     self._answer(server.status(path.rsplit("/", 1)[1]))
                 return True
+            if path == "/fhir/OperationDefinition/export" and bulk.export_definition != "canonical":
+                with server.lock:
+                    bulk.definition_requests += 1
+                if bulk.export_definition == "missing":
+                    self._answer((404, outcome("not-found", "no such OperationDefinition"), {}))
+                else:
+                    params = [{"name": n, "use": "in"} for n in bulk.export_parameters]
+                    body = {"resourceType": "OperationDefinition", "parameter": params}
+                    self._answer((200, body, {}))
+                return True
             if path.startswith("/fhir/bulkfiles/"):
                 if bulk.require_auth and self._refused():
                     return True
-                data = bulk.files.get(path.removeprefix("/fhir/bulkfiles/"))
+                name = path.removeprefix("/fhir/bulkfiles/")
+                with server.lock:
+                    failures = bulk.file_failures.get(name.rsplit("/", 1)[-1], 0)
+                    if failures:
+                        bulk.file_failures[name.rsplit("/", 1)[-1]] = failures - 1
+                if failures:
+                    self._answer((503, outcome("transient", "busy"), {}))
+                    return True
+                data = bulk.files.get(name)
                 if data is None:
                     self._answer((404, outcome("not-found", "no such file"), {}))
                     return True

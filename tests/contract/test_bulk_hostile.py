@@ -15,7 +15,15 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from fhir_cyclo.cli.app import main
 from fhir_cyclo.client import FhirClient, RetryPolicy
-from fhir_cyclo.client.bulk import MANIFEST, STATE_FILE, BulkExporter, BulkExportError, BulkRequest
+from fhir_cyclo.client.bulk import (
+    DEFAULT_TYPES,
+    MANIFEST,
+    NDJSON,
+    STATE_FILE,
+    BulkExporter,
+    BulkExportError,
+    BulkRequest,
+)
 from fhir_cyclo.readers.fhir import read_paths
 
 from .smart_server import BulkBehaviour, Running, SmartServer, ndjson, outcome
@@ -50,6 +58,8 @@ NO_MEDICATION_STATEMENT = [
     "Observation",
     "Procedure",
 ]
+# The types data() has: asked for alone, nothing is missing and no second export is asked for.
+WITH_DATA = ["Patient", "Group", "Condition", "MedicationRequest", "Observation"]
 KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 
 
@@ -113,10 +123,12 @@ def test_default_request_fits_what_the_server_supports(
     bulk.supported = NO_MEDICATION_STATEMENT
     code, err = cli(server, tmp_path / "out", capsys)
     assert code == 0, err
-    (kick,) = bulk.kickoffs
+    kick, again = bulk.kickoffs
     asked = kick["_type"][0].split(",")
     assert "MedicationStatement" not in asked and "MedicationAdministration" not in asked
     assert asked == ["Patient", "Condition", "MedicationRequest", "Observation", "Procedure"]
+    # No Procedure came: asked again without _typeFilter (the server has none: still none).
+    assert again == {"_outputFormat": [NDJSON], "_type": ["Procedure"]}
     note = [line for line in err.splitlines() if "lacks" in line]
     assert len(note) == 1 and "MedicationStatement, MedicationAdministration" in note[0]
     written = json.loads((tmp_path / "out" / MANIFEST).read_text())
@@ -174,10 +186,103 @@ def test_type_filter_ignored_is_applied_here(
     bulk.type_filter = "ignore"
     code, err = cli(server, tmp_path / "out", capsys)
     assert code == 0, err
-    assert len(bulk.kickoffs) == 1
+    # The second export is only for the types that did not come (none of them exist here).
+    assert [k["_type"] for k in bulk.kickoffs] == [
+        [",".join(DEFAULT_TYPES)],
+        ["MedicationStatement,MedicationAdministration,Procedure"],
+    ]
     kept = lines(tmp_path / "out" / "Observation.000.ndjson")
     assert [o["id"] for o in kept] == ["b", "m3", "m6"]
     assert "1 Observation(s) outside _typeFilter" in err
+
+
+def test_type_filter_misapplied_types_are_asked_again_without_it(
+    server: SmartServer, bulk: BulkBehaviour, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The SMART reference server with fhir-cyclo's default request: no MedicationStatement /
+    # MedicationAdministration, and with _typeFilter no Patient, Observation, Procedure at all.
+    bulk.supported = NO_MEDICATION_STATEMENT
+    bulk.filter_drops = ("Patient", "Observation", "Procedure")
+    out = tmp_path / "out"
+    code, err = cli(server, out, capsys)
+    assert code == 0, err
+    first, again = bulk.kickoffs
+    assert "_typeFilter" in first
+    assert again == {"_outputFormat": [NDJSON], "_type": ["Patient,Observation,Procedure"]}
+    assert "came back without Patient, Observation, Procedure" in err
+    assert "1 Observation(s) outside _typeFilter dropped here (the server misapplied it)" in err
+    # Only the type the server has none of is still named missing.
+    missing = [line for line in err.splitlines() if "not in the export" in line]
+    assert len(missing) == 1 and "export: Procedure (" in missing[0]
+    written = json.loads((out / MANIFEST).read_text())
+    assert sorted((o["type"], o["count"]) for o in written["output"]) == [
+        ("Condition", 1),
+        ("MedicationRequest", 1),
+        ("Observation", 3),
+        ("Patient", 2),
+    ]
+    assert [o["id"] for o in lines(out / "Observation.000.ndjson")] == ["b", "m3", "m6"]
+    assert len(bulk.deletes) == 2 and not bulk.jobs  # both jobs cleaned up
+    assert not (out / STATE_FILE).exists()
+    # The folder is a complete input for scoring.
+    code = main(["score", str(out), "--json", str(tmp_path / "s.json")])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    doc = json.loads((tmp_path / "s.json").read_text())
+    assert doc["accounting"]["patients_read"] == 2
+    assert [a["response"] for a in doc["patients"][0]["assessments"]] == ["CR", "PR", "NE"]
+
+
+def test_no_medication_statement_and_type_filter_refused_default_options(
+    server: SmartServer, bulk: BulkBehaviour, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bulk.supported = NO_MEDICATION_STATEMENT
+    bulk.type_filter = "refuse"
+    out = tmp_path / "out"
+    code, err = cli(server, out, capsys)
+    assert code == 0, err
+    assert "lacks MedicationStatement, MedicationAdministration" in err
+    assert "refused _typeFilter" in err and "filtered here" in err
+    assert [("_typeFilter" in k) for k in bulk.kickoffs] == [True, False]
+    written = json.loads((out / MANIFEST).read_text())
+    assert sorted((o["type"], o["count"]) for o in written["output"]) == [
+        ("Condition", 1),
+        ("MedicationRequest", 1),
+        ("Observation", 3),
+        ("Patient", 2),
+    ]
+    assert len(bulk.deletes) == 1 and not bulk.jobs
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        ("served", ("_outputFormat", "_since", "_type"), False),
+        ("served", ("_outputFormat", "_since", "_type", "_typeFilter"), True),
+        ("missing", (), True),  # named but absent: tolerated, the filter is sent
+    ],
+)
+def test_export_operation_definition_decides_on_type_filter(
+    server: SmartServer,
+    bulk: BulkBehaviour,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    case: tuple[str, tuple[str, ...], bool],
+) -> None:
+    definition, parameters, sent = case
+    bulk.supported = WITH_DATA
+    bulk.export_definition = definition
+    bulk.export_parameters = parameters
+    out = tmp_path / "out"
+    code, err = cli(server, out, capsys)
+    assert code == 0, err
+    assert bulk.definition_requests == 1
+    (kick,) = bulk.kickoffs
+    assert ("_typeFilter" in kick) is sent
+    assert ("OperationDefinition has no _typeFilter" in err) is not sent
+    assert [o["id"] for o in lines(out / "Observation.000.ndjson")] == ["b", "m3", "m6"]
+    if not sent:
+        assert "1 Observation(s) outside _typeFilter dropped here" in err
 
 
 def drop_types(*types: str) -> Any:
@@ -275,6 +380,7 @@ def test_error_file_count_mismatch_is_a_warning(
     server: SmartServer, bulk: BulkBehaviour, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     bulk.error_files = [([ERROR_LINE], 639)]
+    bulk.supported = WITH_DATA
     code, err = cli(server, tmp_path / "out", capsys)
     assert code == 1  # an error issue: some resources did not come
     assert "manifest says 639" in err and "warning" in err
@@ -287,6 +393,7 @@ def test_deleted_entries_are_downloaded_and_not_scored(
     server: SmartServer, bulk: BulkBehaviour, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     bulk.deleted = [("Observation", "m6")]
+    bulk.supported = WITH_DATA
     code, err = cli(server, tmp_path / "out", capsys)
     assert code == 0, err
     assert "1 deleted" in err
@@ -311,6 +418,7 @@ def test_hostile_type_does_not_choose_a_path(
         return manifest
 
     bulk.manifest_hook = hook
+    bulk.supported = WITH_DATA
     out = tmp_path / "a" / "b" / "out"
     code, err = cli(server, out, capsys)
     assert code == 1
@@ -408,6 +516,70 @@ def test_duplicate_ids_across_lines_are_reported(
     assert code == 0, err
     dup = [line for line in err.splitlines() if "more than one line" in line]
     assert len(dup) == 1 and "Patient: 1 id(s)" in dup[0]
+
+
+def test_line_of_another_type_is_an_error_entry(
+    server: SmartServer, bulk: BulkBehaviour, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bulk.supported = WITH_DATA
+    bulk.resources["Patient"].append({**OBSERVATIONS[0], "id": "x9"})  # in the Patient file
+    out = tmp_path / "out"
+    code, err = cli(server, out, capsys)
+    assert code == 1, err
+    assert (
+        "manifest output[0] (Patient.000.ndjson): 1 line(s) whose resourceType is not Patient "
+        "(first: line 3, resourceType 'Observation'); not kept"
+    ) in err
+    assert [p["id"] for p in lines(out / "Patient.000.ndjson")] == ["p1", "p2"]
+    written = json.loads((out / MANIFEST).read_text())
+    assert {"type": "Patient", "url": "Patient.000.ndjson", "count": 2} in written["output"]
+
+
+def test_duplicate_ids_across_an_interrupted_run_are_reported(
+    server: SmartServer, bulk: BulkBehaviour, tmp_path: Path
+) -> None:
+    def hook(manifest: dict[str, Any], files: str) -> dict[str, Any]:
+        manifest["output"].append({"type": "Patient", "url": f"{files}/Patient-2.ndjson"})
+        return manifest
+
+    bulk.manifest_hook = hook
+    bulk.extra_files = {"Patient-2.ndjson": ndjson([{"resourceType": "Patient", "id": "p1"}])}
+    bulk.file_failures = {"Patient-2.ndjson": 2}  # both attempts of the first run
+    with pytest.raises(BulkExportError, match="failed after 2 attempts"):
+        exporter(server, tmp_path, []).run(BulkRequest(types=("Patient",)))
+    assert (tmp_path / STATE_FILE).is_file() and (tmp_path / "Patient.000.ndjson").is_file()
+    made = exporter(server, tmp_path, [])
+    result = made.run(BulkRequest(types=("Patient",)))
+    assert result.fetched == 1  # only the second file; the first was finished before
+    dup = [n for n in notices(made) if "more than one line" in n]
+    assert dup == [
+        "Patient: 1 id(s) on more than one line (first: Patient.001.ndjson line 1); a reader "
+        "keeps one or counts both"
+    ]
+
+
+def test_lines_dropped_here_are_counted_across_an_interrupted_run(
+    server: SmartServer, bulk: BulkBehaviour, tmp_path: Path
+) -> None:
+    def hook(manifest: dict[str, Any], files: str) -> dict[str, Any]:
+        manifest["output"].append({"type": "Observation", "url": f"{files}/Observation-2.ndjson"})
+        return manifest
+
+    bulk.type_filter = "ignore"  # OTHER_OBS comes in the first file and is dropped here
+    bulk.manifest_hook = hook
+    bulk.extra_files = {"Observation-2.ndjson": ndjson([{**OTHER_OBS, "id": "other2"}])}
+    bulk.file_failures = {"Observation-2.ndjson": 2}
+    request = BulkRequest(
+        types=("Observation",),
+        type_filters=(f"Observation?code={LOINC}|718-7,{LOINC}|777-3",),
+    )
+    with pytest.raises(BulkExportError, match="failed after 2 attempts"):
+        exporter(server, tmp_path, []).run(request)
+    made = exporter(server, tmp_path, [])
+    made.run(request)
+    assert "2 Observation(s) outside _typeFilter dropped here (the server ignored it)" in (
+        notices(made)
+    )
 
 
 # --- 2. (empty Group) ----------------------------------------------------------------------

@@ -133,7 +133,7 @@ def export(bulk: BulkOptions, client: FhirClient, folder: Path) -> BulkResult:
         on_notice=output.warn,
     )
     # --type is the user's choice: sent as given; the default is fitted to the server's types.
-    result = exporter.run(bulk_request(bulk), capability=None if bulk.types else capability)
+    result = exporter.run(bulk_request(bulk), capability=capability, fit_types=not bulk.types)
     before = len(result.files) + len(result.errors) + len(result.deleted) - result.fetched
     output.say(
         f"bulk export: {len(result.files)} file(s), {result.resources} resource(s) in {folder} "

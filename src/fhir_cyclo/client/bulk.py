@@ -208,6 +208,44 @@ def fit_request(request: BulkRequest, capability: Any) -> tuple[BulkRequest, lis
     return dataclasses.replace(request, types=types, type_filters=filters), [note]
 
 
+def export_definition(capability: Any, request: BulkRequest) -> str | None:
+    """The OperationDefinition the CapabilityStatement names for this export: the operation on
+    the Patient or Group resource first, then the system-level one; None when absent."""
+    rests = capability.get("rest") if isinstance(capability, dict) else None
+    level = "Group" if request.group is not None else "Patient"
+    found: list[str] = []
+    for rest in rests if isinstance(rests, list) else []:
+        if not isinstance(rest, dict):
+            continue
+        resources = rest.get("resource")
+        places = [
+            r.get("operation")
+            for r in (resources if isinstance(resources, list) else [])
+            if isinstance(r, dict) and r.get("type") == level
+        ]
+        for operations in [*places, rest.get("operation")]:
+            for op in operations if isinstance(operations, list) else []:
+                if not isinstance(op, dict) or not isinstance(op.get("definition"), str):
+                    continue
+                if op.get("name") in ("export", f"{level.lower()}-export"):
+                    found.append(op["definition"])
+    return found[0][:_MAX_URL] if found else None
+
+
+def definition_parameters(doc: Any) -> frozenset[str] | None:
+    """The input parameter names of an OperationDefinition; None when `doc` is not one."""
+    if not isinstance(doc, dict) or doc.get("resourceType") != "OperationDefinition":
+        return None
+    params = doc.get("parameter")
+    if not isinstance(params, list):
+        return None
+    return frozenset(
+        p["name"]
+        for p in params
+        if isinstance(p, dict) and isinstance(p.get("name"), str) and p.get("use", "in") == "in"
+    )
+
+
 class _LocalFilter:
     """A `_typeFilter` of the form fhir-cyclo sends (`Type?code=system|code,...`), applied here
     when the server refuses or ignores it."""
@@ -240,6 +278,14 @@ class _Tally:
     dropped: dict[str, int] = field(default_factory=dict)  # type -> lines filtered out here
     ids: dict[str, set[str]] = field(default_factory=dict)  # type -> ids seen
     duplicates: dict[str, list[str]] = field(default_factory=dict)  # type -> "file line n"
+
+    def add_ids(self, name: str, ids: Sequence[tuple[str, str, int]]) -> None:
+        """Record (type, id, line) of one output file; an id seen before is a duplicate."""
+        for rtype, rid, line in ids:
+            seen = self.ids.setdefault(rtype, set())
+            if rid in seen:
+                self.duplicates.setdefault(rtype, []).append(f"{name} line {line}")
+            seen.add(rid)
 
 
 class _PollError(ServerError):
@@ -337,14 +383,17 @@ class BulkExporter:
 
     # --- the job ---------------------------------------------------------------------------
 
-    def run(self, request: BulkRequest, *, capability: Any = None) -> BulkResult:
+    def run(
+        self, request: BulkRequest, *, capability: Any = None, fit_types: bool = True
+    ) -> BulkResult:
         """Export (or resume exporting) into the folder; returns what is there.
 
         With the server's CapabilityStatement, the request is first narrowed to the types it
-        lists (pass None to send the request as given, as `--type` does).
+        lists (unless `fit_types` is False, as for `--type`), and the export OperationDefinition
+        it points to on this server is read for `_typeFilter` support.
         """
         notes: list[str] = []
-        if capability is not None:
+        if capability is not None and fit_types:
             request, notes = fit_request(request, capability)
         for note in notes:
             self.on_notice(note)
@@ -354,10 +403,10 @@ class BulkExporter:
         try:
             if state.data.get("manifest") is None:
                 if state.data.get("status_url") is None:
-                    state.data["status_url"], refused = self._start(request)
+                    state.data["status_url"], how = self._start(request, capability)
                     # Applied here too: a server may ignore _typeFilter (or refuse it).
                     state.data["local_filters"] = list(request.type_filters)
-                    state.data["filter_refused"] = refused
+                    state.data["filter_how"] = how
                     state.data["files"] = {}
                     state.save()
                 else:
@@ -367,14 +416,16 @@ class BulkExporter:
             manifest = state.data["manifest"]
             result = BulkResult(folder=self.folder, notes=notes)
             tally = _Tally()
-            self._download_all(manifest, state, result, tally)
+            counters: dict[str, int] = {}
+            self._download_all(manifest, state, result, tally, counters)
+            self._fallback(request, state, result, tally, counters)
         except (_Resumable, TemporaryTransportError):
             raise  # the job and the state file stay: the same command resumes
         except KeyboardInterrupt:
             if state.data.get("manifest") is not None:
                 self.on_notice(
-                    "interrupted while downloading: the export job is kept on the server; "
-                    "the same command resumes it"
+                    "interrupted after the export was ready: the export job is kept on the "
+                    "server; the same command resumes it"
                 )
                 raise
             self._abandon(state)
@@ -382,24 +433,66 @@ class BulkExporter:
         except BaseException:
             self._abandon(state)
             raise
-        self._report(request, result, tally, refused=bool(state.data.get("filter_refused")))
+        self._report(request, result, tally, how=state.data.get("filter_how"))
         self._write_manifest(manifest, result)
-        self._delete_job(state.data["status_url"])
+        for status_url in _status_urls(state):
+            self._delete_job(status_url)
         state.remove()
         return result
 
+    def _fallback(
+        self,
+        request: BulkRequest,
+        state: _State,
+        result: BulkResult,
+        tally: _Tally,
+        counters: dict[str, int],
+    ) -> None:
+        """Asked types missing after an export the server filtered: ask for them again without
+        `_typeFilter` (applied here). A server may misapply the filter to the other types: the
+        SMART reference server leaves out Patient, Observation and Procedure (issue 25)."""
+        fallback = state.data.get("fallback")
+        if fallback is None:
+            if not request.type_filters or state.data.get("filter_how"):
+                return  # no filter reached the server: nothing it could have misapplied
+            missing = _missing(request, result)
+            if not missing:
+                return
+            self.on_notice(
+                f"the export with _typeFilter came back without {', '.join(missing)}; asking "
+                "for them again without _typeFilter (the server may misapply it), filtered here"
+            )
+            plain = dataclasses.replace(request, types=tuple(missing), type_filters=())
+            fallback = {"types": missing, "status_url": self._kick_off(plain)}
+            state.data["fallback"] = fallback
+            state.save()
+        if fallback.get("manifest") is None:
+            fallback["manifest"] = self._poll(fallback["status_url"])
+            state.save()
+        self._download_all(fallback["manifest"], state, result, tally, counters, phase="fallback")
+        state.data["filter_how"] = state.data.get("filter_how") or "misapplied"
+
     def _abandon(self, state: _State) -> None:
-        """A way out other than success: the job is deleted on the server, the state removed."""
-        status_url = state.data.get("status_url")
-        if status_url:
+        """A way out other than success: the jobs are deleted on the server, the state removed."""
+        for status_url in _status_urls(state):
             self._delete_job(status_url)
         state.remove()
 
-    def _start(self, request: BulkRequest) -> tuple[str, bool]:
-        """Kick off; a 400 on a request with _typeFilter is asked again without it (the filter
-        is applied here). Returns the status URL and whether _typeFilter was refused."""
+    def _start(self, request: BulkRequest, capability: Any) -> tuple[str, str | None]:
+        """Kick off. `_typeFilter` is not sent when the export OperationDefinition lacks it, and
+        a 400 on a request with it is asked again without it (the filter is applied here).
+        Returns the status URL and, when the filter did not reach the server, why."""
+        if request.type_filters and capability is not None:
+            params = self._definition_parameters(capability, request)
+            if params is not None and "_typeFilter" not in params:
+                self.on_notice(
+                    "the server's export OperationDefinition has no _typeFilter parameter; not "
+                    "sent, the resources are filtered here"
+                )
+                plain = dataclasses.replace(request, type_filters=())
+                return self._kick_off(plain), "not supported"
         try:
-            return self._kick_off(request), False
+            return self._kick_off(request), None
         except _KickOffRefused as exc:
             if not (request.type_filters and exc.status == 400):
                 raise
@@ -408,7 +501,33 @@ class BulkExporter:
                 "resources are filtered here"
             )
         plain = dataclasses.replace(request, type_filters=())
-        return self._kick_off(plain), True
+        return self._kick_off(plain), "refused"
+
+    def _definition_parameters(
+        self, capability: Any, request: BulkRequest
+    ) -> frozenset[str] | None:
+        """The export OperationDefinition's parameters when the CapabilityStatement points to
+        one on this server and it can be read; None otherwise (absence is no error)."""
+        ref = export_definition(capability, request)
+        if ref is None:
+            return None
+        base = str(self.client.base_url)
+        url = urljoin(base + "/", ref)
+        if origin(url) != origin(base):
+            log.info("bulk: export OperationDefinition %s is not on this server; not read", ref)
+            return None
+        try:
+            response = self.client.transport.request(
+                "GET", url, headers={"Accept": "application/fhir+json"}
+            )
+            doc = response.json()
+        except (FhirCycloError, ValueError) as exc:
+            log.info("bulk: export OperationDefinition %s not read: %s", url, exc)
+            return None
+        params = definition_parameters(doc)
+        if params is None:
+            log.info("bulk: %s is not an OperationDefinition; not used", url)
+        return params
 
     def _kick_off(self, request: BulkRequest) -> str:
         url = f"{self.client.base_url}/{request.path()}"
@@ -571,7 +690,7 @@ class BulkExporter:
     # --- files -----------------------------------------------------------------------------
 
     def _entries(
-        self, manifest: dict[str, Any], result: BulkResult
+        self, manifest: dict[str, Any], result: BulkResult, label: str = "manifest"
     ) -> list[tuple[str, int, dict[str, Any], str]]:
         """The manifest's entries that are safe to fetch, with their checked type; each other
         entry is a rejected line naming it. No manifest field is trusted (issue 25)."""
@@ -581,10 +700,10 @@ class BulkExporter:
             if entries is None:
                 continue
             if not isinstance(entries, list):
-                result.rejected.append(f"manifest {kind}: not a list")
+                result.rejected.append(f"{label} {kind}: not a list")
                 continue
             for i, entry in enumerate(entries):
-                where = f"manifest {kind}[{i}]"
+                where = f"{label} {kind}[{i}]"
                 reason = _bad_entry(entry, kind)
                 if reason is not None:
                     result.rejected.append(f"{where}: {reason}; not downloaded")
@@ -607,14 +726,23 @@ class BulkExporter:
         return found
 
     def _download_all(
-        self, manifest: dict[str, Any], state: _State, result: BulkResult, tally: _Tally
+        self,
+        manifest: dict[str, Any],
+        state: _State,
+        result: BulkResult,
+        tally: _Tally,
+        counters: dict[str, int],
+        *,
+        phase: str = "",
     ) -> None:
+        """Fetch one job's files; `counters` numbers the local names across jobs, `phase` keeps
+        a second job's entries apart from the first's in the state file."""
         # Anything but an explicit false sends the token (to our own origin only).
         token = manifest.get("requiresAccessToken") is not False
-        entries = self._entries(manifest, result)
+        label = f"{phase} manifest" if phase else "manifest"
+        entries = self._entries(manifest, result, label)
         local_filter = _LocalFilter(state.data.get("local_filters") or [])
         done: dict[str, Any] = state.data["files"]
-        counters: dict[str, int] = {}
         bar = self._bar(total=len(entries), unit="file", desc="download")
         try:
             for kind, i, entry, rtype in entries:
@@ -626,7 +754,8 @@ class BulkExporter:
                 if target.resolve().parent != self.folder.resolve():
                     raise BulkExportError(f"internal: {name} is not inside {self.folder}")
                 url = entry["url"]
-                finished = done.get(url)
+                key = f"{phase}:{url}" if phase else url
+                finished = done.get(key)
                 if not (
                     finished
                     and finished.get("name") == name
@@ -645,13 +774,27 @@ class BulkExporter:
                     try:
                         self._download(check, target, entry.get("count"), token)
                     except _Rejected as exc:
-                        result.rejected.append(f"manifest {kind}[{i}] ({name}): {exc}")
+                        result.rejected.append(f"{label} {kind}[{i}] ({name}): {exc}")
                         continue
                     check.commit()
                     finished = {"name": name, "lines": check.kept, "bytes": target.stat().st_size}
-                    done[url] = finished
+                    if check.dropped:
+                        finished["dropped"] = check.dropped
+                    if check.foreign:
+                        finished["foreign"] = (
+                            f"{check.foreign} line(s) whose resourceType is not {rtype} (first: "
+                            f"line {check.foreign_first}); not kept"
+                        )
+                    done[key] = finished
                     state.save()
                     result.fetched += 1
+                elif kind == "output":
+                    # Finished in an earlier run: its ids and dropped lines still count.
+                    tally.add_ids(name, _ids_in(target))
+                    if finished.get("dropped"):
+                        tally.dropped[rtype] = tally.dropped.get(rtype, 0) + finished["dropped"]
+                if finished.get("foreign"):
+                    result.rejected.append(f"{label} {kind}[{i}] ({name}): {finished['foreign']}")
                 local = {"type": rtype, "url": name, "count": finished["lines"]}
                 if kind == "error":
                     result.errors.append(local)
@@ -668,7 +811,7 @@ class BulkExporter:
             bar.close()
 
     def _report(
-        self, request: BulkRequest, result: BulkResult, tally: _Tally, *, refused: bool
+        self, request: BulkRequest, result: BulkResult, tally: _Tally, *, how: str | None
     ) -> None:
         """One line per kind of gap: rejected entries, error issues, deleted, missing types."""
         for line in result.rejected:
@@ -682,9 +825,9 @@ class BulkExporter:
                 f"in {names}"
             )
         for rtype, dropped in sorted(tally.dropped.items()):
-            how = "refused" if refused else "ignored"
+            why = {"not supported": "does not support", None: "ignored"}.get(how, how)
             self.on_notice(
-                f"{dropped} {rtype}(s) outside _typeFilter dropped here (the server {how} it)"
+                f"{dropped} {rtype}(s) outside _typeFilter dropped here (the server {why} it)"
             )
         for rtype, where in sorted(tally.duplicates.items()):
             self.on_notice(
@@ -697,8 +840,7 @@ class BulkExporter:
                 f"{count} deleted resource(s) listed by the server (in "
                 f"{', '.join(d['url'] for d in result.deleted)}); scoring skips them"
             )
-        received = {f["type"] for f in result.files if f["count"]}
-        result.missing_types = [t for t in request.types if t not in received]
+        result.missing_types = _missing(request, result)
         if result.resources == 0:
             what = f"Group {request.group}" if request.group else "the server"
             self.on_notice(
@@ -921,10 +1063,13 @@ class _FileCheck:
     kept: int = 0
     size: int = 0
     dropped: int = 0
+    foreign: int = 0  # lines of another resourceType than the manifest entry's
+    foreign_first: str = ""
     ids: list[tuple[str, str, int]] = field(default_factory=list)
 
     def reset(self) -> None:
-        self.lines = self.kept = self.size = self.dropped = 0
+        self.lines = self.kept = self.size = self.dropped = self.foreign = 0
+        self.foreign_first = ""
         self.ids = []
 
     def grow(self, size: int) -> None:
@@ -951,6 +1096,13 @@ class _FileCheck:
                 raise BulkExportError(
                     f"{_short(self.url, 200)}: line {self.lines} is not a FHIR resource"
                 )
+            if self.kind == "output" and doc["resourceType"] != self.rtype:
+                # Not mixed into a file its manifest entry says holds only self.rtype.
+                self.foreign += 1
+                if not self.foreign_first:
+                    other = _short(repr(doc["resourceType"]), 60)
+                    self.foreign_first = f"{self.lines}, resourceType {other}"
+                continue
             if self.keep is not None and not self.keep(doc):
                 self.dropped += 1
                 continue
@@ -964,11 +1116,7 @@ class _FileCheck:
         """Count this file's dropped lines and duplicate ids (once it is accepted)."""
         if self.dropped:
             self.tally.dropped[self.rtype] = self.tally.dropped.get(self.rtype, 0) + self.dropped
-        for rtype, rid, line in self.ids:
-            seen = self.tally.ids.setdefault(rtype, set())
-            if rid in seen:
-                self.tally.duplicates.setdefault(rtype, []).append(f"{self.name} line {line}")
-            seen.add(rid)
+        self.tally.add_ids(self.name, self.ids)
 
 
 def _safe_json(content: bytes) -> Any:
@@ -989,3 +1137,27 @@ def _issues(path: Path) -> list[tuple[str, str]]:
             line = f"{issue.severity} {issue.code}: {issue.text[:300]} ({path.name})"
             found.append((issue.severity, line))
     return found
+
+
+def _ids_in(path: Path) -> list[tuple[str, str, int]]:
+    """(type, id, line) of a finished local output file (checked when it was written)."""
+    found: list[tuple[str, str, int]] = []
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, 1):
+            doc = _safe_json(raw)
+            if isinstance(doc, dict) and isinstance(doc.get("id"), str):
+                found.append((str(doc.get("resourceType")), doc["id"], number))
+    return found
+
+
+def _missing(request: BulkRequest, result: BulkResult) -> list[str]:
+    """Asked types with no resource in the export so far."""
+    received = {f["type"] for f in result.files if f["count"]}
+    return [t for t in request.types if t not in received]
+
+
+def _status_urls(state: _State) -> list[str]:
+    """The export jobs of this run on the server: the first and, if asked, the second."""
+    fallback = state.data.get("fallback")
+    urls = [state.data.get("status_url"), fallback.get("status_url") if fallback else None]
+    return [u for u in urls if isinstance(u, str) and u]
