@@ -209,6 +209,9 @@ def build_parser() -> Parser:
     from fhir_cyclo.cli import commands
 
     commands.register(sub)
+    from fhir_cyclo.cli import import_cmd
+
+    import_cmd.register(sub)
     return parser
 
 
