@@ -340,6 +340,8 @@ def check_sandbox(args: argparse.Namespace) -> None:
         preflight.output_folder(args.data, "--data")
     if args.log:
         preflight.output_file(args.log, "--log")
+    if args.jar:
+        preflight.readable_file(args.jar, "--jar")
 
 
 def cmd_sandbox(args: argparse.Namespace) -> int:
@@ -350,7 +352,8 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
 
     data = Path(args.data) if args.data else None
     log = Path(args.log) if args.log else None
-    with HapiServer(port=args.port, data_dir=data, log_path=log) as hapi:
+    jar = Path(args.jar) if args.jar else None
+    with HapiServer(port=args.port, data_dir=data, log_path=log, jar=jar, notice=say) as hapi:
         print(
             f"HAPI FHIR R4 test server at {hapi.base_url} (started in {hapi.started_in:.0f}s; "
             f"{'data in ' + str(data) if data else 'in memory'}; log {hapi.log_path}; "
@@ -455,7 +458,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
 
     p = sub.add_parser(
         "sandbox",
-        help="run the project's HAPI FHIR JPA R4 test server (built by `make hapi`) on 127.0.0.1",
+        help="run the project's HAPI FHIR JPA R4 test server on 127.0.0.1",
         description="Run the project's HAPI FHIR JPA R4 test server on 127.0.0.1 until Ctrl-C.",
         formatter_class=HelpFormatter,
     )
@@ -466,4 +469,10 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         help="keep the data in an H2 file database in DIR (default: in memory, lost on exit)",
     )
     p.add_argument("--log", metavar="FILE", help="server log file (default: a temporary folder)")
+    p.add_argument(
+        "--jar",
+        metavar="PATH",
+        help="the server jar (default: $FHIR_CYCLO_HAPI_JAR, the checkout's hapi/target, or "
+        "~/.cache/fhir-cyclo/hapi-VERSION/, built there with Maven on first use)",
+    )
     p.set_defaults(func=cmd_sandbox, check=check_sandbox)
