@@ -253,3 +253,21 @@ def test_an_existing_case_file_not_written_by_import_is_never_replaced(
     assert "was not written by import" in capsys.readouterr().err
     assert mine.read_bytes() == CASE_REPORT.read_bytes()
     assert [p.name for p in out.iterdir()] == [mine.name]
+
+
+def test_a_foreign_bulk_export_gives_demographics_and_names_the_rest(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # An EHR's Bulk Data folder (manifest, error file, non-FHIR files): its Patients become
+    # cases, and every resource and element the case model does not hold is named.
+    folder = Path(__file__).parent / "ehr_data" / "bulk-folder"
+    assert main(["import", str(folder), "--out", str(tmp_path / "out")]) == 0
+    err = capsys.readouterr().err
+    assert "imported 3 case(s)" in err and "3 with data FHIR did not carry back" in err
+    assert "left out 1 resource(s) of no patient: 1 Medication" in err
+    assert "left out: 1 Condition, 1 MedicationAdministration, 4 Observation" in err
+    assert "Patient.name.family (1)" in err
+    assert "BULK-000" not in err  # the MRNs
+    cases = read_cases(tmp_path / "out")
+    assert [c.identifier.value for c in cases] == ["BULK-0001", "BULK-0002", "BULK-0003"]
+    assert all(not c.diagnoses and not c.labs for c in cases)

@@ -49,13 +49,17 @@ def _patient_ref(resource: Resource) -> str | None:
     return None
 
 
-def group_by_patient(items: Iterable[SourceItem]) -> Iterator[PatientGroup]:
+def group_by_patient(
+    items: Iterable[SourceItem], unattached: Counter[str] | None = None
+) -> Iterator[PatientGroup]:
     """Groups in the order their Patients were first read; resources are kept per group once
     (a Bundle and its NDJSON copy both read give each resource once).
 
     A resource finds its Patient by its subject/patient reference (a Bundle's urn:uuid, a
     relative `Patient/id` or an absolute URL); references to no Patient read here form groups
-    without a Patient, which the caller reports.
+    without a Patient, which the caller reports. Resources that name no patient at all
+    (Organization, Practitioner, Medication, ...) belong to no case: counted by type in
+    `unattached`.
     """
     groups: dict[str, PatientGroup] = {}
     alias: dict[str, str] = {}  # any name of a Patient -> its group key
@@ -80,9 +84,13 @@ def group_by_patient(items: Iterable[SourceItem]) -> Iterator[PatientGroup]:
                 alias[name] = key
             continue
         ref = _patient_ref(res)
-        pending.append((ref or "", item))
+        if ref is None:
+            if unattached is not None:
+                unattached[str(rtype)] += 1
+            continue
+        pending.append((ref, item))
     for ref, item in pending:
-        key = alias.get(ref, ref or "(no subject)")
+        key = alias.get(ref, ref)
         group = groups.setdefault(key, PatientGroup(key, item.origin))
         group.resources.append((item.full_url, item.resource))
     yield from groups.values()

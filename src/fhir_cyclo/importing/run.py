@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,11 +119,13 @@ def cases_from_groups(
 
 def groups_from_files(paths: Iterable[str], on_error: Say, on_notice: Say) -> list[PatientGroup]:
     """Every Patient group in the files, read through readers.fhir like `score` reads them."""
-    return list(
-        group_by_patient(
-            read_paths(paths, on_error=lambda e: on_error(str(e)), on_notice=on_notice)
-        )
-    )
+    unattached: Counter[str] = Counter()
+    items = read_paths(paths, on_error=lambda e: on_error(str(e)), on_notice=on_notice)
+    groups = list(group_by_patient(items, unattached))
+    if unattached:
+        kinds = ", ".join(f"{n} {t}" for t, n in sorted(unattached.items()))
+        on_notice(f"left out {sum(unattached.values())} resource(s) of no patient: {kinds}")
+    return groups
 
 
 def run_import(
