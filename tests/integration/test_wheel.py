@@ -196,8 +196,10 @@ def test_sandbox_runs_from_the_user_cache(installed: Installed) -> None:
         cached.symlink_to(JAR)
     port = _free_port()
     began = time.monotonic()
+    # 900 s: HAPI took up to 415 s to start here while other agents loaded the 2 cores.
+    argv = ["sandbox", "--port", str(port), "--start-timeout", "900"]
     proc = subprocess.Popen(
-        [str(installed.venv / "bin" / "fhir-cyclo"), "sandbox", "--port", str(port)],
+        [str(installed.venv / "bin" / "fhir-cyclo"), *argv],
         cwd=installed.work,
         env=installed.env(),
         stdout=subprocess.PIPE,

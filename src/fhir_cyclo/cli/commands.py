@@ -342,6 +342,7 @@ def check_sandbox(args: argparse.Namespace) -> None:
         preflight.output_file(args.log, "--log")
     if args.jar:
         preflight.readable_file(args.jar, "--jar")
+    preflight.positive(args.start_timeout, "--start-timeout")
 
 
 def cmd_sandbox(args: argparse.Namespace) -> int:
@@ -353,7 +354,9 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
     data = Path(args.data) if args.data else None
     log = Path(args.log) if args.log else None
     jar = Path(args.jar) if args.jar else None
-    with HapiServer(port=args.port, data_dir=data, log_path=log, jar=jar, notice=say) as hapi:
+    hapi = HapiServer(port=args.port, data_dir=data, log_path=log, jar=jar, notice=say)
+    hapi.start(timeout=args.start_timeout)
+    try:
         print(
             f"HAPI FHIR R4 test server at {hapi.base_url} (started in {hapi.started_in:.0f}s; "
             f"{'data in ' + str(data) if data else 'in memory'}; log {hapi.log_path}; "
@@ -365,6 +368,8 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
                 time.sleep(3600)
         except KeyboardInterrupt:
             pass
+    finally:
+        hapi.stop()
     return 0
 
 
@@ -474,5 +479,12 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         metavar="PATH",
         help="the server jar (default: $FHIR_CYCLO_HAPI_JAR, the checkout's hapi/target, or "
         "~/.cache/fhir-cyclo/hapi-VERSION/, built there with Maven on first use)",
+    )
+    p.add_argument(
+        "--start-timeout",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="give up when the server is not ready by then (a busy 2-core machine needs more)",
     )
     p.set_defaults(func=cmd_sandbox, check=check_sandbox)
