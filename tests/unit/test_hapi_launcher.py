@@ -41,8 +41,10 @@ def test_a_missing_jar_named_by_the_environment_or_option_is_one_line(
     with pytest.raises(HapiError) as info:
         HapiServer().start()
     assert "from $FHIR_CYCLO_HAPI_JAR" in str(info.value) and "\n" not in str(info.value)
+    server = HapiServer()
+    server.jar = tmp_path / "other.jar"
     with pytest.raises(HapiError) as info:
-        HapiServer(jar=tmp_path / "other.jar").start()
+        server.start()
     assert "other.jar (from --jar) is missing" in str(info.value)
 
 

@@ -353,8 +353,9 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
 
     data = Path(args.data) if args.data else None
     log = Path(args.log) if args.log else None
-    jar = Path(args.jar) if args.jar else None
-    hapi = HapiServer(port=args.port, data_dir=data, log_path=log, jar=jar, notice=say)
+    hapi = HapiServer(port=args.port, data_dir=data, log_path=log)
+    hapi.jar = Path(args.jar) if args.jar else None
+    hapi.notice = say
     hapi.start(timeout=args.start_timeout)
     try:
         print(

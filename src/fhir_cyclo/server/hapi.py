@@ -202,13 +202,12 @@ class HapiServer:
         log_path: Path | None = None,
         java: str = "java",
         heap: str = HEAP,
-        *,
-        jar: Path | None = None,
-        notice: Callable[[str], None] | None = None,
     ) -> None:
         self.port = port
-        self.jar = jar
-        self.notice = notice  # where "building the jar ..." is said (the CLI: stderr)
+        # Set after construction (sandbox --jar; the CLI's stderr): the jar to run, None = the
+        # one `find_jar` finds; where "building the jar ..." is said on a first-use build.
+        self.jar: Path | None = None
+        self.notice: Callable[[str], None] | None = None
         self.data_dir = data_dir.resolve() if data_dir else None
         self.java = java
         self.heap = heap
