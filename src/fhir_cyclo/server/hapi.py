@@ -133,7 +133,8 @@ def build_jar(cache: Path, *, notice: Callable[[str], None] | None = None) -> Pa
     cache.mkdir(parents=True, exist_ok=True)
     work = cache / "build"
     shutil.rmtree(work, ignore_errors=True)
-    shutil.copytree(sources, work)
+    # Only the sources: a checkout's hapi/target (hundreds of MB) is no input to the build.
+    shutil.copytree(sources, work, ignore=shutil.ignore_patterns("target"))
     log = cache / "build.log"
     if notice is not None:
         notice(
