@@ -59,6 +59,27 @@ MATRIX: list[tuple[str, str, Argv]] = [
         ],
     ),
     ("export", "missing input", lambda w: ["export", "nope.yaml", "--out", "o"]),
+    # import
+    ("import", "unknown option", lambda w: ["import", str(w / "b.json"), "--out", "o", "--bogus"]),
+    ("import", "missing argument", lambda w: ["import", str(w / "b.json")]),
+    (
+        "import",
+        "bad value",
+        lambda w: ["import", "--server", "ftp://example.org/fhir", "--out", "o"],
+    ),
+    (
+        "import",
+        "conflicting options",
+        lambda w: ["import", str(w / "b.json"), "--out", "o", "--patient", "Patient/1"],
+    ),
+    ("import", "missing configuration", lambda w: ["import", "--out", "o"]),
+    (
+        "import",
+        "unusable output",
+        lambda w: ["import", str(w / "b.json"), "--out", str(w / "a-file")],
+    ),
+    ("import", "unusable output", lambda w: ["import", str(w / "b.json"), "--out", str(w)]),
+    ("import", "missing input", lambda w: ["import", "nope.json", "--out", "o"]),
     # validate
     ("validate", "unknown option", lambda w: ["validate", str(CASE), "--bogus"]),
     ("validate", "missing argument", lambda w: ["validate"]),
@@ -293,6 +314,7 @@ def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     import fhir_cyclo.cli.score
     import fhir_cyclo.client
     import fhir_cyclo.export.writer
+    import fhir_cyclo.importing.run
     import fhir_cyclo.readers.case_files
     import fhir_cyclo.server.hapi
     import fhir_cyclo.server.push
@@ -311,6 +333,7 @@ def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         (fhir_cyclo.client, "FhirClient"),
         (fhir_cyclo.cli.bulk_export, "export"),
         (fhir_cyclo.validation.server, "validate_paths_on_server"),
+        (fhir_cyclo.importing.run, "run_import"),
     ]:
         monkeypatch.setattr(module, name, work_started)
     return tmp_path

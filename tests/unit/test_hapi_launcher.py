@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from fhir_cyclo.server import hapi
 from fhir_cyclo.server.hapi import HapiError, HapiServer
 from tests.conftest import ROOT
 
@@ -23,11 +24,91 @@ def test_no_java_is_one_line() -> None:
     assert "Java not found" in message and "\n" not in message
 
 
-def test_not_built_says_make_hapi(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv("FHIR_CYCLO_HAPI_JAR", str(tmp_path / "missing.jar"))
+def test_not_built_in_a_checkout_says_make_hapi(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv("FHIR_CYCLO_HAPI_JAR", raising=False)
+    monkeypatch.setattr(hapi, "DEFAULT_JAR", tmp_path / "target" / "missing.jar")
     with pytest.raises(HapiError) as info:
         HapiServer().start()
     assert "run `make hapi`" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_missing_jar_named_by_the_environment_or_option_is_one_line(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("FHIR_CYCLO_HAPI_JAR", str(tmp_path / "missing.jar"))
+    with pytest.raises(HapiError) as info:
+        HapiServer().start()
+    assert "from $FHIR_CYCLO_HAPI_JAR" in str(info.value) and "\n" not in str(info.value)
+    server = HapiServer()
+    server.jar = tmp_path / "other.jar"
+    with pytest.raises(HapiError) as info:
+        server.start()
+    assert "other.jar (from --jar) is missing" in str(info.value)
+
+
+def test_installed_package_uses_the_user_cache(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv("FHIR_CYCLO_HAPI_JAR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setattr(hapi, "in_checkout", lambda: False)
+    path = hapi.jar_path()
+    assert path.parent.parent == tmp_path / "xdg" / "fhir-cyclo"
+    assert path.parent.name.startswith("hapi-") and path.name == "fhir-cyclo-hapi.jar"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert hapi.jar_path().parents[2] == tmp_path / "home" / ".cache"
+    # A jar already in the cache is used as it is (no build).
+    cached = hapi.jar_path()
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"PK")
+    assert hapi.find_jar() == cached
+
+
+def test_first_use_build_without_maven_is_one_line_with_the_fix(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv("FHIR_CYCLO_HAPI_JAR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(hapi, "in_checkout", lambda: False)
+    monkeypatch.setattr(hapi, "SHIPPED_HAPI", ROOT / "hapi")  # the sources a wheel ships
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    java = shutil.which("java")
+    if java is not None:
+        (bin_dir / "java").symlink_to(java)
+    monkeypatch.setenv("PATH", str(bin_dir))
+    notices: list[str] = []
+    with pytest.raises(HapiError) as info:
+        hapi.find_jar(notice=notices.append)
+    message = str(info.value)
+    assert "\n" not in message and "FHIR_CYCLO_HAPI_JAR" in message
+    missing = "mvn" if java is not None else "java"
+    assert f"needs {missing}, which is not on PATH" in message
+    assert notices == []  # nothing announced that did not start
+
+
+def test_first_use_build_failure_names_the_log(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv("FHIR_CYCLO_HAPI_JAR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(hapi, "in_checkout", lambda: False)
+    broken = tmp_path / "sources"
+    broken.mkdir()
+    (broken / "pom.xml").write_text("<project>not a pom</project>")
+    monkeypatch.setattr(hapi, "SHIPPED_HAPI", broken)
+    if shutil.which("mvn") is None or shutil.which("java") is None:
+        pytest.fail("this test needs java and mvn on PATH (make test's prerequisites)")
+    notices: list[str] = []
+    with pytest.raises(HapiError) as info:
+        hapi.find_jar(notice=notices.append)
+    message = str(info.value)
+    assert "Maven build of the HAPI test server failed" in message and "\n" not in message
+    assert "build.log" in message
+    assert len(notices) == 1 and "first use only" in notices[0]
 
 
 def test_busy_port_is_refused_before_starting() -> None:

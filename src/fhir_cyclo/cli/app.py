@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import importlib
 import logging
 import sys
 from collections.abc import Sequence
@@ -36,37 +37,28 @@ COMMANDS: dict[str, str] = {
     "push": "push one transaction Bundle per case to a FHIR R4 server",
     "score": "score cyclosporine response from FHIR files or a server",
     "bulk-export": "FHIR Bulk Data $export into a folder (manifest.json + NDJSON)",
-    "sandbox": "run the project's HAPI FHIR JPA R4 test server (built by `make hapi`) on 127.0.0.1",
+    "import": "FHIR Bundles / NDJSON / Bulk folders or a server -> YAML case files",
+    "sandbox": "run the project's HAPI FHIR JPA R4 test server on 127.0.0.1",
+}
+
+
+# Command name -> its module in fhir_cyclo.cli (one module per command).
+_MODULES = {
+    "export": "export",
+    "validate": "validate",
+    "push": "push",
+    "score": "score",
+    "bulk-export": "bulk_export",
+    "import": "import_cmd",
+    "sandbox": "sandbox",
 }
 
 
 def command_module(name: str) -> ModuleType:
     """The module of one command (imported here, not at the top: see COMMANDS)."""
-    if name == "export":
-        from fhir_cyclo.cli import export
-
-        return export
-    if name == "validate":
-        from fhir_cyclo.cli import validate
-
-        return validate
-    if name == "push":
-        from fhir_cyclo.cli import push
-
-        return push
-    if name == "score":
-        from fhir_cyclo.cli import score
-
-        return score
-    if name == "bulk-export":
-        from fhir_cyclo.cli import bulk_export
-
-        return bulk_export
-    if name == "sandbox":
-        from fhir_cyclo.cli import sandbox
-
-        return sandbox
-    raise _unknown_command(name)
+    if name not in _MODULES:
+        raise _unknown_command(name)
+    return importlib.import_module(f"fhir_cyclo.cli.{_MODULES[name]}")
 
 
 def version() -> str:

@@ -20,6 +20,8 @@ class SandboxOptions:
     port: int = 8080
     data: Path | None = None  # None: in memory
     log: Path | None = None  # None: a temporary folder
+    jar: Path | None = None  # None: $FHIR_CYCLO_HAPI_JAR, the checkout, or the user cache
+    start_timeout: float = 300.0
 
 
 def register(sub: argparse._SubParsersAction[Any], help_line: str) -> None:
@@ -37,6 +39,19 @@ def register(sub: argparse._SubParsersAction[Any], help_line: str) -> None:
         help="keep the data in an H2 file database in DIR (default: in memory, lost on exit)",
     )
     p.add_argument("--log", metavar="FILE", help="server log file (default: a temporary folder)")
+    p.add_argument(
+        "--jar",
+        metavar="PATH",
+        help="the server jar (default: $FHIR_CYCLO_HAPI_JAR, the checkout's hapi/target, or "
+        "~/.cache/fhir-cyclo/hapi-VERSION/, built there with Maven on first use)",
+    )
+    p.add_argument(
+        "--start-timeout",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="give up when the server is not ready by then (a busy 2-core machine needs more)",
+    )
 
 
 def parse(ns: argparse.Namespace) -> SandboxOptions:
@@ -47,10 +62,15 @@ def parse(ns: argparse.Namespace) -> SandboxOptions:
         preflight.output_folder(ns.data, "--data")
     if ns.log:
         preflight.output_file(ns.log, "--log")
+    if ns.jar:
+        preflight.readable_file(ns.jar, "--jar")
+    preflight.positive(ns.start_timeout, "--start-timeout")
     return SandboxOptions(
         port=ns.port,
         data=Path(ns.data) if ns.data else None,
         log=Path(ns.log) if ns.log else None,
+        jar=Path(ns.jar) if ns.jar else None,
+        start_timeout=ns.start_timeout,
     )
 
 
@@ -58,7 +78,11 @@ def run(opts: SandboxOptions) -> int:
     """Run the server in the foreground until Ctrl-C."""
     from fhir_cyclo.server.hapi import HapiServer
 
-    with HapiServer(port=opts.port, data_dir=opts.data, log_path=opts.log) as hapi:
+    hapi = HapiServer(port=opts.port, data_dir=opts.data, log_path=opts.log)
+    hapi.jar = opts.jar
+    hapi.notice = output.say  # "building the server jar ... (first use)"
+    hapi.start(timeout=opts.start_timeout)
+    try:
         # The address is data a user copies (stdout), as before.
         output.data(
             f"HAPI FHIR R4 test server at {hapi.base_url} (started in {hapi.started_in:.0f}s; "
@@ -70,4 +94,6 @@ def run(opts: SandboxOptions) -> int:
                 time.sleep(3600)
         except KeyboardInterrupt:
             pass
+    finally:
+        hapi.stop()
     return output.EXIT_OK

@@ -11,6 +11,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from importlib import metadata
 from pathlib import Path
 from types import TracebackType
 from urllib.parse import urlsplit
@@ -19,12 +21,19 @@ import requests
 
 from fhir_cyclo.core.errors import TransportError
 
-REPO = Path(__file__).resolve().parents[3]
+PACKAGE = Path(__file__).resolve().parents[1]  # fhir_cyclo/
+REPO = PACKAGE.parents[1]  # the checkout (src/fhir_cyclo -> repo), or site-packages' parent
 JAR_ENV = "FHIR_CYCLO_HAPI_JAR"
 DEFINITIONS_ENV = "FHIR_CYCLO_DEFINITIONS"
+CACHE_ENV = "XDG_CACHE_HOME"
+JAR_NAME = "fhir-cyclo-hapi.jar"
 # The repo's files: built by `make hapi`, loaded at start (see README "The test server").
-DEFAULT_JAR = REPO / "hapi" / "target" / "fhir-cyclo-hapi.jar"
+DEFAULT_JAR = REPO / "hapi" / "target" / JAR_NAME
 DEFAULT_DEFINITIONS = REPO / "profiles"
+# In a wheel the server's sources and profiles/ ship as package data (pyproject force-include).
+SHIPPED_HAPI = PACKAGE / "_hapi"
+SHIPPED_DEFINITIONS = PACKAGE / "_profiles"
+MVN_FLAGS = ("-B", "-q", "-Denforcer.skip=true", "-DskipTests")
 # Measured here: 40-95 s to start on 2 busy cores; a cold JVM on a slower CI machine gets slack.
 START_TIMEOUT = 300.0
 HEAP = "1g"
@@ -41,14 +50,114 @@ class HapiError(TransportError):
         self.log_tail = log_tail
 
 
-def jar_path() -> Path:
+def in_checkout() -> bool:
+    """Running from the source tree (editable install or PYTHONPATH), not from a wheel."""
+    return (REPO / "hapi" / "pom.xml").is_file() and (REPO / "pyproject.toml").is_file()
+
+
+def hapi_sources() -> Path:
+    """The folder holding the server's pom.xml and src/: the checkout's hapi/ or the wheel's."""
+    return REPO / "hapi" if in_checkout() else SHIPPED_HAPI
+
+
+def cache_dir() -> Path:
+    """Where an installed package builds its jar: $XDG_CACHE_HOME (or ~/.cache)/fhir-cyclo/."""
+    base = os.environ.get(CACHE_ENV) or str(Path.home() / ".cache")
+    try:
+        version = metadata.version("fhir-cyclo")
+    except metadata.PackageNotFoundError:
+        version = "unknown"
+    return Path(base) / "fhir-cyclo" / f"hapi-{version}"
+
+
+def jar_path(jar: Path | str | None = None) -> Path:
+    """The jar to run: `jar` (--jar), $FHIR_CYCLO_HAPI_JAR, the checkout's hapi/target, or the
+    user cache (which `find_jar` fills on first use)."""
+    if jar:
+        return Path(jar).resolve()
     override = os.environ.get(JAR_ENV)
-    return Path(override).resolve() if override else DEFAULT_JAR
+    if override:
+        return Path(override).resolve()
+    if in_checkout():
+        return DEFAULT_JAR
+    return cache_dir() / JAR_NAME
 
 
 def definitions_dir() -> Path:
     override = os.environ.get(DEFINITIONS_ENV)
-    return Path(override).resolve() if override else DEFAULT_DEFINITIONS
+    if override:
+        return Path(override).resolve()
+    return DEFAULT_DEFINITIONS if DEFAULT_DEFINITIONS.is_dir() else SHIPPED_DEFINITIONS
+
+
+def find_jar(jar: Path | str | None = None, *, notice: Callable[[str], None] | None = None) -> Path:
+    """The jar to run, built into the user cache with Maven first when an installed package
+    has none yet. Every failure is one HapiError line naming the fix."""
+    path = jar_path(jar)
+    if path.is_file():
+        return path
+    if jar or os.environ.get(JAR_ENV):
+        where = "--jar" if jar else f"${JAR_ENV}"
+        raise HapiError(
+            f"HAPI test server jar {path} (from {where}) is missing: give the path of a built "
+            f"jar, or leave {where} out to use the checkout's `make hapi` build or the user cache"
+        )
+    if in_checkout():
+        raise HapiError(
+            f"HAPI test server not built ({path} is missing): run `make hapi`"
+            " (needs Maven and Maven Central once; offline afterwards)"
+        )
+    return build_jar(path.parent, notice=notice)
+
+
+def build_jar(cache: Path, *, notice: Callable[[str], None] | None = None) -> Path:
+    """Build the shipped server sources with Maven into `cache` (once per version)."""
+    sources = hapi_sources()
+    if not (sources / "pom.xml").is_file():
+        raise HapiError(
+            f"the HAPI server sources are not in this installation ({sources}): reinstall "
+            f"fhir-cyclo, or set ${JAR_ENV} to a built jar"
+        )
+    found: dict[str, str] = {}
+    for tool, fix in (
+        ("java", "install a JDK 17+ (Debian: apt-get install openjdk-17-jdk-headless)"),
+        ("mvn", "install Maven 3.8+ (Debian: apt-get install maven)"),
+    ):
+        found[tool] = shutil.which(tool) or ""
+        if not found[tool]:
+            raise HapiError(
+                f"building the HAPI test server needs {tool}, which is not on PATH: {fix}; "
+                f"or set ${JAR_ENV} to a built jar"
+            )
+    cache.mkdir(parents=True, exist_ok=True)
+    work = cache / "build"
+    shutil.rmtree(work, ignore_errors=True)
+    # Only the sources: a checkout's hapi/target (hundreds of MB) is no input to the build.
+    shutil.copytree(sources, work, ignore=shutil.ignore_patterns("target"))
+    log = cache / "build.log"
+    if notice is not None:
+        notice(
+            f"building the HAPI test server into {cache} with Maven (first use only; a few "
+            f"minutes, needs Maven Central once); log {log}"
+        )
+    with log.open("wb") as out:
+        done = subprocess.run(
+            [found["mvn"], *MVN_FLAGS, "-f", str(work / "pom.xml"), "package"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            check=False,
+        )
+    built = work / "target" / JAR_NAME
+    if done.returncode != 0 or not built.is_file():
+        raise HapiError(
+            f"the Maven build of the HAPI test server failed (exit {done.returncode}; log {log}):"
+            " check network access to Maven Central, or set "
+            f"${JAR_ENV} to a built jar"
+        )
+    final = cache / JAR_NAME
+    os.replace(built, final)
+    shutil.rmtree(work, ignore_errors=True)
+    return final
 
 
 def _die_with_parent() -> None:
@@ -95,6 +204,10 @@ class HapiServer:
         heap: str = HEAP,
     ) -> None:
         self.port = port
+        # Set after construction (sandbox --jar; the CLI's stderr): the jar to run, None = the
+        # one `find_jar` finds; where "building the jar ..." is said on a first-use build.
+        self.jar: Path | None = None
+        self.notice: Callable[[str], None] | None = None
         self.data_dir = data_dir.resolve() if data_dir else None
         self.java = java
         self.heap = heap
@@ -151,12 +264,7 @@ class HapiServer:
                 f"Java not found ({self.java!r} is not on PATH): the HAPI test server needs a"
                 " Java 17+ runtime (Debian: apt-get install openjdk-17-jdk-headless)"
             )
-        jar = jar_path()
-        if not jar.is_file():
-            raise HapiError(
-                f"HAPI test server not built ({jar} is missing): run `make hapi`"
-                " (needs Maven and Maven Central once; offline afterwards)"
-            )
+        jar = find_jar(self.jar, notice=self.notice)
         return [
             java,
             f"-Xmx{self.heap}",
