@@ -135,14 +135,16 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     # Local checks (model, tables, Bundle rules, R4B). A server-side `$validate` mode plugs in
     # here as another source of problems in the same "file: where: message" form.
-    problems, checked, skipped = validate_paths(args.paths)
-    for problem in problems:
+    found = validate_paths(args.paths)
+    for problem in found.problems:
         say(f"error: {problem}")
-    if skipped:
-        listed = ", ".join(skipped)
-        say(f"skipped {len(skipped)} file(s) that are not case, cohort or FHIR: {listed}")
-    say(f"checked {checked} item(s): {len(problems)} problem(s)")
-    return EXIT_FAILED_ITEMS if problems else EXIT_OK
+    for note in found.notes:
+        say(f"note: {note}")
+    if found.skipped:
+        listed = ", ".join(found.skipped)
+        say(f"skipped {len(found.skipped)} file(s) that are not case, cohort or FHIR: {listed}")
+    say(found.summary())
+    return EXIT_FAILED_ITEMS if found.problems else EXIT_OK
 
 
 # --- parser -------------------------------------------------------------------------------------
