@@ -350,9 +350,11 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
 
     data = Path(args.data) if args.data else None
     log = Path(args.log) if args.log else None
-    with HapiServer(port=args.port, data_dir=data, log_path=log) as hapi:
+    lenient = not args.strict_validation
+    with HapiServer(port=args.port, data_dir=data, log_path=log, lenient=lenient) as hapi:
         print(
             f"HAPI FHIR R4 test server at {hapi.base_url} (started in {hapi.started_in:.0f}s; "
+            f"{'lenient' if lenient else 'strict'} validation; "
             f"{'data in ' + str(data) if data else 'in memory'}; log {hapi.log_path}; "
             "Ctrl-C stops it)",
             flush=True,
@@ -466,4 +468,10 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         help="keep the data in an H2 file database in DIR (default: in memory, lost on exit)",
     )
     p.add_argument("--log", metavar="FILE", help="server log file (default: a temporary folder)")
+    p.add_argument(
+        "--strict-validation",
+        action="store_true",
+        help="refuse what the project's own tests refuse (unknown extensions, unchecked codes); "
+        "default: lenient, as a production HAPI server, so real-world records load",
+    )
     p.set_defaults(func=cmd_sandbox, check=check_sandbox)
