@@ -75,7 +75,17 @@ def validate_paths(paths: Iterable[str | Path]) -> Checked:
         if path in fhir_seen or (path.name == "manifest.json" and _is_manifest_file(path)):
             continue
         case_paths.append(path)
-    skipped = [s for s in case_skipped if Path(s) not in fhir_seen]
+    skipped: list[str] = []
+    for name in case_skipped:
+        path = Path(name)
+        if path in fhir_seen:
+            continue
+        if not is_ndjson(path):
+            skipped.append(name)
+        elif (path.parent / "manifest.json").is_file():
+            # A Bulk folder is read as its manifest says (a client's log.ndjson is not listed).
+            report.notes.append(f"{path}: skipped: not listed in {path.parent / 'manifest.json'}")
+        # else: the NDJSON copy of an export's Bundles, already noted once for its folder
     checked = 0
     problems = report.problems
     for loaded in load(case_paths, terms):
