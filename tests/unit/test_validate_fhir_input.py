@@ -10,8 +10,10 @@ from typing import Any
 import orjson
 import pytest
 
+from fhir_cyclo.core.case import Case
 from fhir_cyclo.core.ids import ITEM_IDENTIFIER_SYSTEM
 from fhir_cyclo.core.terminology import terminology
+from fhir_cyclo.fhir.bundle import transaction_bundle
 from fhir_cyclo.validation.bindings import BINDINGS, binding_problems
 from fhir_cyclo.validation.fhir_input import document_problems, is_ours
 from fhir_cyclo.validation.local import validate_paths
@@ -155,3 +157,23 @@ def test_single_resource_and_ndjson_files_are_read_like_score_reads_them(tmp_pat
         "value set observation-status (https://hl7.org/fhir/R4/valueset-observation-status.html)"
     ]
     assert found.summary() == "checked 4 resource(s) in 2 FHIR file(s): 1 problem(s)"
+
+
+def test_an_exported_bundle_is_ours_and_stays_strict(tmp_path: Path, case_report: Case) -> None:
+    bundle = transaction_bundle(case_report, terminology())
+    assert is_ours(bundle) and validate_paths_of(tmp_path, bundle) == []
+    obs = next(
+        e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Observation"
+    )
+    obs["code"]["coding"][0]["code"] = "00000-0"  # not in mappings/: an error in our own output
+    assert any("00000-0 is not in mappings/" in p for p in validate_paths_of(tmp_path, bundle))
+    for entry in bundle["entry"]:  # the same Bundle without our identifiers is someone else's
+        entry["resource"].pop("identifier", None)
+    assert not is_ours(bundle)
+    assert validate_paths_of(tmp_path, bundle) == []
+
+
+def validate_paths_of(folder: Path, doc: dict[str, Any]) -> list[str]:
+    path = folder / "bundle.json"
+    path.write_bytes(orjson.dumps(doc))
+    return validate_paths([path]).problems
