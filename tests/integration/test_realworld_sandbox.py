@@ -64,7 +64,8 @@ def scored(*args: str) -> list[dict[str, Any]]:
 def lenient_server() -> Iterator[HapiServer]:
     hapi = HapiServer(port=PORT, log_path=ARTIFACTS / "hapi-lenient.log", lenient=True)
     try:
-        hapi.start()
+        # Longer than the launcher's default: this test shares a busy 2-core machine.
+        hapi.start(timeout=900)
     except HapiError as exc:
         pytest.fail(f"{exc}\n--- end of the server log ---\n{exc.log_tail}", pytrace=False)
     with hapi:
