@@ -68,8 +68,10 @@ def lenient_server() -> Iterator[HapiServer]:
         hapi.start(timeout=900)
     except HapiError as exc:
         pytest.fail(f"{exc}\n--- end of the server log ---\n{exc.log_tail}", pytrace=False)
-    with hapi:
+    try:
         yield hapi
+    finally:
+        hapi.stop()
 
 
 def test_real_world_bundles_load_and_score_like_the_files(
