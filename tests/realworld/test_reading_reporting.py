@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -285,7 +286,7 @@ def test_repeated_warning_is_one_line_with_a_count(
     assert main(["score", str(folder), "--table"]) == 0
     err = capsys.readouterr().err
     lines = [x for x in err.splitlines() if "MedicationRequest used" in x]
-    assert len(lines) == 1 and "(3 times, e.g. Patient/" in lines[0]
+    assert len(lines) == 1 and "(3 times, e.g. p-" in lines[0]  # a patient's token, never an id
     assert main(["-v", "score", str(folder), "--table"]) == 0
     err = capsys.readouterr().err
     assert len([x for x in err.splitlines() if "MedicationRequest used" in x]) == 3
@@ -340,7 +341,8 @@ def test_explain_names_diagnosis_start_results(
     shutil.copy(D1, tmp_path / "d1.json")
     assert main(["score", str(tmp_path / "d1.json"), "--explain"]) == 0
     out = capsys.readouterr().out
-    assert f"{D1_PATIENT}: scored" in out
+    assert re.search(r"^p-[0-9a-f]{8}: scored$", out, re.M)  # the patient's token (issue 23)
+    assert D1_PATIENT not in out
     assert "diagnosis: ITP (SNOMED CT 2897005, ICD-10-CM D69.3) from Condition/" in out
     assert "cyclosporine start: 2015-12-08 from MedicationRequest/" in out
     assert "platelets 3 (2011-12-01..2016-12-08)" in out

@@ -178,3 +178,37 @@ def test_make_hapi_names_a_missing_tool(tmp_path: Path, missing: str) -> None:
     assert result.returncode != 0
     name = {"mvn": "Maven not found", "java": "Java not found"}[missing]
     assert name in result.stderr
+
+
+def test_lenient_mode_is_the_system_property_the_server_reads() -> None:
+    if shutil.which("java") is None or not (ROOT / "hapi" / "target").exists():
+        pytest.skip("needs Java and the built jar (make hapi)")
+    strict, lenient = HapiServer()._argv(), HapiServer(lenient=True)._argv()
+    assert "-Dfhircyclo.lenient=false" in strict  # the tests' default: strict
+    assert lenient.index("-Dfhircyclo.lenient=true") < lenient.index("-jar")
+    config = ROOT / "hapi/src/main/java/org/example/fhircyclo/hapi/ServerConfig.java"
+    assert '@Value("${fhircyclo.lenient:false}") boolean lenient' in config.read_text()
+
+
+@pytest.mark.parametrize(("flags", "lenient"), [((), True), (("--strict-validation",), False)])
+def test_sandbox_is_lenient_unless_strict_validation_is_asked(
+    monkeypatch: pytest.MonkeyPatch, flags: tuple[str, ...], lenient: bool
+) -> None:
+    from fhir_cyclo.cli.app import main
+    from fhir_cyclo.server import hapi
+
+    seen: list[bool] = []
+
+    class Recorder:
+        def __init__(self, **kw: object) -> None:
+            seen.append(bool(kw["lenient"]))
+
+        def start(self, timeout: float) -> None:
+            raise HapiError("stopped by the test")
+
+        def stop(self) -> None:
+            return None
+
+    monkeypatch.setattr(hapi, "HapiServer", Recorder)
+    assert main(["sandbox", "--port", "18725", *flags]) == 3
+    assert seen == [lenient]

@@ -82,8 +82,8 @@ ALLOWED_IN_FUNCTIONS: dict[tuple[str, str], str] = {
     (f"{PACKAGE}.fhir.r4b", "pydantic"): "TypeAdapter is built only with the R4B models",
     (f"{PACKAGE}.scoring.extract", "fhir.resources"): _R4B,
     (f"{PACKAGE}.scoring.extract", f"{PACKAGE}.fhir.r4b"): _R4B + " (score --strict)",
-    (f"{PACKAGE}.validation.local", "fhir.resources"): _R4B,
-    (f"{PACKAGE}.validation.local", "pydantic"): "imported with the R4B models it reports on",
+    (f"{PACKAGE}.validation.fhir_input", "fhir.resources"): _R4B,
+    (f"{PACKAGE}.validation.fhir_input", "pydantic"): "imported with the R4B models it reports on",
     (f"{PACKAGE}.report.html", "jinja2"): "jinja2 (~60 ms) only for --report",
 }
 

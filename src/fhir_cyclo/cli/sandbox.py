@@ -22,6 +22,7 @@ class SandboxOptions:
     log: Path | None = None  # None: a temporary folder
     jar: Path | None = None  # None: $FHIR_CYCLO_HAPI_JAR, the checkout, or the user cache
     start_timeout: float = 300.0
+    lenient: bool = True  # production HAPI's defaults, so real-world records load
 
 
 def register(sub: argparse._SubParsersAction[Any], help_line: str) -> None:
@@ -39,6 +40,12 @@ def register(sub: argparse._SubParsersAction[Any], help_line: str) -> None:
         help="keep the data in an H2 file database in DIR (default: in memory, lost on exit)",
     )
     p.add_argument("--log", metavar="FILE", help="server log file (default: a temporary folder)")
+    p.add_argument(
+        "--strict-validation",
+        action="store_true",
+        help="refuse what the project's own tests refuse (unknown extensions, unchecked codes); "
+        "default: lenient, as a production HAPI server, so real-world records load",
+    )
     p.add_argument(
         "--jar",
         metavar="PATH",
@@ -71,6 +78,7 @@ def parse(ns: argparse.Namespace) -> SandboxOptions:
         log=Path(ns.log) if ns.log else None,
         jar=Path(ns.jar) if ns.jar else None,
         start_timeout=ns.start_timeout,
+        lenient=not ns.strict_validation,
     )
 
 
@@ -78,7 +86,7 @@ def run(opts: SandboxOptions) -> int:
     """Run the server in the foreground until Ctrl-C."""
     from fhir_cyclo.server.hapi import HapiServer
 
-    hapi = HapiServer(port=opts.port, data_dir=opts.data, log_path=opts.log)
+    hapi = HapiServer(port=opts.port, data_dir=opts.data, log_path=opts.log, lenient=opts.lenient)
     hapi.jar = opts.jar
     hapi.notice = output.say  # "building the server jar ... (first use)"
     hapi.start(timeout=opts.start_timeout)
@@ -86,6 +94,7 @@ def run(opts: SandboxOptions) -> int:
         # The address is data a user copies (stdout), as before.
         output.data(
             f"HAPI FHIR R4 test server at {hapi.base_url} (started in {hapi.started_in:.0f}s; "
+            f"{'lenient' if opts.lenient else 'strict'} validation; "
             f"{'data in ' + str(opts.data) if opts.data else 'in memory'}; log {hapi.log_path}; "
             "Ctrl-C stops it)\n"
         )

@@ -358,7 +358,7 @@ def _run_grouped(
     from fhir_cyclo.report.stream import score_groups, scratch, table, write_json
 
     json_target = opts.outputs.json
-    extra = notices or []
+    extra = notices if notices is not None else []  # filled while the items are read
     with scratch() as raw_tmp:
         shown: list[Note] = []  # each led by its patient's token
         result = score_groups(items, Path(raw_tmp), strict=opts.strict, on_note=shown.append)

@@ -78,14 +78,18 @@ def run(opts: ValidateOptions) -> int:
     from fhir_cyclo.validation.local import validate_paths
 
     # Local checks (model, tables, Bundle rules, R4B), as "file: where: message".
-    problems, checked, skipped = validate_paths(list(opts.paths))
-    for problem in problems:
-        output.error(problem)
-    if skipped:
-        listed = ", ".join(skipped)
-        output.say(f"skipped {len(skipped)} file(s) that are not case, cohort or FHIR: {listed}")
-    output.say(f"checked {checked} item(s): {len(problems)} problem(s)")
-    return output.EXIT_FAILED_ITEMS if problems else output.EXIT_OK
+    found = validate_paths(list(opts.paths))
+    for problem in found.problems:
+        output.error(str(problem))
+    for note in found.notes:
+        output.say(f"note: {note}")
+    if found.skipped:
+        listed = ", ".join(found.skipped)
+        output.say(
+            f"skipped {len(found.skipped)} file(s) that are not case, cohort or FHIR: {listed}"
+        )
+    output.say(found.summary())
+    return output.EXIT_FAILED_ITEMS if found.problems else output.EXIT_OK
 
 
 def _run_on_server(opts: ValidateOptions, server: ServerOptions) -> int:

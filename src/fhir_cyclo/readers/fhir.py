@@ -98,17 +98,7 @@ def _explained(entry: Any) -> bool:
 
 
 def _json_file(path: Path, on_notice: OnNotice | None = None) -> Iterator[SourceItem]:
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise InputError(f"cannot read: {exc.strerror or exc}", source=str(path)) from exc
-    if data.startswith(_BOM):  # Windows editors write one; orjson rejects it
-        data = data[len(_BOM) :]
-    try:
-        doc = orjson.loads(data)
-    except orjson.JSONDecodeError as exc:
-        raise InputError(f"not valid JSON: {exc}", source=str(path)) from exc
-    yield from iter_document(doc, str(path), on_notice)
+    yield from iter_document(read_json_bytes(path), str(path), on_notice)
 
 
 def _open_ndjson(path: Path) -> IO[bytes] | gzip.GzipFile:
@@ -306,6 +296,7 @@ def _folder(
     on_error: OnError | None,
     on_notice: OnNotice | None,
     deleted: set[str] | None = None,
+    list_skipped: bool = True,
 ) -> Iterator[Path]:
     """The FHIR files of a folder tree in sorted order; manifests decide in their folder.
     `deleted` gets the "Type/id" of resources the manifests list as deleted."""
@@ -359,7 +350,7 @@ def _folder(
     for copy in sorted(copies):
         if on_notice is not None:
             on_notice(f"{copy}: skipped: the NDJSON copy of the Bundles in {copy.parent}")
-    if skipped and on_notice is not None:
+    if skipped and on_notice is not None and list_skipped:
         names = ", ".join(str(p.relative_to(folder)) for p in skipped[:10])
         more = f" and {len(skipped) - 10} more" if len(skipped) > 10 else ""
         on_notice(f"{folder}: skipped {len(skipped)} non-FHIR file(s): {names}{more}")
@@ -381,35 +372,89 @@ def read_paths(
     valid data in the same run is still scored.
     """
     deleted: set[str] = set()  # resources a Bulk Data export lists as deleted: not read
+    for file in fhir_files(paths, on_error, on_notice, deleted=deleted):
+        if is_ndjson(file):
+            yield from _not_deleted(_ndjson_file(file, on_error, on_notice), deleted, on_notice)
+            continue
+        try:
+            # A JSON file is one document: take all of it or none of it.
+            items = list(_json_file(file, on_notice))
+        except NotFhir as exc:
+            if on_notice is None:
+                raise
+            on_notice(f"{exc}; skipped")
+            continue
+        except InputError as exc:
+            if on_error is None:
+                raise
+            on_error(exc)
+            continue
+        yield from items
+
+
+def is_ndjson(path: Path) -> bool:
+    """Read as NDJSON (one resource a line): `.ndjson` and Bulk Data's `.ndjson.gz`."""
+    return path.name.lower().endswith((".ndjson", ".ndjson.gz"))
+
+
+def fhir_files(
+    paths: Iterable[str | Path],
+    on_error: OnError | None = None,
+    on_notice: OnNotice | None = None,
+    *,
+    list_skipped: bool = True,
+    deleted: set[str] | None = None,
+) -> Iterator[Path]:
+    """The files `read_paths` reads, in its order (the one discovery rule of score and validate).
+
+    A named file is taken whatever its suffix; a folder (or a named manifest.json) is scanned
+    as `read_paths` says. `list_skipped=False` leaves the one "skipped non-FHIR file(s)" notice
+    to a caller that reads some of those files itself (validate reads case files too).
+    `deleted` gets the "Type/id" of resources Bulk Data manifests list as deleted.
+    """
     for raw in paths:
         path = Path(raw)
-        files: Iterable[Path]
         if path.is_dir():
-            files = _folder(path, on_error, on_notice, deleted)
+            yield from _folder(path, on_error, on_notice, deleted, list_skipped)
         elif path.name == "manifest.json" and path.is_file():
-            files = _folder(path.parent, on_error, on_notice, deleted)
+            yield from _folder(path.parent, on_error, on_notice, deleted, list_skipped)
         elif path.exists():
-            files = [path]
+            yield path
         else:
             raise InputError("no such file or folder", source=str(path))
-        for file in files:
-            if file.name.lower().endswith((".ndjson", ".ndjson.gz")):
-                yield from _not_deleted(_ndjson_file(file, on_error, on_notice), deleted, on_notice)
-                continue
-            try:
-                # A JSON file is one document: take all of it or none of it.
-                items = list(_json_file(file, on_notice))
-            except NotFhir as exc:
-                if on_notice is None:
-                    raise
-                on_notice(f"{exc}; skipped")
-                continue
-            except InputError as exc:
-                if on_error is None:
-                    raise
-                on_error(exc)
-                continue
-            yield from items
+
+
+def read_json_bytes(path: Path) -> Any:
+    """A JSON file parsed (a leading BOM dropped); InputError naming the file otherwise."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InputError(f"cannot read: {exc.strerror or exc}", source=str(path)) from exc
+    if data.startswith(_BOM):  # Windows editors write one; orjson rejects it
+        data = data[len(_BOM) :]
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise InputError(f"not valid JSON: {exc}", source=str(path)) from exc
+
+
+def ndjson_lines(path: Path) -> Iterator[tuple[int, bytes]]:
+    """(line number, bytes) of each non-blank line of an NDJSON file (.gz too), BOM dropped.
+
+    Raises InputError naming the file when it cannot be opened or a .gz is corrupt.
+    """
+    try:
+        handle = _open_ndjson(path)
+    except OSError as exc:
+        raise InputError(f"cannot read: {exc.strerror or exc}", source=str(path)) from exc
+    with handle:
+        try:
+            for number, raw in enumerate(handle, 1):
+                line = raw[len(_BOM) :] if number == 1 and raw.startswith(_BOM) else raw
+                if line.strip():
+                    yield number, line
+        except (OSError, EOFError) as exc:  # a truncated or corrupt .gz
+            raise InputError(f"cannot read: {exc}", source=str(path)) from exc
 
 
 def _not_deleted(

@@ -17,7 +17,7 @@ from fhir_cyclo.core.scoring_config import Response, ScoringConfig, load_config
 from fhir_cyclo.readers.fhir import SourceItem
 from fhir_cyclo.report.document import FORMAT, logged, note_patients, tail, to_json
 from fhir_cyclo.report.table import to_table
-from fhir_cyclo.scoring.extract import InvalidResources, Note, PatientInputs, extract
+from fhir_cyclo.scoring.extract import InvalidResources, Note, PatientInputs, extract, slim
 from fhir_cyclo.scoring.grouping import IN_MEMORY_LIMIT, PARTITION_SIZE, grouped
 from fhir_cyclo.scoring.rules import Accounting, Assessment, CohortScore, PatientScore, score
 
@@ -55,6 +55,8 @@ def score_groups(
     result = StreamResult(0, 0, 0, [], [], cfg, Accounting(), [])
     invalid: list[str] = []
     shared: dict[tuple[Any, ...], PatientScore] = {}
+    if not strict:  # strict validates every resource whole
+        items = slim(items)
     groups = grouped(
         items, in_memory_limit=in_memory_limit, partition_size=partition_size, tmp_dir=tmp
     )

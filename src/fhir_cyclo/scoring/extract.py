@@ -6,7 +6,7 @@ data model in `model`; this module dispatches resources to them and links everyt
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from datetime import date
 from typing import Any
 
@@ -31,6 +31,7 @@ from fhir_cyclo.scoring.model import (
 from fhir_cyclo.scoring.reader import IDENTIFIER, gc_paused, raw_subject
 
 __all__ = [
+    "SCORED_TYPES",
     "Measurement",
     "Note",
     "PatientInputs",
@@ -38,6 +39,7 @@ __all__ = [
     "StartDate",
     "TransfusionEvent",
     "extract",
+    "slim",
 ]
 
 
@@ -54,6 +56,43 @@ class InvalidResources(InputError):
             f"{len(lines)} invalid resource(s); nothing scored (--strict):\n  {shown}",
             source="score",
         )
+
+
+# The resource types extraction reads (the keys of `_Extractor._handlers`); every other type is
+# passed over, so a reader may drop it before holding it (see `slim`).
+SCORED_TYPES = frozenset(
+    {
+        "Observation",
+        "DiagnosticReport",
+        "Condition",
+        "MedicationStatement",
+        "MedicationAdministration",
+        "MedicationRequest",
+        "Procedure",
+        "Patient",
+        "Medication",
+    }
+)
+
+
+def slim(items: Iterable[SourceItem]) -> Iterator[SourceItem]:
+    """The items extraction reads, and of those only what it reads: memory flat in the input.
+
+    Drops the types no handler reads (a Synthea record is ~40% Claims, EOBs, Encounters ...),
+    each resource's narrative (`text`, never read) and a DiagnosticReport's `presentedForm`
+    (attached documents; only its contained Observations are read). Not for strict mode, which
+    validates resources whole.
+    """
+    for item in items:
+        resource = item.resource
+        rtype = resource.get("resourceType")
+        if rtype not in SCORED_TYPES:
+            continue
+        if rtype == "DiagnosticReport" and not resource.get("contained"):
+            continue  # its results are separate Observations, read where they stand
+        resource.pop("text", None)
+        resource.pop("presentedForm", None)
+        yield item
 
 
 # Everything that needs the whole input (reference resolution, Medication lookups) waits for

@@ -202,12 +202,18 @@ class HapiServer:
         log_path: Path | None = None,
         java: str = "java",
         heap: str = HEAP,
+        *,
+        lenient: bool = False,
     ) -> None:
         self.port = port
         # Set after construction (sandbox --jar; the CLI's stderr): the jar to run, None = the
         # one `find_jar` finds; where "building the jar ..." is said on a first-use build.
         self.jar: Path | None = None
         self.notice: Callable[[str], None] | None = None
+        # Lenient: HAPI's production defaults (unknown extensions allowed, terminology it cannot
+        # check as warnings) so real-world records load; strict (default) is what the tests of
+        # the project's own output run against.
+        self.lenient = lenient
         self.data_dir = data_dir.resolve() if data_dir else None
         self.java = java
         self.heap = heap
@@ -270,6 +276,7 @@ class HapiServer:
             f"-Xmx{self.heap}",
             # Two cores: a serial collector leaves the CPU to the request threads.
             "-XX:+UseSerialGC",
+            f"-Dfhircyclo.lenient={'true' if self.lenient else 'false'}",
             "-jar",
             str(jar),
         ]

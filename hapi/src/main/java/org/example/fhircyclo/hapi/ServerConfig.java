@@ -40,6 +40,8 @@ import ca.uhn.fhir.rest.server.util.ISearchParamRegistry;
 import ca.uhn.fhir.validation.IValidatorModule;
 import ca.uhn.fhir.validation.ResultSeverityEnum;
 import jakarta.persistence.EntityManagerFactory;
+import org.hl7.fhir.common.hapi.validation.support.UnknownCodeSystemWarningValidationSupport;
+import org.hl7.fhir.common.hapi.validation.support.ValidationSupportChain;
 import org.hl7.fhir.common.hapi.validation.validator.FhirInstanceValidator;
 import java.util.List;
 import java.util.concurrent.Executors;
@@ -227,7 +229,8 @@ public class ServerConfig {
 			IInterceptorBroadcaster broadcaster,
 			ThreadSafeResourceDeleterSvc deleter,
 			@Value("${fhircyclo.validate-writes:true}") boolean validateWrites,
-			@Value("${fhircyclo.external-extension-domains}") String externalExtensionDomains) {
+			@Value("${fhircyclo.external-extension-domains}") String externalExtensionDomains,
+			@Value("${fhircyclo.lenient:false}") boolean lenient) {
 		FhirContext ctx = systemDao.getContext();
 		ctx.setNarrativeGenerator(new NullNarrativeGenerator());
 		RestfulServer server = new RestfulServer(ctx);
@@ -245,11 +248,21 @@ public class ServerConfig {
 		// that parameter deletes keep HAPI's referential-integrity checks.
 		server.registerInterceptor(new CascadingDeleteInterceptor(ctx, daoRegistry, broadcaster, deleter));
 		if (validatorModule instanceof FhirInstanceValidator validator) {
-			// Changed from HAPI's default (any extension allowed, reported as information): an
-			// extension without a definition is an error, except those of the two published IGs
-			// whose packages cannot be loaded offline (mCODE histology, AE research ae-grade).
-			validator.setAnyExtensionsAllowed(false);
-			validator.setCustomExtensionDomains(externalExtensionDomains.split(","));
+			if (lenient) {
+				// The lenient mode (-Dfhircyclo.lenient=true, `fhir-cyclo sandbox`): HAPI's
+				// defaults for a production server, so records others wrote load: any extension
+				// allowed (reported as information), codes from systems the server cannot check
+				// are warnings, unknown profiles are not errors.
+				validator.setAnyExtensionsAllowed(true);
+				validator.setErrorForUnknownProfiles(false);
+				validatorModule = lenientValidator(ctx, validationSupport);
+			} else {
+				// Changed from HAPI's default (any extension allowed, reported as information): an
+				// extension without a definition is an error, except those of the two published IGs
+				// whose packages cannot be loaded offline (mCODE histology, AE research ae-grade).
+				validator.setAnyExtensionsAllowed(false);
+				validator.setCustomExtensionDomains(externalExtensionDomains.split(","));
+			}
 		}
 		if (validateWrites) {
 			// Changed from HAPI's default (no validation): the HL7 validator on every write,
@@ -264,5 +277,20 @@ public class ServerConfig {
 			server.registerInterceptor(validating);
 		}
 		return server;
+	}
+
+	/**
+	 * The validator of the lenient mode: the server's own support chain, then a last link that
+	 * answers for code systems the chain does not know with a warning (the validator's default
+	 * for those would be an error on a required binding).
+	 */
+	private static IValidatorModule lenientValidator(FhirContext ctx, IValidationSupport support) {
+		UnknownCodeSystemWarningValidationSupport unknown = new UnknownCodeSystemWarningValidationSupport(ctx);
+		unknown.setNonExistentCodeSystemSeverity(IValidationSupport.IssueSeverity.WARNING);
+		FhirInstanceValidator lenient =
+				new FhirInstanceValidator(new ValidationSupportChain(support, unknown));
+		lenient.setAnyExtensionsAllowed(true);
+		lenient.setErrorForUnknownProfiles(false);
+		return lenient;
 	}
 }
