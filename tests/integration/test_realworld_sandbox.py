@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 import pytest
 
-from fhir_cyclo.client import FhirClient
+from fhir_cyclo.client import FhirClient, ServerOptions
 from fhir_cyclo.server.hapi import HapiError, HapiServer
 from tests.conftest import ARTIFACTS
 
@@ -81,7 +81,7 @@ def test_real_world_bundles_load_and_score_like_the_files(
 ) -> None:
     assert BUNDLES, DERIVED
     # A Synthea Bundle is validated entry by entry on write: minutes on a busy machine.
-    with FhirClient(lenient_server.base_url, timeout=(5.0, 600.0)) as client:
+    with FhirClient(ServerOptions(lenient_server.base_url, timeout=(5.0, 600.0))) as client:
         for path in BUNDLES:
             bundle = orjson.loads(path.read_bytes())
             result = client.transaction(bundle)  # a 422 would raise with the server's issues

@@ -286,7 +286,7 @@ def test_repeated_warning_is_one_line_with_a_count(
     assert main(["score", str(folder), "--table"]) == 0
     err = capsys.readouterr().err
     lines = [x for x in err.splitlines() if "MedicationRequest used" in x]
-    assert len(lines) == 1 and "(3 times, e.g. p-" in lines[0]  # a patient's token, never an id
+    assert len(lines) == 1 and "(3 times in 3 patient(s): p-" in lines[0]  # tokens, never ids
     assert main(["-v", "score", str(folder), "--table"]) == 0
     err = capsys.readouterr().err
     assert len([x for x in err.splitlines() if "MedicationRequest used" in x]) == 3

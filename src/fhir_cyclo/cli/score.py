@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -326,6 +327,7 @@ def _keep(
 # Warnings that repeat per patient or resource ("no usable MedicationStatement; MedicationRequest
 # used" for every patient of an EHR export) are one line per kind with a count; -v lists each.
 _SHOWN_PER_KIND = 1
+_TOKEN = re.compile(r"\bp-[0-9a-f]{8}\b")
 
 
 def print_notes(notes: list[Note]) -> None:
@@ -344,7 +346,14 @@ def print_notes(notes: list[Note]) -> None:
         else:
             first = group[0]
             what = f"{first.path}: {first.message}" if first.path else first.message
-            output.warn(f"{what} ({len(group)} times, e.g. {first.source}; -v lists each)")
+            # Name the patients by token (never an identifier), so the line leads to the cards.
+            tokens = sorted({t for n in group for t in _TOKEN.findall(str(n))})
+            if tokens:
+                shown = ", ".join(tokens[:3]) + (", ..." if len(tokens) > 3 else "")
+                where = f"in {len(tokens)} patient(s): {shown}"
+            else:
+                where = f"e.g. {first.source}"
+            output.warn(f"{what} ({len(group)} times {where}; -v lists each)")
 
 
 def _run_grouped(
