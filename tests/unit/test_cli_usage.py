@@ -229,6 +229,13 @@ MATRIX: list[tuple[str, str, Argv]] = [
     ("sandbox", "bad value", lambda w: ["sandbox", "--port", "http"]),
     ("sandbox", "unusable output", lambda w: ["sandbox", "--data", str(w / "a-file")]),
     ("sandbox", "unusable output", lambda w: ["sandbox", "--log", str(w / "a-file" / "hapi.log")]),
+    ("sandbox", "bad value", lambda w: ["sandbox", "--database", "mysql://u@h/db"]),
+    ("sandbox", "bad value", lambda w: ["sandbox", "--profile", "fast"]),
+    (
+        "sandbox",
+        "conflicting options",
+        lambda w: ["sandbox", "--data", str(w / "d"), "--database", "postgresql://u@h/db"],
+    ),
     # bulk-export
     (
         "bulk-export",
