@@ -15,7 +15,7 @@ from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 from types import TracebackType
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
 import requests
 
@@ -475,8 +475,6 @@ def jdbc_url(database: str) -> str:
     The user and password of a postgresql:// URL become JDBC query parameters (the driver reads
     `user` and `password` there); anything else is refused with the accepted spellings.
     """
-    from urllib.parse import parse_qsl, quote, unquote, urlencode
-
     if database.startswith("jdbc:postgresql://"):
         return database
     parts = urlsplit(database)
