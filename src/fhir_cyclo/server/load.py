@@ -35,6 +35,7 @@ NDJSON_TYPE = "application/fhir+ndjson"
 DEFAULT_MAX_POLL_INTERVAL = 5.0
 DEFAULT_MAX_WAIT = 24 * 3600.0
 _REPORT_SOURCE = re.compile(r"^Source:\s*(\S+)\s*$")
+_REPORT_MSG = re.compile(r'"reportMsg"\s*:\s*"(.*)', re.DOTALL)
 _REPORT_COUNT = re.compile(r"^\*\s*([A-Z_]+):\s*(\d+)\s*$")
 
 
@@ -267,10 +268,16 @@ def _report_text(body: Any) -> str:
             try:
                 report = orjson.loads(text)
             except orjson.JSONDecodeError:
-                continue
+                # A report cut short (a proxy's or a log's limit): its lines are still readable.
+                cut = _REPORT_MSG.search(text)
+                return _unescape(cut.group(1)) if cut else ""
             if isinstance(report, dict) and isinstance(report.get("reportMsg"), str):
                 return str(report["reportMsg"])
     return ""
+
+
+def _unescape(text: str) -> str:
+    return text.replace("\\n", "\n").replace('\\"', '"').replace("\\\\", "\\")
 
 
 class Loader:
