@@ -1,8 +1,8 @@
 """Command line: the parser, did-you-mean, verbosity, and the dispatch to one module per command.
 
-Each command module (export, validate, push, score, bulk_export, sandbox) has `register` (its
-subparser), `parse` (Namespace -> its frozen options; every usage error, exit 2, before any work)
-and `run` (options -> exit code). Exit codes and output: cli/output.py.
+Each command module (export, validate, push, score, bulk_export, import_cmd, load, sandbox) has
+`register` (its subparser), `parse` (Namespace -> its frozen options; every usage error, exit 2,
+before any work) and `run` (options -> exit code). Exit codes and output: cli/output.py.
 """
 
 from __future__ import annotations
