@@ -35,7 +35,7 @@ def test_a_mistyped_command_gets_did_you_mean(capsys: pytest.CaptureFixture[str]
     assert err.count("\n") == 1
     assert main(["frobnicate"]) == 2
     assert (
-        "commands: export, validate, push, score, bulk-export, import, sandbox"
+        "commands: export, validate, push, score, bulk-export, import, load, sandbox"
         in capsys.readouterr().err
     )
 
@@ -91,7 +91,7 @@ def test_version_and_help_load_no_model_or_feature() -> None:
     code = (
         "import sys\n"
         "from fhir_cyclo.cli.app import main\n"
-        "commands = ('export', 'validate', 'push', 'score', 'bulk_export', 'import_cmd', 'sandbox')\n"
+        "commands = ('export', 'validate', 'push', 'score', 'bulk_export', 'import_cmd', 'load', 'sandbox')\n"
         "for argv in (['--version'], ['--help'], ['score', '--help']):\n"
         "    if argv == ['score', '--help']:  # --version and --help load no command module\n"
         "        print('loaded:', [c for c in commands if f'fhir_cyclo.cli.{c}' in sys.modules])\n"
@@ -156,6 +156,7 @@ def test_each_command_is_one_module() -> None:
         "score": "fhir_cyclo.cli.score",
         "bulk-export": "fhir_cyclo.cli.bulk_export",
         "import": "fhir_cyclo.cli.import_cmd",
+        "load": "fhir_cyclo.cli.load",
         "sandbox": "fhir_cyclo.cli.sandbox",
     }
 

@@ -229,6 +229,36 @@ MATRIX: list[tuple[str, str, Argv]] = [
     ("sandbox", "bad value", lambda w: ["sandbox", "--port", "http"]),
     ("sandbox", "unusable output", lambda w: ["sandbox", "--data", str(w / "a-file")]),
     ("sandbox", "unusable output", lambda w: ["sandbox", "--log", str(w / "a-file" / "hapi.log")]),
+    ("sandbox", "bad value", lambda w: ["sandbox", "--database", "mysql://u@h/db"]),
+    ("sandbox", "bad value", lambda w: ["sandbox", "--profile", "fast"]),
+    (
+        "sandbox",
+        "conflicting options",
+        lambda w: ["sandbox", "--data", str(w / "d"), "--database", "postgresql://u@h/db"],
+    ),
+    # load
+    (
+        "load",
+        "unknown option",
+        lambda w: ["load", str(w), "--server", "http://127.0.0.1:9/fhir", "--bogus"],
+    ),
+    ("load", "missing argument", lambda w: ["load", str(w), "--server"]),
+    (
+        "load",
+        "missing input",
+        lambda w: ["load", str(w / "nope"), "--server", "http://127.0.0.1:9/fhir"],
+    ),
+    ("load", "missing configuration", lambda w: ["load", str(w)]),
+    (
+        "load",
+        "bad value",
+        lambda w: ["load", str(w), "--server", "http://127.0.0.1:9/fhir", "--max-poll-wait", "0"],
+    ),
+    (
+        "load",
+        "conflicting options",
+        lambda w: ["load", str(w), "--server", "https://fhir.example.org/r4"],
+    ),
     # bulk-export
     (
         "bulk-export",
@@ -317,6 +347,7 @@ def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     import fhir_cyclo.importing.run
     import fhir_cyclo.readers.case_files
     import fhir_cyclo.server.hapi
+    import fhir_cyclo.server.load
     import fhir_cyclo.server.push
     import fhir_cyclo.validation.local
     import fhir_cyclo.validation.server
@@ -334,6 +365,7 @@ def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         (fhir_cyclo.cli.bulk_export, "export"),
         (fhir_cyclo.validation.server, "validate_paths_on_server"),
         (fhir_cyclo.importing.run, "run_import"),
+        (fhir_cyclo.server.load, "find_ndjson"),
     ]:
         monkeypatch.setattr(module, name, work_started)
     return tmp_path

@@ -212,3 +212,48 @@ def test_sandbox_is_lenient_unless_strict_validation_is_asked(
     monkeypatch.setattr(hapi, "HapiServer", Recorder)
     assert main(["sandbox", "--port", "18725", *flags]) == 3
     assert seen == [lenient]
+
+
+@pytest.mark.parametrize(
+    ("given", "jdbc"),
+    [
+        (
+            "jdbc:postgresql://127.0.0.1:5432/fhir?user=u",
+            "jdbc:postgresql://127.0.0.1:5432/fhir?user=u",
+        ),
+        (
+            "postgresql://u@db.example.org:5433/fhir",
+            "jdbc:postgresql://db.example.org:5433/fhir?user=u",
+        ),
+        (
+            "postgres://u:p%40ss@localhost/fhir",
+            "jdbc:postgresql://localhost/fhir?user=u&password=p%40ss",
+        ),
+        ("postgresql://h/fhir?sslmode=require", "jdbc:postgresql://h/fhir?sslmode=require"),
+    ],
+)
+def test_database_urls_become_jdbc_urls(given: str, jdbc: str) -> None:
+    assert hapi.jdbc_url(given) == jdbc
+
+
+@pytest.mark.parametrize(
+    "bad", ["mysql://u@h/db", "postgresql://u:secret@h", "jdbc:h2:mem:x", "fhir"]
+)
+def test_other_database_urls_are_refused_without_the_password(bad: str) -> None:
+    with pytest.raises(hapi.HapiError, match="jdbc:postgresql://HOST:PORT/DB") as caught:
+        hapi.jdbc_url(bad)
+    assert "secret" not in str(caught.value)
+
+
+def test_database_and_profile_reach_the_server_environment(tmp_path: Path) -> None:
+    server = hapi.HapiServer(database_url="jdbc:postgresql://127.0.0.1:1/x", profile="load")
+    env = server._env(18999)
+    assert env["FHIR_CYCLO_HAPI_DB"] == "jdbc:postgresql://127.0.0.1:1/x"
+    assert env["FHIR_CYCLO_HAPI_PROFILE"] == "load"
+    default = hapi.HapiServer()._env(18999)
+    assert default["FHIR_CYCLO_HAPI_PROFILE"] == "everyday"
+    assert "FHIR_CYCLO_HAPI_DB" not in default  # H2 in memory: the server's own default
+    with pytest.raises(hapi.HapiError, match="not both"):
+        hapi.HapiServer(data_dir=tmp_path, database_url="jdbc:postgresql://h/x")
+    with pytest.raises(hapi.HapiError, match="everyday, load"):
+        hapi.HapiServer(profile="fast")

@@ -62,6 +62,7 @@ ALLOWED_IN_FUNCTIONS: dict[tuple[str, str], str] = {
             "score",
             "bulk_export",
             "import_cmd",
+            "load",
             "sandbox",
             "options",
         )

@@ -1,8 +1,8 @@
 """Command line: the parser, did-you-mean, verbosity, and the dispatch to one module per command.
 
-Each command module (export, validate, push, score, bulk_export, sandbox) has `register` (its
-subparser), `parse` (Namespace -> its frozen options; every usage error, exit 2, before any work)
-and `run` (options -> exit code). Exit codes and output: cli/output.py.
+Each command module (export, validate, push, score, bulk_export, import_cmd, load, sandbox) has
+`register` (its subparser), `parse` (Namespace -> its frozen options; every usage error, exit 2,
+before any work) and `run` (options -> exit code). Exit codes and output: cli/output.py.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ COMMANDS: dict[str, str] = {
     "score": "score cyclosporine response from FHIR files or a server",
     "bulk-export": "FHIR Bulk Data $export into a folder (manifest.json + NDJSON)",
     "import": "FHIR Bundles / NDJSON / Bulk folders or a server -> YAML case files",
+    "load": "NDJSON from export --ndjson -> a server, through Bulk Data $import",
     "sandbox": "run the project's HAPI FHIR JPA R4 test server on 127.0.0.1",
 }
 
@@ -50,6 +51,7 @@ _MODULES = {
     "score": "score",
     "bulk-export": "bulk_export",
     "import": "import_cmd",
+    "load": "load",
     "sandbox": "sandbox",
 }
 

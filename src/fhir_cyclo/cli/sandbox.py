@@ -23,6 +23,8 @@ class SandboxOptions:
     jar: Path | None = None  # None: $FHIR_CYCLO_HAPI_JAR, the checkout, or the user cache
     start_timeout: float = 300.0
     lenient: bool = True  # production HAPI's defaults, so real-world records load
+    database: str | None = None  # a JDBC URL (PostgreSQL); None: H2 (--data or in memory)
+    profile: str = "everyday"  # or "load" (README "Scale")
 
 
 def register(sub: argparse._SubParsersAction[Any], help_line: str) -> None:
@@ -38,6 +40,20 @@ def register(sub: argparse._SubParsersAction[Any], help_line: str) -> None:
         "--data",
         metavar="DIR",
         help="keep the data in an H2 file database in DIR (default: in memory, lost on exit)",
+    )
+    p.add_argument(
+        "--database",
+        metavar="URL",
+        help="keep the data in PostgreSQL: jdbc:postgresql://HOST:PORT/DB?user=U or "
+        "postgresql://USER[:PASSWORD]@HOST:PORT/DB (the database must exist; HAPI creates its "
+        "tables)",
+    )
+    p.add_argument(
+        "--profile",
+        choices=("everyday", "load"),
+        default="everyday",
+        help="everyday: validates every write; load: bulk loading (mass ingestion, no "
+        "server-side validation, placeholder references for $import; README 'Scale')",
     )
     p.add_argument("--log", metavar="FILE", help="server log file (default: a temporary folder)")
     p.add_argument(
@@ -65,6 +81,16 @@ def parse(ns: argparse.Namespace) -> SandboxOptions:
     """Every usage error of `sandbox`, before the server starts."""
     if not 1 <= ns.port <= 65535:
         raise UsageError(f"--port must be 1-65535, got {ns.port}")
+    database = None
+    if ns.database:
+        if ns.data:
+            raise UsageError("give --data (H2 file) or --database (PostgreSQL), not both")
+        from fhir_cyclo.server.hapi import HapiError, jdbc_url
+
+        try:
+            database = jdbc_url(ns.database)
+        except HapiError as exc:
+            raise UsageError(f"--database: {exc}") from None
     if ns.data:
         preflight.output_folder(ns.data, "--data")
     if ns.log:
@@ -79,6 +105,8 @@ def parse(ns: argparse.Namespace) -> SandboxOptions:
         jar=Path(ns.jar) if ns.jar else None,
         start_timeout=ns.start_timeout,
         lenient=not ns.strict_validation,
+        database=database,
+        profile=ns.profile,
     )
 
 
@@ -86,7 +114,14 @@ def run(opts: SandboxOptions) -> int:
     """Run the server in the foreground until Ctrl-C."""
     from fhir_cyclo.server.hapi import HapiServer
 
-    hapi = HapiServer(port=opts.port, data_dir=opts.data, log_path=opts.log, lenient=opts.lenient)
+    hapi = HapiServer(
+        port=opts.port,
+        data_dir=opts.data,
+        log_path=opts.log,
+        lenient=opts.lenient,
+        database_url=opts.database,
+        profile=opts.profile,
+    )
     hapi.jar = opts.jar
     hapi.notice = output.say  # "building the server jar ... (first use)"
     hapi.start(timeout=opts.start_timeout)
@@ -95,7 +130,7 @@ def run(opts: SandboxOptions) -> int:
         output.data(
             f"HAPI FHIR R4 test server at {hapi.base_url} (started in {hapi.started_in:.0f}s; "
             f"{'lenient' if opts.lenient else 'strict'} validation; "
-            f"{'data in ' + str(opts.data) if opts.data else 'in memory'}; log {hapi.log_path}; "
+            f"{_where(opts)}; profile {opts.profile}; log {hapi.log_path}; "
             "Ctrl-C stops it)\n"
         )
         try:
@@ -106,3 +141,10 @@ def run(opts: SandboxOptions) -> int:
     finally:
         hapi.stop()
     return output.EXIT_OK
+
+
+def _where(opts: SandboxOptions) -> str:
+    """Where the data is, without a password the database URL may hold."""
+    if opts.database:
+        return "data in PostgreSQL " + opts.database.split("?", 1)[0]
+    return f"data in {opts.data}" if opts.data else "in memory"

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 from types import TracebackType
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
 import requests
 
@@ -37,6 +37,9 @@ MVN_FLAGS = ("-B", "-q", "-Denforcer.skip=true", "-DskipTests")
 # Measured here: 40-95 s to start on 2 busy cores; a cold JVM on a slower CI machine gets slack.
 START_TIMEOUT = 300.0
 HEAP = "1g"
+# fhircyclo.profile of the server (README "Scale"): the validating everyday server, or the
+# loading profile (mass ingestion, no server-side validation, placeholder references).
+PROFILES = ("everyday", "load")
 
 
 class HapiError(TransportError):
@@ -190,7 +193,8 @@ class HapiServer:
     ...     requests.get(f"{hapi.base_url}/metadata")
 
     The database is H2 in memory unless `data_dir` is given: then it is an H2 file there, written
-    at every commit, so `kill()` (SIGKILL) followed by `restart()` (same port, same base URL) keeps
+    at every commit (or `database_url`, a JDBC URL of PostgreSQL), so `kill()` (SIGKILL) followed
+    by `restart()` (same port, same base URL) keeps
     every write the server acknowledged. The server answers 503 until the project's definitions
     (`profiles/`) are stored, so "ready" means /metadata answers 200.
     """
@@ -204,8 +208,17 @@ class HapiServer:
         heap: str = HEAP,
         *,
         lenient: bool = False,
+        database_url: str | None = None,
+        profile: str = "everyday",
     ) -> None:
+        if data_dir is not None and database_url is not None:
+            raise HapiError("give data_dir (H2 file) or database_url (JDBC), not both")
+        if profile not in PROFILES:
+            raise HapiError(f"profile {profile!r}: use one of {', '.join(PROFILES)}")
         self.port = port
+        # A JDBC URL (jdbc:postgresql://127.0.0.1:PORT/DB?user=U, as hapi/pg/pgctl.sh prints it).
+        self.database_url = database_url
+        self.profile = profile
         # Set after construction (sandbox --jar; the CLI's stderr): the jar to run, None = the
         # one `find_jar` finds; where "building the jar ..." is said on a first-use build.
         self.jar: Path | None = None
@@ -285,7 +298,10 @@ class HapiServer:
         env = dict(os.environ)
         env["FHIR_CYCLO_HAPI_PORT"] = str(port)
         env[DEFINITIONS_ENV] = str(definitions_dir())
-        if self.data_dir is not None:
+        env["FHIR_CYCLO_HAPI_PROFILE"] = self.profile
+        if self.database_url is not None:
+            env["FHIR_CYCLO_HAPI_DB"] = self.database_url
+        elif self.data_dir is not None:
             self.data_dir.mkdir(parents=True, exist_ok=True)
             # WRITE_DELAY=0: every commit reaches the file before HAPI answers, so a SIGKILL
             # loses nothing that was acknowledged (H2's default flushes once a second).
@@ -457,6 +473,38 @@ def resource_counts(base_url: str, types: tuple[str, ...] = CLINICAL_TYPES) -> d
             if total:
                 out[rtype] = total
     return out
+
+
+def jdbc_url(database: str) -> str:
+    """A JDBC URL for HAPI from `jdbc:postgresql://...` or `postgresql://[user[:pw]@]host[:port]/db`.
+
+    The user and password of a postgresql:// URL become JDBC query parameters (the driver reads
+    `user` and `password` there); anything else is refused with the accepted spellings.
+    """
+    if database.startswith("jdbc:postgresql://"):
+        return database
+    parts = urlsplit(database)
+    if parts.scheme not in ("postgresql", "postgres") or not parts.hostname or not parts.path[1:]:
+        raise HapiError(
+            f"database {_without_password(database)!r}: give jdbc:postgresql://HOST:PORT/DB or "
+            "postgresql://USER@HOST:PORT/DB"
+        )
+    query = parse_qsl(parts.query)
+    if parts.username:
+        query.append(("user", unquote(parts.username)))
+    if parts.password:
+        query.append(("password", unquote(parts.password)))
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    tail = f"?{urlencode(query)}" if query else ""
+    return f"jdbc:postgresql://{netloc}/{quote(parts.path[1:])}{tail}"
+
+
+def _without_password(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password:
+        return url.replace(f":{parts.password}@", ":***@", 1)
+    return url
 
 
 def reset_clinical_data(base_url: str, rounds: int = 5) -> None:

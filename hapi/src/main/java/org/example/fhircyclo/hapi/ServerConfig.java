@@ -2,6 +2,7 @@ package org.example.fhircyclo.hapi;
 
 import ca.uhn.fhir.batch2.api.IJobMaintenanceService;
 import ca.uhn.fhir.batch2.jobs.export.BulkDataExportProvider;
+import ca.uhn.fhir.batch2.jobs.imprt.BulkDataImportProvider;
 import ca.uhn.fhir.context.FhirContext;
 import ca.uhn.fhir.context.support.IValidationSupport;
 import ca.uhn.fhir.interceptor.api.IInterceptorBroadcaster;
@@ -23,6 +24,8 @@ import ca.uhn.fhir.jpa.dao.search.IHSearchSortHelper;
 import ca.uhn.fhir.jpa.model.config.PartitionSettings;
 import ca.uhn.fhir.jpa.model.config.SubscriptionSettings;
 import ca.uhn.fhir.jpa.model.dialect.HapiFhirH2Dialect;
+import ca.uhn.fhir.jpa.model.dialect.HapiFhirPostgresDialect;
+import ca.uhn.fhir.jpa.model.entity.StorageSettings;
 import ca.uhn.fhir.jpa.provider.DaoRegistryResourceSupportedSvc;
 import ca.uhn.fhir.jpa.provider.JpaCapabilityStatementProvider;
 import ca.uhn.fhir.jpa.provider.JpaSystemProvider;
@@ -43,7 +46,9 @@ import jakarta.persistence.EntityManagerFactory;
 import org.hl7.fhir.common.hapi.validation.support.UnknownCodeSystemWarningValidationSupport;
 import org.hl7.fhir.common.hapi.validation.support.ValidationSupportChain;
 import org.hl7.fhir.common.hapi.validation.validator.FhirInstanceValidator;
+import java.util.HashMap;
 import java.util.List;
+import java.util.Map;
 import java.util.concurrent.Executors;
 import java.util.concurrent.ScheduledExecutorService;
 import java.util.concurrent.TimeUnit;
@@ -66,14 +71,37 @@ import org.springframework.orm.jpa.LocalContainerEntityManagerFactoryBean;
  * <p>Every setting keeps HAPI's default (the public server's behaviour: cached identical searches,
  * no Bundle.total, sequential numeric server ids, 20 per page) except the ones named in the README:
  * validation of every write, multiple and cascading delete (the tests' reset), $expunge, Bulk Data
- * export.
+ * export, Bulk Data $import.
  */
 @Configuration
 @Import(ThreadPoolFactoryConfig.class)
 public class ServerConfig {
 
+	/** `fhircyclo.profile`: `everyday` (default, validating) or `load` (bulk loading). */
+	static final String PROFILE_LOAD = "load";
+
+	static boolean isLoadProfile(String profile) {
+		if (PROFILE_LOAD.equals(profile)) {
+			return true;
+		}
+		if (!"everyday".equals(profile)) {
+			throw new IllegalArgumentException(
+					"fhircyclo.profile must be 'everyday' or 'load', not '" + profile + "'");
+		}
+		return false;
+	}
+
+	/** PostgreSQL when the JDBC URL says so; H2 (the default) otherwise. */
+	static boolean isPostgres(String jdbcUrl) {
+		return jdbcUrl.startsWith("jdbc:postgresql:");
+	}
+
+	static Dialect dialectFor(String jdbcUrl) {
+		return isPostgres(jdbcUrl) ? new HapiFhirPostgresDialect() : new HapiFhirH2Dialect();
+	}
+
 	@Bean
-	public JpaStorageSettings jpaStorageSettings() {
+	public JpaStorageSettings jpaStorageSettings(@Value("${fhircyclo.profile:everyday}") String profile) {
 		JpaStorageSettings settings = new JpaStorageSettings();
 		// Changed from HAPI's default, for the tests: the reset between test groups
 		// (server/hapi.py reset_clinical_data) is a multiple delete,
@@ -91,6 +119,26 @@ public class ServerConfig {
 		settings.setEnableTaskBulkExportJobExecution(true);
 		settings.setJobFastTrackingEnabled(true);
 		settings.setBulkExportFileRetentionPeriodHours(2);
+		// Bulk Data $import (batch2 job BULK_IMPORT_PULL): on in both profiles; it fetches the
+		// NDJSON over http(s) and stores each resource under its own (client-assigned) id.
+		settings.setEnableTaskBulkImportJobExecution(true);
+		if (isLoadProfile(profile)) {
+			// The loading profile (README "Scale"): the settings HAPI documents for ingestion.
+			// Fewer reads before each write (no check of existing tags/indexes on create).
+			settings.setMassIngestionMode(true);
+			// Index rows without the redundant SP_NAME/RES_TYPE columns (hash only): fewer bytes.
+			settings.setIndexStorageOptimized(true);
+			// No :text index row per coding display (the client never searches token:text).
+			settings.setSuppressStringIndexingInTokens(true);
+			// :missing indexes off (HAPI's default too; stated so the profile is explicit).
+			settings.setIndexMissingFields(StorageSettings.IndexEnabledEnum.DISABLED);
+			// A reference whose target arrives later in an $import (another file, another
+			// chunk) gets a placeholder that the target's own write then fills in.
+			settings.setAutoCreatePlaceholderReferenceTargets(true);
+			settings.setPopulateIdentifierInAutoCreatedPlaceholderReferenceTargets(false);
+			// Identical searches (conditional creates) answered from the match-URL cache.
+			settings.setMatchUrlCacheEnabled(true);
+		}
 		return settings;
 	}
 
@@ -111,11 +159,14 @@ public class ServerConfig {
 			FhirContext fhirContext,
 			JpaStorageSettings storageSettings,
 			JpaProperties jpaProperties,
-			DataSource dataSource) {
+			DataSource dataSource,
+			@Value("${spring.datasource.url}") String jdbcUrl) {
 		LocalContainerEntityManagerFactoryBean factory =
 				HapiEntityManagerFactoryUtil.newEntityManagerFactory(beanFactory, fhirContext, storageSettings);
 		factory.setPersistenceUnitName("HAPI_PU");
-		factory.setJpaPropertyMap(jpaProperties.getProperties());
+		Map<String, String> properties = new HashMap<>(jpaProperties.getProperties());
+		properties.put("hibernate.dialect", dialectFor(jdbcUrl).getClass().getName());
+		factory.setJpaPropertyMap(properties);
 		factory.setDataSource(dataSource);
 		return factory;
 	}
@@ -128,12 +179,16 @@ public class ServerConfig {
 		return manager;
 	}
 
-	/** Only H2 is used, so the dialect is fixed rather than read from the connection. */
+	/**
+	 * The dialect follows the JDBC URL (`spring.datasource.url`): HAPI's PostgreSQL dialect for
+	 * `jdbc:postgresql:`, its H2 dialect otherwise (the default database).
+	 */
 	@Primary
 	@Bean
-	public HibernatePropertiesProvider hibernatePropertiesProvider() {
+	public HibernatePropertiesProvider hibernatePropertiesProvider(
+			@Value("${spring.datasource.url}") String jdbcUrl) {
 		return new HibernatePropertiesProvider() {
-			private final Dialect dialect = new HapiFhirH2Dialect();
+			private final Dialect dialect = dialectFor(jdbcUrl);
 
 			@Override
 			public Dialect getDialect() {
@@ -223,12 +278,14 @@ public class ServerConfig {
 			IValidatorModule validatorModule,
 			DatabaseBackedPagingProvider pagingProvider,
 			BulkDataExportProvider bulkDataExportProvider,
+			BulkDataImportProvider bulkDataImportProvider,
 			ValueSetOperationProvider valueSetOperationProvider,
 			ReadyGate readyGate,
 			DaoRegistry daoRegistry,
 			IInterceptorBroadcaster broadcaster,
 			ThreadSafeResourceDeleterSvc deleter,
 			@Value("${fhircyclo.validate-writes:true}") boolean validateWrites,
+			@Value("${fhircyclo.profile:everyday}") String profile,
 			@Value("${fhircyclo.external-extension-domains}") String externalExtensionDomains,
 			@Value("${fhircyclo.lenient:false}") boolean lenient) {
 		FhirContext ctx = systemDao.getContext();
@@ -239,6 +296,9 @@ public class ServerConfig {
 		server.registerProvider(valueSetOperationProvider);
 		// Changed from the starter's default (off): Bulk Data export for the import tests.
 		server.registerProvider(bulkDataExportProvider);
+		// Bulk Data $import / $import-poll-status (HAPI: a provider bean of Batch2JobsConfig that
+		// the host registers; the request needs `Prefer: respond-async`).
+		server.registerProvider(bulkDataImportProvider);
 		server.setServerConformanceProvider(new JpaCapabilityStatementProvider(
 				server, systemDao, storageSettings, searchParamRegistry, validationSupport));
 		server.setPagingProvider(pagingProvider);
@@ -264,7 +324,9 @@ public class ServerConfig {
 				validator.setCustomExtensionDomains(externalExtensionDomains.split(","));
 			}
 		}
-		if (validateWrites) {
+		// The loading profile validates nothing on the server: every resource was checked at
+		// export, and `$validate` on a sample checks the profiles.
+		if (validateWrites && !isLoadProfile(profile)) {
 			// Changed from HAPI's default (no validation): the HL7 validator on every write,
 			// refusing the request on ERROR with the validator's OperationOutcome.
 			RequestValidatingInterceptor validating = new ValidatingWrites();

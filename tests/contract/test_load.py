@@ -1,0 +1,214 @@
+"""`load` ($import) against HAPI's recorded answers (hapi-recordings/), the files really served."""
+
+from __future__ import annotations
+
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import responses
+
+from fhir_cyclo.cli.app import main
+from fhir_cyclo.core.errors import FatalTransportError, InputError
+from fhir_cyclo.server.load import FileServer, Loader, find_ndjson, served
+from tests.conftest import ROOT
+
+from .helpers import BASE, MakeClient
+
+RECORDINGS = ROOT / "hapi-recordings"
+KICKOFF = f"{BASE}/$import"
+STATUS = f"{BASE}/$import-poll-status?_jobId=515ae443-1840-4153-b722-168726523833"
+RECORDED_FILES = "http://127.0.0.1:18230"  # where the recorded job fetched its files
+
+
+def recorded(name: str) -> dict[str, Any]:
+    data: dict[str, Any] = orjson.loads((RECORDINGS / name).read_bytes())
+    return data["response"]
+
+
+def answer(name: str, **headers: str) -> tuple[int, dict[str, str], bytes]:
+    """A recorded response as a `responses` callback answer (headers as HAPI sent them)."""
+    rec = recorded(name)
+    keep = {k: v for k, v in rec["headers"].items() if k.lower() != "transfer-encoding"}
+    keep.update(headers)
+    return rec["status"], keep, orjson.dumps(rec["body"])
+
+
+def write_ndjson(folder: Path) -> Path:
+    """An `export --ndjson` layout: DIR/ndjson/<Type>.ndjson, deterministic ids."""
+    nd = folder / "ndjson"
+    nd.mkdir(parents=True)
+    patients = [{"resourceType": "Patient", "id": f"p{i}", "gender": "female"} for i in range(3)]
+    conditions = [
+        {"resourceType": "Condition", "id": f"c{i}", "subject": {"reference": f"Patient/p{i}"}}
+        for i in range(3)
+    ]
+    for rtype, rows in (("Patient", patients), ("Condition", conditions)):
+        (nd / f"{rtype}.ndjson").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
+    (nd / "Procedure.ndjson").write_bytes(b"")  # an empty type: left out of the job
+    return folder
+
+
+class FakeHapi:
+    """Plays the recorded job; at kick-off it fetches every input URL, as HAPI's first step does."""
+
+    def __init__(self, rsps: responses.RequestsMock, polls: list[str]) -> None:
+        self.polls = polls
+        self.kickoffs: list[dict[str, Any]] = []
+        self.fetched: dict[str, tuple[str, bytes]] = {}
+        self.prefer: list[str | None] = []
+        rsps.add_callback(responses.POST, KICKOFF, callback=self.kick_off)
+        rsps.add_callback(responses.GET, STATUS, callback=self.poll)
+
+    def kick_off(self, request: Any) -> tuple[int, dict[str, str], bytes]:
+        self.prefer.append(request.headers.get("Prefer"))
+        body = orjson.loads(request.body)
+        self.kickoffs.append(body)
+        for p in body["parameter"]:
+            if p["name"] != "input":
+                continue
+            url = next(part["valueUri"] for part in p["part"] if part["name"] == "url")
+            if url.startswith(RECORDED_FILES):
+                continue  # --base-url: the user serves them (not running in this test)
+            with urllib.request.urlopen(url, timeout=10) as got:
+                self.fetched[url] = (got.headers["Content-Type"], got.read())
+        status, headers, _ = answer("import-ok-load-pg-01-kickoff.json")
+        headers["Content-Location"] = STATUS
+        return status, headers, orjson.dumps({"resourceType": "OperationOutcome", "issue": []})
+
+    def poll(self, request: Any) -> tuple[int, dict[str, str], bytes]:
+        return answer(self.polls.pop(0))
+
+
+def test_load_serves_the_files_kicks_off_polls_and_reports(
+    rsps: responses.RequestsMock, make_client: MakeClient, sleeps: list[float], tmp_path: Path
+) -> None:
+    hapi = FakeHapi(
+        rsps,
+        [
+            "import-ok-load-pg-02-poll-202.json",
+            "import-ok-load-pg-03-poll-202.json",
+            "import-ok-load-pg-04-poll-200.json",
+        ],
+    )
+    files = find_ndjson(write_ndjson(tmp_path))
+    assert [(f.path.name, f.resource_type, f.count) for f in files] == [
+        ("Condition.ndjson", "Condition", 3),
+        ("Patient.ndjson", "Patient", 3),
+    ]
+    said: list[str] = []
+    with make_client() as client, served(files, None) as urls:
+        result = Loader(client, progress=said.append).run(files, urls)
+
+    (params,) = hapi.kickoffs
+    assert hapi.prefer == ["respond-async"]
+    assert params["parameter"][0] == {"name": "inputFormat", "valueCode": "application/fhir+ndjson"}
+    inputs = [
+        {part["name"]: part.get("valueCode") or part.get("valueUri") for part in p["part"]}
+        for p in params["parameter"][1:]
+    ]
+    assert [i["type"] for i in inputs] == ["Condition", "Patient"]
+    # Each file went out whole, as application/fhir+ndjson (HAPI refuses octet-stream).
+    for f, i in zip(files, inputs, strict=True):
+        assert hapi.fetched[i["url"]] == ("application/fhir+ndjson", f.path.read_bytes())
+    # HAPI's constant Retry-After: 120 is capped (5 s), one wait per 202 answer.
+    assert sleeps == [5.0, 5.0]
+    assert result.completed and result.ok
+    assert any("QUEUED" in line for line in said)
+    # The recorded report is per source URL (the recorded job's); the outcomes are parsed.
+    report = result.by_file[f"{RECORDED_FILES}/Observation.ndjson"]
+    assert report.outcomes == {"SUCCESSFUL_UPDATE": 57, "SUCCESSFUL_UPDATE_AS_CREATE": 4341}
+    assert result.by_file[f"{RECORDED_FILES}/Patient.ndjson"].outcomes == {
+        "SUCCESSFUL_UPDATE_AS_CREATE": 100
+    }
+
+
+def test_a_failed_job_names_each_files_errors_and_exits_1(
+    rsps: responses.RequestsMock,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("time.sleep", lambda _s: None)
+    hapi = FakeHapi(
+        rsps,
+        ["import-ok-load-pg-02-poll-202.json", "import-everyday-refintegrity-failed-poll-500.json"],
+    )
+    # The recorded job's file names: the user serves them at --base-url.
+    nd = tmp_path / "ndjson"
+    nd.mkdir()
+    for rtype in ("AdverseEvent", "Condition", "Observation"):
+        (nd / f"{rtype}.ndjson").write_text(f'{{"resourceType": "{rtype}", "id": "x1"}}\n')
+    code = main(
+        [
+            "load",
+            str(tmp_path),
+            "--server",
+            BASE,
+            "--base-url",
+            RECORDED_FILES,
+            "--max-poll-wait",
+            "1",
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert len(hapi.kickoffs) == 1
+    errors = [
+        line for line in err.splitlines() if line.startswith("fhir-cyclo: Condition.ndjson: error:")
+    ]
+    # The recording keeps 8 of the 33 error lines (trimmed; the report is cut short there).
+    assert len(errors) == 8
+    assert all("HAPI-1094" in line for line in errors)
+    assert "Condition.ndjson: FAILURE 33, SUCCESSFUL_UPDATE_AS_CREATE 94" in err
+    assert "error: $import failed on the server: Job is in FAILED state" in err
+    assert "AdverseEvent.ndjson: error" not in err  # only the file that failed
+
+
+def test_a_bad_line_is_named_before_any_request(
+    rsps: responses.RequestsMock, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "Patient.ndjson").write_text(
+        '{"resourceType": "Patient", "id": "p1"}\n{"resourceType": "Patient"}\n'
+    )
+    with pytest.raises(InputError, match=r"Patient.ndjson:2: id: missing"):
+        find_ndjson(tmp_path)
+    (tmp_path / "Patient.ndjson").write_text(
+        '{"resourceType": "Patient", "id": "p1"}\n{"resourceType": "Condition", "id": "c"}\n'
+    )
+    assert main(["load", str(tmp_path), "--server", BASE, "--base-url", RECORDED_FILES]) == 1
+    err = capsys.readouterr().err
+    assert "Patient.ndjson:2: resourceType: Condition in a file of Patient" in err
+    assert len(rsps.calls) == 0  # nothing was sent
+
+
+def test_the_file_server_serves_only_the_files(tmp_path: Path) -> None:
+    files = find_ndjson(write_ndjson(tmp_path))
+    (tmp_path / "ndjson" / "secret.txt").write_text("not served")
+    with FileServer(files) as server:
+        ok = urllib.request.urlopen(f"{server.base_url}/Patient.ndjson", timeout=10)
+        assert ok.read() == files[1].path.read_bytes()
+        host = server.base_url.rsplit("/", 1)[0]
+        for path in (f"{server.base_url}/secret.txt", f"{host}/Patient.ndjson", f"{host}/"):
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(path, timeout=10)
+            assert refused.value.code == 404
+    assert server.requests == ["Patient.ndjson"]
+
+
+def test_a_status_url_on_another_origin_is_refused(
+    rsps: responses.RequestsMock, make_client: MakeClient, tmp_path: Path
+) -> None:
+    rsps.add(
+        responses.POST,
+        KICKOFF,
+        status=202,
+        headers={"Content-Location": "https://elsewhere.example/poll?_jobId=1"},
+    )
+    files = find_ndjson(write_ndjson(tmp_path))
+    with make_client() as client, pytest.raises(FatalTransportError, match="another origin"):
+        Loader(client).run(files, ["http://127.0.0.1:9/a", "http://127.0.0.1:9/b"])
+    assert len(rsps.calls) == 1  # no poll went to the other origin
