@@ -18,6 +18,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+import requests
 
 from fhir_cyclo.server.hapi import HapiError, HapiServer
 from tests.conftest import ARTIFACTS, HAPI_STATS, ROOT
@@ -91,8 +92,22 @@ def pg_hapi(postgres: Postgres) -> Iterator[HapiServer]:
 
 @pytest.fixture
 def pg_server(pg_hapi: HapiServer) -> HapiServer:
-    """The PostgreSQL server with no clinical data left by an earlier test."""
+    """The PostgreSQL server with no clinical data left by an earlier test.
+
+    The deleted resources are expunged too: an `$import` that brings back ids deleted earlier
+    fails for the targets it also meets as placeholder references (HAPI-0550/HAPI-0825,
+    "client-assigned ID constraint failure"; seen when two tests loaded the same fixtures).
+    """
     pg_hapi.reset()
+    expunge = {
+        "resourceType": "Parameters",
+        "parameter": [
+            {"name": "expungeDeletedResources", "valueBoolean": True},
+            {"name": "expungePreviousVersions", "valueBoolean": True},
+        ],
+    }
+    done = requests.post(f"{pg_hapi.base_url}/$expunge", json=expunge, timeout=300)
+    assert done.status_code == 200, done.text[:500]
     return pg_hapi
 
 
