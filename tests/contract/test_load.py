@@ -185,6 +185,21 @@ def test_a_bad_line_is_named_before_any_request(
     assert len(rsps.calls) == 0  # nothing was sent
 
 
+def test_each_message_names_its_file_once(
+    rsps: responses.RequestsMock, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "notes.txt").write_text("no NDJSON here\n")
+    assert main(["load", str(tmp_path), "--server", BASE, "--base-url", RECORDED_FILES]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == f"fhir-cyclo: error: {tmp_path}: no *.ndjson files (in it or in its ndjson/)"
+    (tmp_path / "Patient.ndjson").write_text("{not json\n")
+    assert main(["load", str(tmp_path), "--server", BASE, "--base-url", RECORDED_FILES]) == 1
+    err = capsys.readouterr().err
+    assert err.count("Patient.ndjson") == 1, err
+    assert "Patient.ndjson:1: not JSON" in err
+    assert len(rsps.calls) == 0
+
+
 def test_the_file_server_serves_only_the_files(tmp_path: Path) -> None:
     files = find_ndjson(write_ndjson(tmp_path))
     (tmp_path / "ndjson" / "secret.txt").write_text("not served")

@@ -99,16 +99,14 @@ def find_ndjson(folder: Path) -> list[NdjsonFile]:
     where = folder / "ndjson" if (folder / "ndjson").is_dir() else folder
     paths = sorted(where.glob("*.ndjson"))
     if not paths:
-        raise InputError(
-            f"{folder}: no *.ndjson files (in it or in its ndjson/)", source=str(folder)
-        )
+        raise InputError("no *.ndjson files (in it or in its ndjson/)", source=str(folder))
     files = []
     for path in paths:
         checked = _check_file(path)
         if checked.count:
             files.append(checked)
     if not files:
-        raise InputError(f"{where}: every *.ndjson file is empty", source=str(where))
+        raise InputError("every *.ndjson file is empty", source=str(where))
     return files
 
 
@@ -123,20 +121,20 @@ def _check_file(path: Path) -> NdjsonFile:
             try:
                 resource = orjson.loads(line)
             except orjson.JSONDecodeError as exc:
-                raise InputError(f"{where}: not JSON ({exc})", source=str(path)) from None
+                raise InputError(f"not JSON ({exc})", source=where) from None
             if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
-                raise InputError(f"{where}: resourceType: missing", source=str(path))
+                raise InputError("resourceType: missing", source=where)
             rtype = rtype or resource["resourceType"]
             if resource["resourceType"] != rtype:
                 raise InputError(
-                    f"{where}: resourceType: {resource['resourceType']} in a file of {rtype}"
+                    f"resourceType: {resource['resourceType']} in a file of {rtype}"
                     " (one type per file)",
-                    source=str(path),
+                    source=where,
                 )
             if not isinstance(resource.get("id"), str) or not resource["id"]:
                 raise InputError(
-                    f"{where}: id: missing ($import stores each resource under its own id)",
-                    source=str(path),
+                    "id: missing ($import stores each resource under its own id)",
+                    source=where,
                 )
             count += 1
     return NdjsonFile(path=path, resource_type=rtype, count=count)
