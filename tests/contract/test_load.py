@@ -227,3 +227,25 @@ def test_a_status_url_on_another_origin_is_refused(
     with make_client() as client, pytest.raises(FatalTransportError, match="another origin"):
         Loader(client).run(files, ["http://127.0.0.1:9/a", "http://127.0.0.1:9/b"])
     assert len(rsps.calls) == 1  # no poll went to the other origin
+
+
+def test_storage_detail_goes_in_the_kickoff_only_when_asked(
+    rsps: responses.RequestsMock, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    hapi = FakeHapi(rsps, ["import-ok-load-pg-04-poll-200.json"] * 2)
+    folder = write_ndjson(tmp_path)
+    base = ["load", str(folder), "--server", BASE, "--base-url", RECORDED_FILES]
+    assert main([*base, "--max-poll-wait", "0.01"]) == 0
+    assert main([*base, "--max-poll-wait", "0.01", "--batch-size", "800", "--by-patient"]) == 0
+    plain, tuned = hapi.kickoffs
+    assert [p["name"] for p in plain["parameter"]] == ["inputFormat", "input", "input"]
+    (detail,) = [p for p in tuned["parameter"] if p["name"] == "storageDetail"]
+    # HAPI's names (BulkDataImportProvider): parts read as strings.
+    assert detail["part"] == [
+        {"name": "maxBatchResourceCount", "valueString": "800"},
+        {"name": "chunkByCompartmentName", "valueString": "Patient"},
+    ]
+    capsys.readouterr()
+    assert main([*base, "--batch-size", "0"]) == 2
+    assert "--batch-size must be greater than 0" in capsys.readouterr().err
+    assert len(hapi.kickoffs) == 2  # the usage error sent nothing

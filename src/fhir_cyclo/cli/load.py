@@ -23,6 +23,8 @@ class LoadOptions:
     folder: Path
     base_url: str | None = None  # None: the files are served here on 127.0.0.1
     max_poll_wait: float = DEFAULT_MAX_POLL_WAIT
+    batch_size: int | None = None  # HAPI storageDetail maxBatchResourceCount; None: its default
+    by_patient: bool = False  # HAPI storageDetail chunkByCompartmentName=Patient
 
 
 def register(sub: argparse._SubParsersAction[Any], help_line: str) -> None:
@@ -55,6 +57,19 @@ def register(sub: argparse._SubParsersAction[Any], help_line: str) -> None:
         metavar="SECONDS",
         help="longest wait between status polls, whatever Retry-After asks (HAPI asks 120)",
     )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        metavar="N",
+        help="resources per work chunk on the server (HAPI: storageDetail maxBatchResourceCount; "
+        "default: the server's)",
+    )
+    p.add_argument(
+        "--by-patient",
+        action="store_true",
+        help="chunks hold whole Patient compartments (HAPI: storageDetail "
+        "chunkByCompartmentName=Patient)",
+    )
 
 
 def parse(ns: argparse.Namespace) -> LoadOptions:
@@ -63,6 +78,8 @@ def parse(ns: argparse.Namespace) -> LoadOptions:
     if not folder.is_dir():
         raise UsageError(f"{ns.folder}: no such folder")
     preflight.positive(ns.max_poll_wait, "--max-poll-wait")
+    if ns.batch_size is not None:
+        preflight.positive(ns.batch_size, "--batch-size")
     server = options.server_options(ns, required=True)
     if ns.base_url:
         preflight.server_url(ns.base_url, "--base-url")
@@ -73,7 +90,12 @@ def parse(ns: argparse.Namespace) -> LoadOptions:
             "--base-url"
         )
     return LoadOptions(
-        server=server, folder=folder, base_url=ns.base_url, max_poll_wait=ns.max_poll_wait
+        server=server,
+        folder=folder,
+        base_url=ns.base_url,
+        max_poll_wait=ns.max_poll_wait,
+        batch_size=ns.batch_size,
+        by_patient=bool(ns.by_patient),
     )
 
 
@@ -87,12 +109,15 @@ def _loopback(host: str) -> bool:
 
 
 def run(opts: LoadOptions) -> int:
-    from fhir_cyclo.server.load import Loader, PollLimits, find_ndjson, served
+    from fhir_cyclo.server.load import Loader, PollLimits, StorageDetail, find_ndjson, served
 
     files = find_ndjson(opts.folder)  # a bad line: exit 1 naming the file, before any request
     with options.make_client(opts.server) as client, served(files, opts.base_url) as urls:
         loader = Loader(
-            client, limits=PollLimits(max_poll_interval=opts.max_poll_wait), progress=output.say
+            client,
+            limits=PollLimits(max_poll_interval=opts.max_poll_wait),
+            progress=output.say,
+            storage=StorageDetail(opts.batch_size, opts.by_patient),
         )
         result = loader.run(files, urls)
     for name, outcome in sorted(result.by_file.items()):

@@ -192,9 +192,34 @@ def file_urls(files: list[NdjsonFile], base_url: str) -> list[str]:
     return [f"{base_url.rstrip('/')}/{quote(f.path.name)}" for f in files]
 
 
-def import_parameters(files: list[NdjsonFile], urls: list[str]) -> dict[str, Any]:
-    """The kick-off Parameters: `inputFormat` and one `input` (type, url) per file."""
+@dataclasses.dataclass(frozen=True)
+class StorageDetail:
+    """HAPI's `storageDetail` part of the kick-off (its extension of the Bulk import proposal):
+    resources per work chunk (`maxBatchResourceCount`), and `chunkByCompartmentName` (a chunk
+    holds whole Patient compartments, so a Patient's resources are stored together). None: the
+    server's default; other servers ignore the part."""
+
+    batch_size: int | None = None
+    by_patient: bool = False
+
+    def part(self) -> dict[str, Any] | None:
+        parts: list[dict[str, Any]] = []
+        if self.batch_size is not None:
+            parts.append({"name": "maxBatchResourceCount", "valueString": str(self.batch_size)})
+        if self.by_patient:
+            parts.append({"name": "chunkByCompartmentName", "valueString": "Patient"})
+        return {"name": "storageDetail", "part": parts} if parts else None
+
+
+def import_parameters(
+    files: list[NdjsonFile], urls: list[str], storage: StorageDetail | None = None
+) -> dict[str, Any]:
+    """The kick-off Parameters: `inputFormat`, one `input` (type, url) per file, and HAPI's
+    `storageDetail` when asked for."""
     params: list[dict[str, Any]] = [{"name": "inputFormat", "valueCode": NDJSON_TYPE}]
+    detail = storage.part() if storage else None
+    if detail:
+        params.append(detail)
     for f, url in zip(files, urls, strict=True):
         params.append(
             {
@@ -281,7 +306,7 @@ def _unescape(text: str) -> str:
 class Loader:
     """Runs one `$import` with a FhirClient's transport (auth, TLS, retries of the kick-off)."""
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - keyword-only; sleep and clock are the tests' seams
         self,
         client: Any,  # FhirClient
         *,
@@ -289,8 +314,10 @@ class Loader:
         clock: Callable[[], float] = time.monotonic,
         limits: PollLimits | None = None,
         progress: Callable[[str], None] | None = None,
+        storage: StorageDetail | None = None,
     ) -> None:
         self.client = client
+        self.storage = storage
         self.sleep = sleep or client.sleep
         self.clock = clock
         self.limits = limits or PollLimits()
@@ -330,7 +357,7 @@ class Loader:
         response = self.client.transport.request(
             "POST",
             url,
-            body=orjson.dumps(import_parameters(files, urls)),
+            body=orjson.dumps(import_parameters(files, urls, self.storage)),
             headers={"Prefer": "respond-async"},
         )
         location = response.headers.get("Content-Location")
@@ -399,6 +426,7 @@ __all__ = [
     "Loader",
     "NdjsonFile",
     "PollLimits",
+    "StorageDetail",
     "find_ndjson",
     "import_parameters",
     "outcome_summary",
