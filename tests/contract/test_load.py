@@ -229,23 +229,29 @@ def test_a_status_url_on_another_origin_is_refused(
     assert len(rsps.calls) == 1  # no poll went to the other origin
 
 
-def test_storage_detail_goes_in_the_kickoff_only_when_asked(
+def test_storage_detail_chunks_by_patient_unless_told_otherwise(
     rsps: responses.RequestsMock, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    hapi = FakeHapi(rsps, ["import-ok-load-pg-04-poll-200.json"] * 2)
+    hapi = FakeHapi(rsps, ["import-ok-load-pg-04-poll-200.json"] * 3)
     folder = write_ndjson(tmp_path)
     base = ["load", str(folder), "--server", BASE, "--base-url", RECORDED_FILES]
-    assert main([*base, "--max-poll-wait", "0.01"]) == 0
-    assert main([*base, "--max-poll-wait", "0.01", "--batch-size", "800", "--by-patient"]) == 0
-    plain, tuned = hapi.kickoffs
+    base += ["--max-poll-wait", "0.01"]
+    assert main(base) == 0
+    assert main([*base, "--batch-size", "2000"]) == 0
+    assert main([*base, "--chunks", "server"]) == 0
+    default, sized, plain = hapi.kickoffs
+
+    def detail(params: dict[str, Any]) -> list[dict[str, str]]:
+        (found,) = [p for p in params["parameter"] if p["name"] == "storageDetail"]
+        parts: list[dict[str, str]] = found["part"]
+        return parts
+
+    # HAPI's names (BulkDataImportProvider); it reads the parts as strings.
+    by_patient = {"name": "chunkByCompartmentName", "valueString": "Patient"}
+    assert detail(default) == [by_patient]
+    assert detail(sized) == [{"name": "maxBatchResourceCount", "valueString": "2000"}, by_patient]
     assert [p["name"] for p in plain["parameter"]] == ["inputFormat", "input", "input"]
-    (detail,) = [p for p in tuned["parameter"] if p["name"] == "storageDetail"]
-    # HAPI's names (BulkDataImportProvider): parts read as strings.
-    assert detail["part"] == [
-        {"name": "maxBatchResourceCount", "valueString": "800"},
-        {"name": "chunkByCompartmentName", "valueString": "Patient"},
-    ]
     capsys.readouterr()
     assert main([*base, "--batch-size", "0"]) == 2
     assert "--batch-size must be greater than 0" in capsys.readouterr().err
-    assert len(hapi.kickoffs) == 2  # the usage error sent nothing
+    assert len(hapi.kickoffs) == 3  # the usage error sent nothing

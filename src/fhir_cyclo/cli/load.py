@@ -24,7 +24,8 @@ class LoadOptions:
     base_url: str | None = None  # None: the files are served here on 127.0.0.1
     max_poll_wait: float = DEFAULT_MAX_POLL_WAIT
     batch_size: int | None = None  # HAPI storageDetail maxBatchResourceCount; None: its default
-    by_patient: bool = False  # HAPI storageDetail chunkByCompartmentName=Patient
+    # patient: HAPI storageDetail chunkByCompartmentName=Patient; server: no storageDetail sent
+    chunks: str = "patient"
 
 
 def register(sub: argparse._SubParsersAction[Any], help_line: str) -> None:
@@ -65,10 +66,13 @@ def register(sub: argparse._SubParsersAction[Any], help_line: str) -> None:
         "default: the server's)",
     )
     p.add_argument(
-        "--by-patient",
-        action="store_true",
-        help="chunks hold whole Patient compartments (HAPI: storageDetail "
-        "chunkByCompartmentName=Patient)",
+        "--chunks",
+        choices=("patient", "server"),
+        default="patient",
+        help="patient (default): each work chunk holds whole Patient compartments (HAPI: "
+        "storageDetail chunkByCompartmentName=Patient), so a Patient's resources are stored "
+        "together and no two chunks race to create the same reference target; server: the "
+        "server's own chunking, nothing HAPI-specific sent",
     )
 
 
@@ -95,7 +99,7 @@ def parse(ns: argparse.Namespace) -> LoadOptions:
         base_url=ns.base_url,
         max_poll_wait=ns.max_poll_wait,
         batch_size=ns.batch_size,
-        by_patient=bool(ns.by_patient),
+        chunks=ns.chunks,
     )
 
 
@@ -117,7 +121,7 @@ def run(opts: LoadOptions) -> int:
             client,
             limits=PollLimits(max_poll_interval=opts.max_poll_wait),
             progress=output.say,
-            storage=StorageDetail(opts.batch_size, opts.by_patient),
+            storage=StorageDetail(opts.batch_size, by_patient=opts.chunks == "patient"),
         )
         result = loader.run(files, urls)
     for name, outcome in sorted(result.by_file.items()):
