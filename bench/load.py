@@ -1,27 +1,41 @@
-"""Registry load on a real engine: push on H2 vs PostgreSQL, and `$import` vs push (issue 22).
+"""Registry load on a real engine: push on H2 vs PostgreSQL, by workers, and `$import` (issue 22).
 
-    python bench/load.py [--cases 150] [--runs 1] [--out bench/results/load.json]
+    python bench/load.py [--cases 100] [--runs 3] [--workers 1,2,4,8]
+                         [--configs h2_everyday,h2_load,pg_everyday,pg_load] [--no-import]
+                         [--server-cpus 0] [--jfr DIR] [--out bench/results/load.json]
+    python bench/load.py --load-10k [--cases 10000]   # one registry-sized load per path
+    python bench/load.py --ablation [--runs 3]        # each loading-profile setting on and off
+    python bench/load.py --ratio [--runs 3]           # push vs the bare loop on PostgreSQL
 
-SYNTHETIC cases (bench/synthetic.py) exported once (`export --ndjson`); then, per run, each on a
-fresh server and database:
-  h2_push_4w       push at 4 workers, HAPI on H2 (file), everyday (validating) profile
-  pg_push_4w       push at 4 workers, HAPI on PostgreSQL, everyday profile
-  pg_load_push_4w  push at 4 workers, HAPI on PostgreSQL, loading profile
-  pg_load_import   `fhir-cyclo load` ($import), HAPI on PostgreSQL, loading profile
-Each: wall seconds, resources/s, and the server's CPU seconds per 1,000 resources (/proc).
-Keys: pg_vs_h2_push_4w, import_resources_per_s, import_vs_push (vs pg_load_push_4w).
+SYNTHETIC cases (bench/synthetic.py). Per run, each configuration gets a fresh HAPI and a fresh
+database, a warm-up push that is not counted (JIT, pools), then one slice of `--cases` new cases
+per worker count (the same synthetic cases under new identifiers: every slice creates, and all
+slices hold the same content, so they compare across worker counts and configurations).
+The worker counts run in one order on odd runs and the reverse on even runs, so a server that
+slows as it fills does not always penalise the same count. `$import`: `fhir-cyclo load` of the
+`export --ndjson` of one more slice, on a fresh PostgreSQL HAPI in the loading profile.
+Each measure: wall seconds, resources/s, and the server's CPU seconds per 1,000 resources
+(/proc of the JVM, and of every `postgres` process).
+
+`--server-cpus` pins HAPI and PostgreSQL (`taskset -a`) to those CPUs; the client is not pinned.
+`--jfr DIR` records a JDK Flight Recorder profile of each measured part (`bench/jfr_top.py`).
+`--load-10k`: `--cases` cases (10,000 by default here) by each path on PostgreSQL (loading
+profile): push at 4 workers, timed per 1,000 cases (does the server slow as it fills?), then
+`$import` of the same cases into a fresh database.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +44,7 @@ import orjson
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
 
-from bench.synthetic import write_case_files  # noqa: E402
+from bench.synthetic import case_data  # noqa: E402
 from fhir_cyclo.cli.app import main as cli  # noqa: E402
 from fhir_cyclo.client import FhirClient  # noqa: E402
 from fhir_cyclo.fhir.bundle import transaction_bundle  # noqa: E402
@@ -40,6 +54,23 @@ from fhir_cyclo.server.push import push_bundles  # noqa: E402
 
 PGCTL = ROOT / "hapi" / "pg" / "pgctl.sh"
 TICKS = os.sysconf("SC_CLK_TCK")
+# name -> (database, HAPI profile)
+CONFIGS = {
+    "h2_everyday": ("h2", "everyday"),
+    "h2_load": ("h2", "load"),
+    "pg_everyday": ("pg", "everyday"),
+    "pg_load": ("pg", "load"),
+}
+Bundles = list[tuple[str, Any]]
+# The loading profile's settings, by their hapi/ names (ServerConfig.LOAD_SETTINGS).
+ABLATION = (
+    "mass-ingestion",
+    "index-storage-optimized",
+    "no-text-tokens",
+    "missing-fields-off",
+    "no-validation",
+    "match-url-cache",
+)
 
 
 def log(message: str) -> None:
@@ -51,95 +82,319 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
 
 
-def pg_cpu_seconds() -> float:
-    """CPU of every postgres process (the database's share of a load)."""
-    total = 0.0
+def postgres_pids() -> list[int]:
+    pids = []
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit():
             try:
                 if (proc / "comm").read_text().strip() == "postgres":
-                    total += cpu_seconds(int(proc.name))
-            except (OSError, IndexError, ValueError):
+                    pids.append(int(proc.name))
+            except OSError:
                 continue
+    return pids
+
+
+def pg_cpu_seconds() -> float:
+    """CPU of every postgres process (the database's share of a load)."""
+    total = 0.0
+    for pid in postgres_pids():
+        try:
+            total += cpu_seconds(pid)
+        except (OSError, IndexError, ValueError):
+            continue  # a backend that ended between the listing and the read
     return total
 
 
-def measure(server: HapiServer, resources: int, work: Callable[[], None]) -> dict[str, float]:
-    assert server.pid is not None
-    cpu0, pg0, t0 = cpu_seconds(server.pid), pg_cpu_seconds(), time.monotonic()
-    work()
-    wall = time.monotonic() - t0
-    cpu, pg = cpu_seconds(server.pid) - cpu0, pg_cpu_seconds() - pg0
-    return {
-        "seconds": round(wall, 2),
-        "resources": resources,
-        "resources_per_s": round(resources / wall, 1),
-        "hapi_cpu_s_per_1000": round(1000 * cpu / resources, 2),
-        "postgres_cpu_s_per_1000": round(1000 * pg / resources, 2),
-    }
+class Bench:
+    """One bench invocation: its temp folder, PostgreSQL cluster, and the options."""
 
+    def __init__(self, tmp: Path, pg_dir: Path, args: argparse.Namespace) -> None:
+        self.tmp, self.pg_dir, self.args = tmp, pg_dir, args
+        self.next_case = 0
+        self.dbs = 0
 
-def start(tmp: Path, label: str, *, database: str | None, profile: str) -> HapiServer:
-    data = None if database else tmp / f"h2-{label}"
-    server = HapiServer(
-        data_dir=data,
-        database_url=database,
-        profile=profile,
-        log_path=tmp / f"hapi-{label}.log",
-        heap="2g",
-    )
-    server.start()
-    log(f"{label}: HAPI started in {server.started_in:.0f}s")
-    return server
+    # --- inputs -------------------------------------------------------------------------------
 
+    def new_cases(self, count: int) -> Path:
+        """The first `count` synthetic cases under identifiers never used before in this
+        invocation: every push creates, and every slice holds the same content (cases range
+        from 6 to 300 resources, and HAPI's cost per resource with them), so slices compare."""
+        folder = self.tmp / f"cases-{self.next_case:07d}"
+        folder.mkdir()
+        for i in range(count):
+            case = case_data(i)
+            case["identifier"]["value"] = f"load-{self.next_case + i:07d}"
+            (folder / f"case-{i:07d}.json").write_bytes(orjson.dumps(case))
+        self.next_case += count
+        return folder
 
-def push(server: HapiServer, bundles: list[tuple[str, Any]]) -> None:
-    with FhirClient(server.base_url) as client:
-        summary = push_bundles(client, iter(bundles), workers=4)
-    assert summary.failed == 0, [f.error for f in summary.failures][:3]
+    @staticmethod
+    def bundles(folder: Path) -> Bundles:
+        out = []
+        for loaded in load([folder]):
+            assert loaded.case is not None, loaded.error
+            out.append((loaded.case.identifier.token, transaction_bundle(loaded.case)))
+        return out
 
+    def ndjson(self, folder: Path) -> Path:
+        export = folder.with_name(folder.name + "-ndjson")
+        assert cli(["export", str(folder), "--out", str(export), "--ndjson", "-q"]) == 0
+        return export
 
-def import_(server: HapiServer, export: Path) -> None:
-    code = cli(["load", str(export), "--server", server.base_url, "--max-poll-wait", "1", "-q"])
-    assert code == 0, code
+    # --- servers ------------------------------------------------------------------------------
 
+    @contextmanager
+    def server(
+        self, label: str, database: str, profile: str, except_: str = ""
+    ) -> Iterator[HapiServer]:
+        url = None
+        # Loading-profile settings left at their everyday value (hapi/: fhircyclo.load-except).
+        os.environ["FHIR_CYCLO_HAPI_LOAD_EXCEPT"] = except_
+        if database == "pg":
+            self.dbs += 1
+            url = subprocess.run(
+                [str(PGCTL), "createdb", str(self.pg_dir), f"b{self.dbs}"],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout.strip()
+        server = HapiServer(
+            data_dir=self.tmp / f"h2-{label}-{self.dbs}-{time.monotonic_ns()}"
+            if database == "h2"
+            else None,
+            database_url=url,
+            profile=profile,
+            log_path=self.tmp / f"hapi-{label}.log",
+            heap="2g",
+        )
+        server.start()
+        assert server.pid is not None
+        log(f"{label}: HAPI started in {server.started_in:.0f}s")
+        if self.args.server_cpus:
+            # New PostgreSQL backends fork from the postmaster and inherit its affinity.
+            for pid in [server.pid, *postgres_pids()]:
+                subprocess.run(
+                    ["taskset", "-a", "-p", "-c", self.args.server_cpus, str(pid)],
+                    check=True,
+                    capture_output=True,
+                )
+        try:
+            yield server
+        finally:
+            server.stop()
 
-def one_run(
-    tmp: Path, pg_dir: Path, export: Path, bundles: list[tuple[str, Any]]
-) -> dict[str, Any]:
-    resources = sum(len(b["entry"]) for _, b in bundles)
-    out: dict[str, Any] = {}
-    h2 = start(tmp, "h2", database=None, profile="everyday")
-    with h2:
-        out["h2_push_4w"] = measure(h2, resources, lambda: push(h2, bundles))
-    log(f"h2_push_4w {out['h2_push_4w']}")
-    for label, profile, what in (
-        ("pg_push_4w", "everyday", "push"),
-        ("pg_load_push_4w", "load", "push"),
-        ("pg_load_import", "load", "import"),
-    ):
-        db = label.replace("_4w", "")
-        url = subprocess.run(
-            [str(PGCTL), "createdb", str(pg_dir), db], capture_output=True, text=True, check=True
-        ).stdout.strip()
-        server = start(tmp, label, database=url, profile=profile)
-        with server:
-            work = (
-                (lambda s=server: push(s, bundles))
-                if what == "push"
-                else (lambda s=server: import_(s, export))
+    # --- measures -----------------------------------------------------------------------------
+
+    def measure(
+        self, server: HapiServer, label: str, resources: int, work: Callable[[], None]
+    ) -> dict[str, float]:
+        assert server.pid is not None
+        jfr = self.args.jfr
+        if jfr:
+            jcmd = ["jcmd", str(server.pid)]
+            subprocess.run(
+                [*jcmd, "JFR.start", "name=bench", "settings=profile"],
+                check=True,
+                capture_output=True,
             )
-            out[label] = measure(server, resources, work)
-            counts = sum(server.counts().values())
-            assert counts == resources, (label, counts, resources)
-        log(f"{label} {out[label]}")
-    out["pg_vs_h2_push_4w"] = round(
-        out["pg_push_4w"]["resources_per_s"] / out["h2_push_4w"]["resources_per_s"], 3
-    )
-    out["import_resources_per_s"] = out["pg_load_import"]["resources_per_s"]
-    out["import_vs_push"] = round(
-        out["pg_load_import"]["resources_per_s"] / out["pg_load_push_4w"]["resources_per_s"], 3
-    )
+        me0 = sum(os.times()[:4])  # this process (the client) and its children
+        cpu0, pg0, t0 = cpu_seconds(server.pid), pg_cpu_seconds(), time.monotonic()
+        work()
+        wall = time.monotonic() - t0
+        cpu, pg = cpu_seconds(server.pid) - cpu0, pg_cpu_seconds() - pg0
+        me = sum(os.times()[:4]) - me0
+        if jfr:
+            jfr.mkdir(parents=True, exist_ok=True)
+            target = jfr / f"{label}.jfr"
+            subprocess.run(
+                [*jcmd, "JFR.stop", "name=bench", f"filename={target}"],
+                check=True,
+                capture_output=True,
+            )
+        out = {
+            "seconds": round(wall, 2),
+            "resources": resources,
+            "resources_per_s": round(resources / wall, 1),
+            "hapi_cpu_s_per_1000": round(1000 * cpu / resources, 2),
+            "postgres_cpu_s_per_1000": round(1000 * pg / resources, 2),
+            "client_cpu_s_per_1000": round(1000 * me / resources, 2),
+            # Share of the machine's cores busy in HAPI, PostgreSQL and the client together.
+            "cpu_busy": round((cpu + pg + me) / (wall * (os.cpu_count() or 1)), 3),
+        }
+        log(f"  {label}: {out}")
+        return out
+
+    def push(self, server: HapiServer, bundles: Bundles, workers: int) -> None:
+        with FhirClient(server.base_url) as client:
+            summary = push_bundles(client, iter(bundles), workers=workers)
+        assert summary.failed == 0, [f.error for f in summary.failures][:3]
+
+    def import_(self, server: HapiServer, export: Path) -> None:
+        argv = ["load", str(export), "--server", server.base_url, "--max-poll-wait", "1", "-q"]
+        argv += self.args.load_args.split()
+        assert cli(argv) == 0
+
+    def warm(self, server: HapiServer) -> None:
+        # Not measured: the first requests pay for the JIT, caches and connection pools.
+        self.push(server, self.bundles(self.new_cases(self.args.warm_cases)), 2)
+
+    # --- one run ------------------------------------------------------------------------------
+
+    def one_run(self, index: int) -> dict[str, Any]:
+        args = self.args
+        workers = args.workers if index % 2 == 0 else list(reversed(args.workers))
+        out: dict[str, Any] = {"order": workers, "push": {}}
+        for name in args.configs:
+            database, profile = CONFIGS[name]
+            slices = [self.bundles(self.new_cases(args.cases)) for _ in workers]
+            with self.server(name, database, profile) as server:
+                self.warm(server)
+                stored = sum(server.counts().values())
+                by_workers = {}
+                for w, bundles in zip(workers, slices, strict=True):
+                    resources = sum(len(b["entry"]) for _, b in bundles)
+                    by_workers[str(w)] = self.measure(
+                        server,
+                        f"{name}-push-{w}w-run{index + 1}",
+                        resources,
+                        lambda s=server, b=bundles, n=w: self.push(s, b, n),
+                    )
+                    stored += resources
+                assert sum(server.counts().values()) == stored, name
+            out["push"][name] = dict(sorted(by_workers.items(), key=lambda kv: int(kv[0])))
+        if args.do_import:
+            # A larger slice than push's: a job's fixed cost (creation, 2 s maintenance passes,
+            # polls) would otherwise weigh on $import's rate.
+            warm = self.ndjson(self.new_cases(args.warm_cases))
+            export = self.ndjson(self.new_cases(args.import_cases))
+            with self.server("pg_load_import", "pg", "load") as server:
+                self.import_(server, warm)
+                before = sum(server.counts().values())
+                resources = sum(len(p.read_bytes().splitlines()) for p in export.rglob("*.ndjson"))
+                out["import_pg_load"] = self.measure(
+                    server,
+                    f"pg_load-import-run{index + 1}",
+                    resources,
+                    lambda s=server: self.import_(s, export),
+                )
+                assert sum(server.counts().values()) == before + resources
+        return out | keys(out)
+
+    # --- each loading-profile setting on and off ---------------------------------------------
+
+    def ablation(self, index: int) -> dict[str, Any]:
+        """Push at 4 workers on PostgreSQL: the loading profile whole, then with each of its
+        settings left at the everyday value (one at a time), each on a fresh server."""
+        settings = ["", *ABLATION]
+        if index % 2:
+            settings.reverse()
+        out: dict[str, Any] = {"order": settings, "push_4w": {}}
+        for except_ in settings:
+            name = f"without {except_}" if except_ else "loading profile"
+            bundles = self.bundles(self.new_cases(self.args.cases))
+            resources = sum(len(b["entry"]) for _, b in bundles)
+            with self.server(f"pg_load_except_{except_ or 'none'}", "pg", "load", except_) as s:
+                self.warm(s)
+                out["push_4w"][name] = self.measure(
+                    s,
+                    f"ablation-{except_ or 'none'}-run{index + 1}",
+                    resources,
+                    lambda s=s, b=bundles: self.push(s, b, 4),
+                )
+        return out
+
+    # --- push against the bare loop, on PostgreSQL --------------------------------------------
+
+    def ratio(self) -> dict[str, Any]:
+        """bench/run.py's push part (push vs a bare requests loop, interleaved slices on one
+        server, then HAPI's ceiling) against a PostgreSQL HAPI in the loading profile."""
+        with self.server("pg_load_ratio", "pg", "load") as server:
+            argv = [sys.executable, str(ROOT / "bench" / "run.py"), "--only", "push"]
+            argv += [
+                "--server",
+                server.base_url,
+                "--workers",
+                ",".join(map(str, self.args.workers)),
+            ]
+            argv += ["--push-cases", str(self.args.cases)]
+            assert server.pid is not None
+            cpu0 = cpu_seconds(server.pid)
+            done = subprocess.run(argv, capture_output=True, text=True, check=True)
+            line = orjson.loads(done.stdout.strip().splitlines()[-1])
+            log(f"  run.py push part: HAPI used {cpu_seconds(server.pid) - cpu0:.0f} CPU s")
+        wanted = (
+            "push_ratio_by_workers",
+            "push_cases_per_s_by_workers",
+            "push_bare_cases_per_s_by_workers",
+            "push_block_ratios_by_workers",
+            "hapi_ceiling_resources_per_s",
+        )
+        out = {k: v for k, v in line.items() if k in wanted or k.startswith("push_")}
+        out["push_ratio_by_workers_pg"] = line["push_ratio_by_workers"]
+        log(f"  push_ratio_by_workers_pg {out['push_ratio_by_workers_pg']}")
+        return out
+
+    # --- 10,000 cases -------------------------------------------------------------------------
+
+    def load_10k(self) -> dict[str, Any]:
+        cases = self.new_cases(self.args.cases)
+        export = self.ndjson(cases)
+        resources = sum(len(p.read_bytes().splitlines()) for p in export.rglob("*.ndjson"))
+        out: dict[str, Any] = {"cases": self.args.cases, "resources": resources}
+        journal = self.tmp / "push-10k-journal.jsonl"
+        with self.server("pg_load_10k_push", "pg", "load") as server:
+
+            def push_all(s: HapiServer = server) -> None:
+                # The user's path: `fhir-cyclo push` reads, maps and sends the case files.
+                argv = ["push", str(cases), "--server", s.base_url, "--workers", "4"]
+                assert cli([*argv, "--no-progress", "--journal", str(journal), "-q"]) == 0
+
+            out["push_pg_load_4w"] = self.measure(server, "pg_load-10k-push", resources, push_all)
+            out["push_pg_load_4w"]["per_1000_cases"] = journal_rates(journal, 1000)
+            assert sum(server.counts().values()) == resources
+        with self.server("pg_load_10k_import", "pg", "load") as server:
+            out["import_pg_load"] = self.measure(
+                server, "pg_load-10k-import", resources, lambda s=server: self.import_(s, export)
+            )
+            assert sum(server.counts().values()) == resources
+        out["load_10k_seconds"] = {
+            "push_pg_load_4w": out["push_pg_load_4w"]["seconds"],
+            "import_pg_load": out["import_pg_load"]["seconds"],
+        }
+        return out
+
+
+def journal_rates(journal: Path, every: int) -> list[dict[str, float]]:
+    """Resources/s per `every` acknowledged cases, from the push journal's timestamps."""
+    rows = [orjson.loads(line) for line in journal.read_bytes().splitlines() if line.strip()]
+    stamps = [dt.datetime.fromisoformat(r["at"]).timestamp() for r in rows]
+    out, prev = [], stamps[0]
+    for i in range(0, len(rows), every):
+        part = rows[i : i + every]
+        end = stamps[min(i + every, len(rows)) - 1]
+        n = sum(r["entries"] for r in part)
+        out.append({"resources": n, "resources_per_s": round(n / max(end - prev, 1e-9), 1)})
+        prev = end
+    return out
+
+
+def keys(run: dict[str, Any]) -> dict[str, Any]:
+    """The issue's keys, from what one run measured (those it could)."""
+    push = run["push"]
+    out: dict[str, Any] = {}
+    if "4" in push.get("pg_everyday", {}) and "4" in push.get("h2_everyday", {}):
+        out["pg_vs_h2_push_4w"] = round(
+            push["pg_everyday"]["4"]["resources_per_s"]
+            / push["h2_everyday"]["4"]["resources_per_s"],
+            3,
+        )
+    if "import_pg_load" in run:
+        out["import_resources_per_s"] = run["import_pg_load"]["resources_per_s"]
+        if "4" in push.get("pg_load", {}):
+            out["import_vs_push"] = round(
+                run["import_pg_load"]["resources_per_s"] / push["pg_load"]["4"]["resources_per_s"],
+                3,
+            )
     return out
 
 
@@ -149,44 +404,102 @@ def spread(values: list[float]) -> dict[str, float]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--cases", type=int, default=150)
+    ap.add_argument(
+        "--cases", type=int, help="cases per slice (default 100; 10,000 with --load-10k)"
+    )
+    # 150: after 30, the 4-worker slice that came third ran 2x the one that came first (the JIT).
+    ap.add_argument("--warm-cases", type=int, default=150)
+    ap.add_argument(
+        "--import-cases", type=int, help="cases in the $import slice (default 3x --cases)"
+    )
     ap.add_argument("--runs", type=int, default=1)
+    ap.add_argument("--workers", default="1,2,4,8")
+    ap.add_argument("--configs", default=",".join(CONFIGS))
+    ap.add_argument("--no-import", dest="do_import", action="store_false")
+    ap.add_argument("--server-cpus", help="taskset CPU list for HAPI and PostgreSQL, e.g. 0")
+    ap.add_argument("--jfr", type=Path, help="record a JFR profile of each measured part here")
+    ap.add_argument("--load-10k", action="store_true")
+    ap.add_argument(
+        "--load-args", default="", help="more `fhir-cyclo load` options, e.g. '--by-patient'"
+    )
+    ap.add_argument(
+        "--ablation", action="store_true", help="each loading-profile setting on and off"
+    )
+    ap.add_argument(
+        "--ratio", action="store_true", help="push vs the bare loop (bench/run.py) on PostgreSQL"
+    )
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "load.json")
     args = ap.parse_args()
+    args.cases = args.cases or (10_000 if args.load_10k else 200 if args.ratio else 100)
+    args.import_cases = args.import_cases or 3 * args.cases
+    args.workers = [int(w) for w in args.workers.split(",")]
+    args.configs = [c for c in args.configs.split(",") if c]
+    for c in args.configs:
+        if c not in CONFIGS:
+            ap.error(f"--configs: {c!r} is not one of {', '.join(CONFIGS)}")
     with tempfile.TemporaryDirectory(prefix="fhir-cyclo-load-bench-") as raw:
-        tmp = Path(raw)
-        cases = tmp / "cases"
-        write_case_files(cases, args.cases)
-        export = tmp / "export"
-        assert cli(["export", str(cases), "--out", str(export), "--ndjson", "-q"]) == 0
-        bundles = []
-        for loaded in load([cases]):
-            assert loaded.case is not None, loaded.error
-            bundles.append((loaded.case.identifier.token, transaction_bundle(loaded.case)))
         # Directly under /tmp: the cluster's owner (postgres) must enter every parent folder.
         pg_dir = Path(tempfile.mkdtemp(prefix="fhir-cyclo-pg-bench-", dir="/tmp"))
         port = 18000 + os.getpid() % 900
         subprocess.run(
             [str(PGCTL), "start", str(pg_dir), str(port)], check=True, capture_output=True
         )
-        runs = []
+        bench = Bench(Path(raw), pg_dir, args)
+        result: dict[str, Any] = {
+            "cases_per_slice": args.cases,
+            "server_cpus": args.server_cpus or "all",
+            "load_args": args.load_args,
+            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
         try:
-            for i in range(args.runs):
-                log(f"run {i + 1}/{args.runs}: {args.cases} cases")
-                runs.append(one_run(tmp, pg_dir, export, bundles))
+            if args.load_10k:
+                result |= bench.load_10k()
+            elif args.ablation:
+                result["runs"] = [bench.ablation(i) for i in range(args.runs)]
+                names = list(result["runs"][0]["push_4w"])
+                result["summary"] = {
+                    n: {
+                        "resources_per_s": spread(
+                            [r["push_4w"][n]["resources_per_s"] for r in result["runs"]]
+                        ),
+                        "hapi_cpu_s_per_1000": spread(
+                            [r["push_4w"][n]["hapi_cpu_s_per_1000"] for r in result["runs"]]
+                        ),
+                    }
+                    for n in names
+                }
+            elif args.ratio:
+                result["runs"] = []
+                for i in range(args.runs):
+                    log(f"ratio run {i + 1}/{args.runs}: {args.cases} cases per worker count")
+                    result["runs"].append(bench.ratio())
+                result["summary"] = {
+                    w: spread([r["push_ratio_by_workers_pg"][w] for r in result["runs"]])
+                    for w in result["runs"][0]["push_ratio_by_workers_pg"]
+                }
+            else:
+                runs = []
+                for i in range(args.runs):
+                    log(f"run {i + 1}/{args.runs}: {args.cases} cases per slice")
+                    runs.append(bench.one_run(i))
+                result["runs"] = runs
+                names = sorted(
+                    {k for r in runs for k in r if k not in ("order", "push")} - {"import_pg_load"}
+                )
+                result["summary"] = {k: spread([r[k] for r in runs]) for k in names}
+                result["push_resources_per_s"] = {
+                    name: {
+                        w: spread([r["push"][name][w]["resources_per_s"] for r in runs])
+                        for w in runs[0]["push"][name]
+                    }
+                    for name in runs[0]["push"]
+                }
         finally:
             subprocess.run([str(PGCTL), "stop", str(pg_dir)], check=False)
-    keys = ("pg_vs_h2_push_4w", "import_resources_per_s", "import_vs_push")
-    result = {
-        "cases": args.cases,
-        "resources": sum(len(b["entry"]) for _, b in bundles),
-        "runs": runs,
-        "summary": {k: spread([r[k] for r in runs]) for k in keys},
-        "machine": {"cores": os.cpu_count(), "load_avg_at_end": os.getloadavg()},
-    }
+    result["machine"] = {"cores": os.cpu_count(), "load_avg_at_end": os.getloadavg()}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2) + b"\n")
-    print(orjson.dumps(result["summary"], option=orjson.OPT_INDENT_2).decode())
+    print(orjson.dumps(result.get("summary", result.get("load_10k_seconds"))).decode())
     return 0
 
 

@@ -100,8 +100,32 @@ public class ServerConfig {
 		return isPostgres(jdbcUrl) ? new HapiFhirPostgresDialect() : new HapiFhirH2Dialect();
 	}
 
+	/**
+	 * `fhircyclo.load-except`: loading-profile settings left at the everyday value, to measure
+	 * each one on and off (bench/load.py --ablation). Empty in normal use.
+	 */
+	static final List<String> LOAD_SETTINGS = List.of(
+			"mass-ingestion", "index-storage-optimized", "no-text-tokens", "missing-fields-off",
+			"no-validation", "match-url-cache");
+
+	static boolean loadSetting(String profile, String except, String setting) {
+		if (!LOAD_SETTINGS.contains(setting)) {
+			throw new IllegalArgumentException("unknown loading-profile setting " + setting);
+		}
+		for (String name : except.split(",")) {
+			if (!name.isBlank() && !LOAD_SETTINGS.contains(name.strip())) {
+				throw new IllegalArgumentException("fhircyclo.load-except: unknown setting '"
+						+ name.strip() + "' (one of " + String.join(", ", LOAD_SETTINGS) + ")");
+			}
+		}
+		return isLoadProfile(profile) && !List.of(except.split(",")).stream()
+				.map(String::strip).toList().contains(setting);
+	}
+
 	@Bean
-	public JpaStorageSettings jpaStorageSettings(@Value("${fhircyclo.profile:everyday}") String profile) {
+	public JpaStorageSettings jpaStorageSettings(
+			@Value("${fhircyclo.profile:everyday}") String profile,
+			@Value("${fhircyclo.load-except:}") String except) {
 		JpaStorageSettings settings = new JpaStorageSettings();
 		// Changed from HAPI's default, for the tests: the reset between test groups
 		// (server/hapi.py reset_clinical_data) is a multiple delete,
@@ -124,20 +148,23 @@ public class ServerConfig {
 		settings.setEnableTaskBulkImportJobExecution(true);
 		if (isLoadProfile(profile)) {
 			// The loading profile (README "Scale"): the settings HAPI documents for ingestion.
+			// Each setting can be left out (fhircyclo.load-except) to measure what it gives.
 			// Fewer reads before each write (no check of existing tags/indexes on create).
-			settings.setMassIngestionMode(true);
+			settings.setMassIngestionMode(loadSetting(profile, except, "mass-ingestion"));
 			// Index rows without the redundant SP_NAME/RES_TYPE columns (hash only): fewer bytes.
-			settings.setIndexStorageOptimized(true);
+			settings.setIndexStorageOptimized(loadSetting(profile, except, "index-storage-optimized"));
 			// No :text index row per coding display (the client never searches token:text).
-			settings.setSuppressStringIndexingInTokens(true);
+			settings.setSuppressStringIndexingInTokens(loadSetting(profile, except, "no-text-tokens"));
 			// :missing indexes off (HAPI's default too; stated so the profile is explicit).
-			settings.setIndexMissingFields(StorageSettings.IndexEnabledEnum.DISABLED);
+			settings.setIndexMissingFields(loadSetting(profile, except, "missing-fields-off")
+					? StorageSettings.IndexEnabledEnum.DISABLED
+					: StorageSettings.IndexEnabledEnum.ENABLED);
 			// A reference whose target arrives later in an $import (another file, another
 			// chunk) gets a placeholder that the target's own write then fills in.
 			settings.setAutoCreatePlaceholderReferenceTargets(true);
 			settings.setPopulateIdentifierInAutoCreatedPlaceholderReferenceTargets(false);
 			// Identical searches (conditional creates) answered from the match-URL cache.
-			settings.setMatchUrlCacheEnabled(true);
+			settings.setMatchUrlCacheEnabled(loadSetting(profile, except, "match-url-cache"));
 		}
 		return settings;
 	}
@@ -286,6 +313,7 @@ public class ServerConfig {
 			ThreadSafeResourceDeleterSvc deleter,
 			@Value("${fhircyclo.validate-writes:true}") boolean validateWrites,
 			@Value("${fhircyclo.profile:everyday}") String profile,
+			@Value("${fhircyclo.load-except:}") String loadExcept,
 			@Value("${fhircyclo.external-extension-domains}") String externalExtensionDomains,
 			@Value("${fhircyclo.lenient:false}") boolean lenient) {
 		FhirContext ctx = systemDao.getContext();
@@ -326,7 +354,7 @@ public class ServerConfig {
 		}
 		// The loading profile validates nothing on the server: every resource was checked at
 		// export, and `$validate` on a sample checks the profiles.
-		if (validateWrites && !isLoadProfile(profile)) {
+		if (validateWrites && !loadSetting(profile, loadExcept, "no-validation")) {
 			// Changed from HAPI's default (no validation): the HL7 validator on every write,
 			// refusing the request on ERROR with the validator's OperationOutcome.
 			RequestValidatingInterceptor validating = new ValidatingWrites();
