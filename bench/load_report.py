@@ -113,14 +113,9 @@ def ratio(data: dict[str, Any]) -> list[str]:
     ]
     for w in runs[0]["push_ratio_by_workers_pg"]:
         r = [x["push_ratio_by_workers_pg"][w] for x in runs]
-        ours = [x["push_cases_per_s_by_workers"][w] for x in runs]
-        bare = [x["push_bare_cases_per_s_by_workers"][w] for x in runs]
+        ours = [x["runpy"][w]["push_cases_per_s_by_workers"][w] for x in runs]
+        bare = [x["runpy"][w]["push_bare_cases_per_s_by_workers"][w] for x in runs]
         out.append(f"| {w} | {mmm(r, 3)} | {mmm(ours)} | {mmm(bare)} |")
-    ceiling = [
-        x["hapi_ceiling_resources_per_s"] for x in runs if "hapi_ceiling_resources_per_s" in x
-    ]
-    if ceiling:
-        out += ["", f"HAPI's ceiling there (bare loop, 8 threads): {mmm(ceiling)} resources/s."]
     return out
 
 

@@ -488,12 +488,14 @@ def _block_ratio(slices: list[list[Any]]) -> float:
     return seconds["bare"] / seconds["ours"]
 
 
-def bench_push(
+def bench_push(  # noqa: PLR0913 - one keyword-only switch beside the measured sizes
     n_cases: int,
     workers_list: list[int],
     tmp: Path,
     server_url: str | None = None,
     push_from: str = "cases",
+    *,
+    ceiling: bool = True,
 ) -> dict[str, Any]:
     """`fhir-cyclo push` against a bare requests loop (bare_push.py), each in its own process,
     on one fresh HAPI FHIR JPA server (fhir_cyclo.server.hapi) per worker count, then HAPI's own
@@ -640,6 +642,8 @@ def bench_push(
         }
         log(f"  push workers={workers}: {out['workers'][str(workers)]}")
     # HAPI's own ceiling: the bare loop with more threads than the server has cores.
+    if not ceiling:
+        return out
     ceiling_workers = 2 * max(*workers_list, os.cpu_count() or 1)
     with fresh_server("ceiling") as base:
         m_ceiling = bare(base, ceiling_workers, n_cases, "ceiling")
@@ -906,6 +910,12 @@ def main(argv: list[str] | None = None) -> int:
         "--server", help="push against this running FHIR server instead of starting HAPI"
     )
     parser.add_argument(
+        "--no-ceiling",
+        dest="ceiling",
+        action="store_false",
+        help="leave out HAPI's ingest ceiling (a server reset per part; slow on a large database)",
+    )
+    parser.add_argument(
         "--push-from",
         choices=("cases", "bundles", "bare"),
         default="cases",
@@ -952,7 +962,12 @@ def main(argv: list[str] | None = None) -> int:
             "score_files": lambda: bench_score_files(*sizes["score_files"], tmp, cache),
             "scoring": lambda: bench_scoring(sizes["patients"]),
             "push": lambda: bench_push(
-                sizes["push_cases"], workers, tmp, args.server, args.push_from
+                sizes["push_cases"],
+                workers,
+                tmp,
+                args.server,
+                args.push_from,
+                ceiling=args.ceiling,
             ),
         }
         for part in PARTS:
