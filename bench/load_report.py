@@ -1,7 +1,7 @@
 """Markdown tables for docs/performance.md from bench/load.py's JSON files (no number retyped).
 
 python bench/load_report.py [--matrix F] [--ablation F] [--cpus1 F --cpus2 F] [--ratio F]
-                            [--tenk F]
+                            [--tenk F [F ...]]
 """
 
 from __future__ import annotations
@@ -119,33 +119,42 @@ def ratio(data: dict[str, Any]) -> list[str]:
     return out
 
 
-def tenk(data: dict[str, Any]) -> list[str]:
+def tenk(runs: list[dict[str, Any]]) -> list[str]:
+    """The 10,000-case loads: one row per path, min / median / max over the runs given."""
+    first = runs[0]
     out = [
-        f"{data['cases']:,} cases ({data['resources']:,} resources), one run per path, "
-        "PostgreSQL, loading profile, fresh server and database each:",
+        f"{first['cases']:,} cases ({first['resources']:,} resources), {len(runs)} run(s) per "
+        "path (min / median / max), PostgreSQL, loading profile, fresh server and database each:",
         "",
         "| path | seconds | resources/s | HAPI CPU s/1,000 | PostgreSQL CPU s/1,000 "
         "| client CPU s/1,000 |",
         "|---|---|---|---|---|---|",
     ]
     for key, label in (("push_pg_load_4w", "push, 4 workers"), ("import_pg_load", "`$import`")):
-        m = data[key]
+        ms = [r[key] for r in runs]
         out.append(
-            f"| {label} | {m['seconds']:.0f} | {m['resources_per_s']} | "
-            f"{m['hapi_cpu_s_per_1000']} | {m['postgres_cpu_s_per_1000']} | "
-            f"{m.get('client_cpu_s_per_1000', '-')} |"
+            f"| {label} | {mmm([m['seconds'] for m in ms])} | "
+            f"{mmm([m['resources_per_s'] for m in ms])} | "
+            f"{mmm([m['hapi_cpu_s_per_1000'] for m in ms], 2)} | "
+            f"{mmm([m['postgres_cpu_s_per_1000'] for m in ms], 2)} | "
+            f"{mmm([m.get('client_cpu_s_per_1000', 0.0) for m in ms], 2)} |"
         )
-    chunks = data["push_pg_load_4w"].get("per_1000_cases", [])
-    if chunks:
-        rates = ", ".join(str(c["resources_per_s"]) for c in chunks)
-        out += ["", f"Push, resources/s per 1,000 cases in order: {rates}."]
+    for i, r in enumerate(runs, 1):
+        chunks = r["push_pg_load_4w"].get("per_1000_cases", [])
+        if chunks:
+            rates = ", ".join(str(c["resources_per_s"]) for c in chunks)
+            out += [
+                "",
+                f"Run {i} ({r.get('started', '?')}), push resources/s per 1,000 cases: {rates}.",
+            ]
     return out
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    for name in ("matrix", "ablation", "cpus1", "cpus2", "ratio", "tenk"):
+    for name in ("matrix", "ablation", "cpus1", "cpus2", "ratio"):
         ap.add_argument(f"--{name}", type=Path)
+    ap.add_argument("--tenk", type=Path, nargs="+", help="one file per --load-10k run")
     args = ap.parse_args()
     lines: list[str] = []
     if args.matrix:
@@ -157,7 +166,7 @@ def main() -> int:
     if args.ratio:
         lines += [*ratio(read(args.ratio)), ""]
     if args.tenk:
-        lines += [*tenk(read(args.tenk)), ""]
+        lines += [*tenk([read(f) for f in args.tenk]), ""]
     print("\n".join(lines))
     return 0
 

@@ -201,7 +201,7 @@ def test_sandbox_runs_from_the_user_cache(installed: Installed) -> None:
     proc = subprocess.Popen(
         [str(installed.venv / "bin" / "fhir-cyclo"), *argv],
         cwd=installed.work,
-        env=installed.env(),
+        env=installed.env(PYTHONFAULTHANDLER="1"),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -220,10 +220,16 @@ def test_sandbox_runs_from_the_user_cache(installed: Installed) -> None:
         proc.send_signal(signal.SIGINT)
         try:
             proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            # Where it hangs: faulthandler (PYTHONFAULTHANDLER=1) prints every thread's stack on
+            # SIGABRT, and the failure shows it.
+            proc.send_signal(signal.SIGABRT)
+            _, err = proc.communicate(timeout=30)
+            pytest.fail(f"the sandbox did not stop within 60 s of SIGINT; its stderr:\n{err}")
         finally:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-    assert proc.returncode == 0
+    assert proc.returncode == 0, proc.stderr.read() if proc.stderr else ""
     with socket.socket() as s:
         assert s.connect_ex(("127.0.0.1", port)) != 0  # the server went with it

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -257,3 +260,85 @@ def test_database_and_profile_reach_the_server_environment(tmp_path: Path) -> No
         hapi.HapiServer(data_dir=tmp_path, database_url="jdbc:postgresql://h/x")
     with pytest.raises(hapi.HapiError, match="everyday, load"):
         hapi.HapiServer(profile="fast")
+
+
+class _FakeServer:
+    """Stands in for HapiServer in `sandbox`: `wait` does what the test asks of the server."""
+
+    def __init__(self, on_wait: Callable[[], int], **kw: object) -> None:
+        self.on_wait = on_wait
+        self.stopped = 0
+        self.base_url = "http://127.0.0.1:18725/fhir"
+        self.started_in = 1.0
+        self.log_path = Path("/nonexistent/hapi.log")
+
+    def start(self, timeout: float) -> None:
+        return None
+
+    def wait(self) -> int:
+        return self.on_wait()
+
+    def stop(self) -> None:
+        self.stopped += 1
+
+
+def _sandbox_with(
+    monkeypatch: pytest.MonkeyPatch, on_wait: Callable[[], int]
+) -> tuple[int, _FakeServer]:
+    from fhir_cyclo.cli.app import main
+    from fhir_cyclo.server import hapi
+
+    made: list[_FakeServer] = []
+
+    def factory(**kw: object) -> _FakeServer:
+        made.append(_FakeServer(on_wait, **kw))
+        return made[0]
+
+    monkeypatch.setattr(hapi, "HapiServer", factory)
+    code = main(["sandbox", "--port", "18725"])
+    return code, made[0]
+
+
+def test_sandbox_stops_the_server_on_sigterm_as_on_ctrl_c(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def terminated() -> int:
+        os.kill(os.getpid(), signal.SIGTERM)  # `kill PID`, `docker stop`
+        time.sleep(5)  # the handler interrupts this at once
+        return 0
+
+    # A recording handler stands in for the default (which would end pytest): were the sandbox to
+    # leave SIGTERM alone, this would record it and the wait would run its 5 s.
+    caught: list[int] = []
+
+    def recorder(signum: int, frame: object) -> None:
+        caught.append(signum)
+
+    original = signal.signal(signal.SIGTERM, recorder)
+    try:
+        began = time.monotonic()
+        code, server = _sandbox_with(monkeypatch, terminated)
+        took = time.monotonic() - began
+        assert signal.getsignal(signal.SIGTERM) is recorder  # the caller's handler is back
+    finally:
+        signal.signal(signal.SIGTERM, original)
+    assert (code, server.stopped, caught) == (0, 1, [])
+    assert took < 4
+    assert "HAPI FHIR R4 test server at http://127.0.0.1:18725/fhir" in capsys.readouterr().out
+
+    def ctrl_c() -> int:
+        raise KeyboardInterrupt
+
+    assert _sandbox_with(monkeypatch, ctrl_c)[0] == 0
+
+
+def test_sandbox_exits_3_naming_the_log_when_the_server_dies(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, server = _sandbox_with(monkeypatch, lambda: -9)  # e.g. the kernel's OOM killer
+    err = capsys.readouterr().err
+    assert (code, server.stopped) == (3, 1)
+    assert "stopped by itself (killed by SIGKILL; log /nonexistent/hapi.log)" in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert _sandbox_with(monkeypatch, lambda: 1)[0] == 3
+    assert "stopped by itself (exit 1;" in capsys.readouterr().err

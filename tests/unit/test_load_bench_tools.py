@@ -71,14 +71,19 @@ def test_report_tables_show_min_median_max() -> None:
     ]
     table = "\n".join(ablation({"runs": abl}))
     assert "| without x | 50.0 / 100.0 / 200.0 | 0.50 / 0.50 / 0.50 | 4.00 / 4.00 / 4.00 |" in table
-    ten = {
-        "cases": 10,
-        "resources": 350,
-        "push_pg_load_4w": {"seconds": 3.5, **m(100)}
-        | {"per_1000_cases": [{"resources_per_s": 99}]},
-        "import_pg_load": {"seconds": 1.75, **m(200)},
-    }
-    assert "| `$import` | 2 | 200 |" in "\n".join(tenk(ten))
+    ten = [
+        {
+            "cases": 10,
+            "resources": 350,
+            "push_pg_load_4w": {"seconds": 3.5 * k, **m(100 / k)}
+            | {"per_1000_cases": [{"resources_per_s": 99}]},
+            "import_pg_load": {"seconds": 1.75 * k, **m(200 / k)},
+        }
+        for k in (2, 1, 4)
+    ]
+    text = "\n".join(tenk(ten))
+    assert "| `$import` | 1.8 / 3.5 / 7.0 | 50.0 / 100.0 / 200.0 |" in text
+    assert text.count("push resources/s per 1,000 cases: 99.") == 3
 
 
 def test_jfr_layers_take_the_first_named_layer() -> None:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import time
+import signal
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from fhir_cyclo.cli import output, preflight
@@ -111,8 +112,8 @@ def parse(ns: argparse.Namespace) -> SandboxOptions:
 
 
 def run(opts: SandboxOptions) -> int:
-    """Run the server in the foreground until Ctrl-C."""
-    from fhir_cyclo.server.hapi import HapiServer
+    """Run the server in the foreground until Ctrl-C or SIGTERM; exit 3 if the server dies."""
+    from fhir_cyclo.server.hapi import HapiError, HapiServer
 
     hapi = HapiServer(
         port=opts.port,
@@ -124,23 +125,33 @@ def run(opts: SandboxOptions) -> int:
     )
     hapi.jar = opts.jar
     hapi.notice = output.say  # "building the server jar ... (first use)"
-    hapi.start(timeout=opts.start_timeout)
+    # `kill`, `docker stop` and systemd send SIGTERM: stop the server as Ctrl-C does, instead of
+    # leaving it to the kernel's parent-death signal with no word said.
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
-        # The address is data a user copies (stdout), as before.
-        output.data(
-            f"HAPI FHIR R4 test server at {hapi.base_url} (started in {hapi.started_in:.0f}s; "
-            f"{'lenient' if opts.lenient else 'strict'} validation; "
-            f"{_where(opts)}; profile {opts.profile}; log {hapi.log_path}; "
-            "Ctrl-C stops it)\n"
-        )
+        hapi.start(timeout=opts.start_timeout)
         try:
-            while True:
-                time.sleep(3600)
+            # The address is data a user copies (stdout), as before.
+            output.data(
+                f"HAPI FHIR R4 test server at {hapi.base_url} (started in {hapi.started_in:.0f}s; "
+                f"{'lenient' if opts.lenient else 'strict'} validation; "
+                f"{_where(opts)}; profile {opts.profile}; log {hapi.log_path}; "
+                "Ctrl-C stops it)\n"
+            )
+            # Wait on the server itself, not a timer: a server that dies (out of memory, the
+            # database gone) ends the command with its log named instead of a silent hang.
+            code = hapi.wait()
         except KeyboardInterrupt:
-            pass
+            return output.EXIT_OK
+        how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit {code}"
+        raise HapiError(f"the HAPI test server stopped by itself ({how}; log {hapi.log_path})")
     finally:
         hapi.stop()
-    return output.EXIT_OK
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
 
 
 def _where(opts: SandboxOptions) -> str:

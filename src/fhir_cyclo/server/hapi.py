@@ -385,6 +385,19 @@ class HapiServer:
             return "(no log)"
         return "\n".join(text.splitlines()[-lines:]) or "(empty log)"
 
+    def wait(self) -> int:
+        """Block until the server process exits by itself; its exit code.
+
+        Signals interrupt the wait (PEP 475 retries `waitpid` only when the handler returns), so a
+        Ctrl-C or a SIGTERM handler that raises reaches the caller at once.
+        """
+        proc = self._process
+        if proc is None:
+            raise HapiError("the HAPI test server is not running")
+        code = proc.wait()
+        self._process = None
+        return code
+
     def stop(self, grace: float = 20.0) -> None:
         """Stop gracefully (SIGTERM), then SIGKILL after `grace` seconds."""
         proc = self._process
