@@ -27,7 +27,9 @@ profile): push at 4 workers, timed per 1,000 cases (does the server slow as it f
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
+import io
 import os
 import statistics
 import subprocess
@@ -110,6 +112,7 @@ class Bench:
 
     def __init__(self, tmp: Path, pg_dir: Path, args: argparse.Namespace) -> None:
         self.tmp, self.pg_dir, self.args = tmp, pg_dir, args
+        self.last_import_said = ""  # the last `load` run's closing line
         self.next_case = 0
         self.dbs = 0
 
@@ -230,9 +233,17 @@ class Bench:
         assert summary.failed == 0, [f.error for f in summary.failures][:3]
 
     def import_(self, server: HapiServer, export: Path) -> None:
-        argv = ["load", str(export), "--server", server.base_url, "--max-poll-wait", "1", "-q"]
+        argv = ["load", str(export), "--server", server.base_url, "--max-poll-wait", "1"]
         argv += self.args.load_args.split()
-        assert cli(argv) == 0
+        said = io.StringIO()
+        with contextlib.redirect_stderr(said):
+            code = cli(argv)
+        # The last line: "$import of N resources in F files done in S s (R resources/s; J jobs
+        # [, K run again after a conflict])": kept with the measurement, so a retry shows.
+        lines = said.getvalue().splitlines()
+        self.last_import_said = lines[-1] if lines else ""
+        log("  " + self.last_import_said)
+        assert code == 0, said.getvalue()[-3000:]
 
     def warm(self, server: HapiServer) -> None:
         # Not measured: the first requests pay for the JIT, caches and connection pools.
@@ -327,12 +338,7 @@ class Bench:
 
     # --- 10,000 cases -------------------------------------------------------------------------
 
-    def load_10k(self) -> dict[str, Any]:
-        cases = self.new_cases(self.args.cases)
-        export = self.ndjson(cases)
-        resources = sum(len(p.read_bytes().splitlines()) for p in export.rglob("*.ndjson"))
-        out: dict[str, Any] = {"cases": self.args.cases, "resources": resources}
-        journal = self.tmp / "push-10k-journal.jsonl"
+    def push_10k(self, cases: Path, journal: Path, resources: int, out: dict[str, Any]) -> None:
         with self.server("pg_load_10k_push", "pg", "load") as server:
 
             def push_all(s: HapiServer = server) -> None:
@@ -343,14 +349,27 @@ class Bench:
             out["push_pg_load_4w"] = self.measure(server, "pg_load-10k-push", resources, push_all)
             out["push_pg_load_4w"]["per_1000_cases"] = journal_rates(journal, 1000)
             assert sum(server.counts().values()) == resources
-        with self.server("pg_load_10k_import", "pg", "load") as server:
-            out["import_pg_load"] = self.measure(
-                server, "pg_load-10k-import", resources, lambda s=server: self.import_(s, export)
-            )
-            assert sum(server.counts().values()) == resources
+
+    def load_10k(self) -> dict[str, Any]:
+        cases = self.new_cases(self.args.cases)
+        export = self.ndjson(cases)
+        resources = sum(len(p.read_bytes().splitlines()) for p in export.rglob("*.ndjson"))
+        out: dict[str, Any] = {"cases": self.args.cases, "resources": resources}
+        journal = self.tmp / "push-10k-journal.jsonl"
+        if "push" in self.args.paths:
+            self.push_10k(cases, journal, resources, out)
+        if "import" in self.args.paths:
+            with self.server("pg_load_10k_import", "pg", "load") as server:
+                out["import_pg_load"] = self.measure(
+                    server,
+                    "pg_load-10k-import",
+                    resources,
+                    lambda s=server: self.import_(s, export),
+                )
+                out["import_pg_load"]["load_said"] = self.last_import_said
+                assert sum(server.counts().values()) == resources
         out["load_10k_seconds"] = {
-            "push_pg_load_4w": out["push_pg_load_4w"]["seconds"],
-            "import_pg_load": out["import_pg_load"]["seconds"],
+            k: out[k]["seconds"] for k in ("push_pg_load_4w", "import_pg_load") if k in out
         }
         return out
 
@@ -411,6 +430,9 @@ def main() -> int:
     ap.add_argument("--jfr", type=Path, help="record a JFR profile of each measured part here")
     ap.add_argument("--load-10k", action="store_true")
     ap.add_argument(
+        "--paths", default="push,import", help="with --load-10k: push, import or both (default)"
+    )
+    ap.add_argument(
         "--load-args", default="", help="more `fhir-cyclo load` options, e.g. '--by-patient'"
     )
     ap.add_argument(
@@ -424,6 +446,9 @@ def main() -> int:
     args.cases = args.cases or (10_000 if args.load_10k else 200 if args.ratio else 100)
     args.import_cases = args.import_cases or 3 * args.cases
     args.workers = [int(w) for w in args.workers.split(",")]
+    args.paths = {x for x in args.paths.split(",") if x}
+    if not args.paths or args.paths - {"push", "import"}:
+        ap.error("--paths: push, import or push,import")
     args.configs = [c for c in args.configs.split(",") if c]
     for c in args.configs:
         if c not in CONFIGS:

@@ -120,33 +120,39 @@ def ratio(data: dict[str, Any]) -> list[str]:
 
 
 def tenk(runs: list[dict[str, Any]]) -> list[str]:
-    """The 10,000-case loads: one row per path, min / median / max over the runs given."""
+    """The 10,000-case loads: one row per path, min / median / max over the runs that measured
+    it (`--paths` lets a run measure one path)."""
     first = runs[0]
     out = [
-        f"{first['cases']:,} cases ({first['resources']:,} resources), {len(runs)} run(s) per "
-        "path (min / median / max), PostgreSQL, loading profile, fresh server and database each:",
+        f"{first['cases']:,} cases ({first['resources']:,} resources), PostgreSQL, loading "
+        "profile, fresh server and database each (min / median / max):",
         "",
-        "| path | seconds | resources/s | HAPI CPU s/1,000 | PostgreSQL CPU s/1,000 "
+        "| path | runs | seconds | resources/s | HAPI CPU s/1,000 | PostgreSQL CPU s/1,000 "
         "| client CPU s/1,000 |",
-        "|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|",
     ]
     for key, label in (("push_pg_load_4w", "push, 4 workers"), ("import_pg_load", "`$import`")):
-        ms = [r[key] for r in runs]
+        ms = [r[key] for r in runs if key in r]
+        if not ms:
+            continue
         out.append(
-            f"| {label} | {mmm([m['seconds'] for m in ms])} | "
+            f"| {label} | {len(ms)} | {mmm([m['seconds'] for m in ms])} | "
             f"{mmm([m['resources_per_s'] for m in ms])} | "
             f"{mmm([m['hapi_cpu_s_per_1000'] for m in ms], 2)} | "
             f"{mmm([m['postgres_cpu_s_per_1000'] for m in ms], 2)} | "
             f"{mmm([m.get('client_cpu_s_per_1000', 0.0) for m in ms], 2)} |"
         )
     for i, r in enumerate(runs, 1):
-        chunks = r["push_pg_load_4w"].get("per_1000_cases", [])
+        chunks = r.get("push_pg_load_4w", {}).get("per_1000_cases", [])
         if chunks:
             rates = ", ".join(str(c["resources_per_s"]) for c in chunks)
             out += [
                 "",
                 f"Run {i} ({r.get('started', '?')}), push resources/s per 1,000 cases: {rates}.",
             ]
+        said = r.get("import_pg_load", {}).get("load_said")
+        if said:
+            out += ["", f"Run {i} ({r.get('started', '?')}), `load` said: {said}"]
     return out
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -52,6 +53,25 @@ def write_ndjson(folder: Path) -> Path:
     return folder
 
 
+CONFLICT = "conflict"  # a poll answer: the job FAILED on HAPI-0825 (below)
+CONFLICT_ERROR = (
+    "HAPI-0550: HAPI-0825: Error flushing transaction with resource types: [Patient] - The "
+    "operation has failed with a client-assigned ID constraint failure. This typically means that "
+    "multiple client threads are trying to create a new resource with the same client-assigned ID "
+    "at the same time, and this thread was chosen to be rejected."
+)
+
+
+def conflict_answer() -> tuple[int, dict[str, str], bytes]:
+    """The recorded FAILED answer with HAPI-0825 for its errors: the error line as HAPI 8.8 wrote
+    it in a 10,000-case load (bench/results/load-10k-2.log, Patient.ndjson)."""
+    status, headers, body = answer("import-everyday-refintegrity-failed-poll-500.json")
+    text = body.decode()
+    text = re.sub(r"HAPI-1094: [^\\\"]*", CONFLICT_ERROR, text)
+    assert CONFLICT_ERROR in text
+    return status, headers, text.encode()
+
+
 class FakeHapi:
     """Plays the recorded job; at kick-off it fetches every input URL, as HAPI's first step does."""
 
@@ -60,6 +80,7 @@ class FakeHapi:
         self.kickoffs: list[dict[str, Any]] = []
         self.fetched: dict[str, tuple[str, bytes]] = {}
         self.prefer: list[str | None] = []
+        self.events: list[str] = []  # "kick-off Patient", "poll ...-200.json", in order
         rsps.add_callback(responses.POST, KICKOFF, callback=self.kick_off)
         rsps.add_callback(responses.GET, STATUS, callback=self.poll)
 
@@ -67,6 +88,14 @@ class FakeHapi:
         self.prefer.append(request.headers.get("Prefer"))
         body = orjson.loads(request.body)
         self.kickoffs.append(body)
+        types = [
+            part["valueCode"]
+            for p in body["parameter"]
+            if p["name"] == "input"
+            for part in p["part"]
+            if part["name"] == "type"
+        ]
+        self.events.append(f"kick-off {' '.join(types)}")
         for p in body["parameter"]:
             if p["name"] != "input":
                 continue
@@ -80,7 +109,9 @@ class FakeHapi:
         return status, headers, orjson.dumps({"resourceType": "OperationOutcome", "issue": []})
 
     def poll(self, request: Any) -> tuple[int, dict[str, str], bytes]:
-        return answer(self.polls.pop(0))
+        name = self.polls.pop(0)
+        self.events.append(f"poll {name}")
+        return conflict_answer() if name == CONFLICT else answer(name)
 
 
 def test_load_serves_the_files_kicks_off_polls_and_reports(
@@ -90,6 +121,7 @@ def test_load_serves_the_files_kicks_off_polls_and_reports(
         rsps,
         [
             "import-ok-load-pg-02-poll-202.json",
+            "import-ok-load-pg-04-poll-200.json",
             "import-ok-load-pg-03-poll-202.json",
             "import-ok-load-pg-04-poll-200.json",
         ],
@@ -103,17 +135,33 @@ def test_load_serves_the_files_kicks_off_polls_and_reports(
     with make_client() as client, served(files, None) as urls:
         result = Loader(client, progress=said.append).run(files, urls)
 
-    (params,) = hapi.kickoffs
-    assert hapi.prefer == ["respond-async"]
-    assert params["parameter"][0] == {"name": "inputFormat", "valueCode": "application/fhir+ndjson"}
-    inputs = [
-        {part["name"]: part.get("valueCode") or part.get("valueUri") for part in p["part"]}
-        for p in params["parameter"][1:]
+    # The Patients (the target of the Conditions' references) in a job of their own, finished
+    # before the Conditions' job starts: no chunk of the second can race one of the first.
+    assert hapi.events == [
+        "kick-off Patient",
+        "poll import-ok-load-pg-02-poll-202.json",
+        "poll import-ok-load-pg-04-poll-200.json",
+        "kick-off Condition",
+        "poll import-ok-load-pg-03-poll-202.json",
+        "poll import-ok-load-pg-04-poll-200.json",
     ]
-    assert [i["type"] for i in inputs] == ["Condition", "Patient"]
+    assert hapi.prefer == ["respond-async"] * 2
+    inputs = []
+    for params in hapi.kickoffs:
+        assert params["parameter"][0] == {
+            "name": "inputFormat",
+            "valueCode": "application/fhir+ndjson",
+        }
+        inputs += [
+            {part["name"]: part.get("valueCode") or part.get("valueUri") for part in p["part"]}
+            for p in params["parameter"][1:]
+            if p["name"] == "input"
+        ]
+    assert [i["type"] for i in inputs] == ["Patient", "Condition"]
     # Each file went out whole, as application/fhir+ndjson (HAPI refuses octet-stream).
-    for f, i in zip(files, inputs, strict=True):
+    for f, i in zip(reversed(files), inputs, strict=True):
         assert hapi.fetched[i["url"]] == ("application/fhir+ndjson", f.path.read_bytes())
+    assert (result.jobs, result.retried) == (2, 0)
     # HAPI's constant Retry-After: 120 is capped (5 s), one wait per 202 answer.
     assert sleeps == [5.0, 5.0]
     assert result.completed and result.ok
@@ -232,14 +280,14 @@ def test_a_status_url_on_another_origin_is_refused(
 def test_storage_detail_chunks_by_patient_unless_told_otherwise(
     rsps: responses.RequestsMock, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    hapi = FakeHapi(rsps, ["import-ok-load-pg-04-poll-200.json"] * 3)
+    hapi = FakeHapi(rsps, ["import-ok-load-pg-04-poll-200.json"] * 6)  # two waves a load
     folder = write_ndjson(tmp_path)
     base = ["load", str(folder), "--server", BASE, "--base-url", RECORDED_FILES]
     base += ["--max-poll-wait", "0.01"]
     assert main(base) == 0
     assert main([*base, "--batch-size", "2000"]) == 0
     assert main([*base, "--chunks", "server"]) == 0
-    default, sized, plain = hapi.kickoffs
+    default, sized, plain = hapi.kickoffs[::2]  # each load's first wave (Patient)
 
     def detail(params: dict[str, Any]) -> list[dict[str, str]]:
         (found,) = [p for p in params["parameter"] if p["name"] == "storageDetail"]
@@ -250,8 +298,55 @@ def test_storage_detail_chunks_by_patient_unless_told_otherwise(
     by_patient = {"name": "chunkByCompartmentName", "valueString": "Patient"}
     assert detail(default) == [by_patient]
     assert detail(sized) == [{"name": "maxBatchResourceCount", "valueString": "2000"}, by_patient]
-    assert [p["name"] for p in plain["parameter"]] == ["inputFormat", "input", "input"]
+    assert [p["name"] for p in plain["parameter"]] == ["inputFormat", "input"]
     capsys.readouterr()
     assert main([*base, "--batch-size", "0"]) == 2
     assert "--batch-size must be greater than 0" in capsys.readouterr().err
-    assert len(hapi.kickoffs) == 3  # the usage error sent nothing
+    assert len(hapi.kickoffs) == 6  # the usage error sent nothing
+
+
+def test_a_job_failed_on_a_chunk_conflict_runs_again_and_later_waves_wait(
+    rsps: responses.RequestsMock, make_client: MakeClient, sleeps: list[float], tmp_path: Path
+) -> None:
+    ok = "import-ok-load-pg-04-poll-200.json"
+    # Patient wave: a conflict, then done; Condition wave: done.
+    hapi = FakeHapi(rsps, [CONFLICT, ok, ok])
+    files = find_ndjson(write_ndjson(tmp_path))
+    said: list[str] = []
+    with make_client() as client, served(files, None) as urls:
+        result = Loader(client, progress=said.append).run(files, urls)
+    assert hapi.events == [
+        "kick-off Patient",
+        f"poll {CONFLICT}",
+        "kick-off Patient",  # the same files again: their ids make it an update
+        f"poll {ok}",
+        "kick-off Condition",
+        f"poll {ok}",
+    ]
+    assert result.ok and (result.jobs, result.retried) == (3, 1)
+    assert any("running the same files again" in line for line in said)
+
+    # Bounded: a conflict every time gives up after two more jobs, and the later wave is not
+    # sent (its references would point at Patients that are not there); `load` names it.
+    rsps.calls.reset()
+    hapi.polls[:] = [CONFLICT] * 3
+    hapi.events.clear()
+    with make_client() as client, served(files, None) as urls:
+        result = Loader(client).run(files, urls)
+    assert hapi.events == ["kick-off Patient", f"poll {CONFLICT}"] * 3
+    assert not result.completed and (result.jobs, result.retried) == (3, 2)
+    assert [f.path.name for f in result.not_sent] == ["Condition.ndjson"]
+    # The report's errors were read (keyed by the recorded job's URL): where the conflict shows.
+    assert "HAPI-0825" in result.by_file[f"{RECORDED_FILES}/Condition.ndjson"].errors[0]
+
+
+def test_load_names_the_files_a_failed_wave_left_unsent(
+    rsps: responses.RequestsMock, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    FakeHapi(rsps, ["import-everyday-refintegrity-failed-poll-500.json"])  # not a conflict
+    folder = write_ndjson(tmp_path)
+    argv = ["load", str(folder), "--server", BASE, "--base-url", RECORDED_FILES]
+    assert main([*argv, "--max-poll-wait", "0.01"]) == 1
+    err = capsys.readouterr().err
+    assert "not sent (a later wave; run the same load again): Condition.ndjson" in err
+    assert "1 job)" in err and "run again" not in err  # HAPI-1094 is not retried

@@ -81,8 +81,10 @@ def test_report_tables_show_min_median_max() -> None:
         }
         for k in (2, 1, 4)
     ]
+    ten[1] = {k: v for k, v in ten[1].items() if k != "import_pg_load"}  # --paths push
     text = "\n".join(tenk(ten))
-    assert "| `$import` | 1.8 / 3.5 / 7.0 | 50.0 / 100.0 / 200.0 |" in text
+    assert "| `$import` | 2 | 3.5 / 5.2 / 7.0 | 50.0 / 75.0 / 100.0 |" in text
+    assert "| push, 4 workers | 3 | 3.5 / 7.0 / 14.0 |" in text
     assert text.count("push resources/s per 1,000 cases: 99.") == 3
 
 

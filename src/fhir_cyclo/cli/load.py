@@ -37,7 +37,10 @@ def register(sub: argparse._SubParsersAction[Any], help_line: str) -> None:
             "of *.ndjson, one resource type per file) through the server's Bulk Data $import. "
             "The files are served on 127.0.0.1 while the job runs (the server must be on this "
             "machine), or from --base-url where you serve them. Every resource keeps its id, so "
-            "running the same load again updates and never duplicates. The server must accept "
+            "running the same load again updates and never duplicates. The types others point at "
+            "(Organization, Practitioner, Medication, ...; then Patient) go first, each wave one "
+            "job, and a job failed on a conflict between the server's own work chunks "
+            "(HAPI-0825) runs again, twice at most. The server must accept "
             "references to resources of a later file (HAPI: `sandbox --profile load`)."
         ),
         formatter_class=HelpFormatter,
@@ -131,9 +134,14 @@ def run(opts: LoadOptions) -> int:
             output.problem(f"{name}: error: {error}")
     if not result.completed:
         output.error(f"$import failed on the server: {result.message}")
+    if result.not_sent:
+        names = ", ".join(f.path.name for f in result.not_sent)
+        output.problem(f"not sent (a later wave; run the same load again): {names}")
     output.say(
         f"$import of {result.resources} resources in {len(result.files)} files "
         f"{'done' if result.ok else 'ended with failures'} in {result.seconds:.0f}s "
-        f"({result.resources / max(result.seconds, 1e-9):.0f} resources/s)"
+        f"({result.resources / max(result.seconds, 1e-9):.0f} resources/s; {result.jobs} "
+        f"job{'s' if result.jobs != 1 else ''}"
+        f"{f', {result.retried} run again after a conflict' if result.retried else ''})"
     )
     return output.EXIT_OK if result.ok else output.EXIT_FAILED_ITEMS
