@@ -148,11 +148,15 @@ def tenk(runs: list[dict[str, Any]]) -> list[str]:
             rates = ", ".join(str(c["resources_per_s"]) for c in chunks)
             out += [
                 "",
-                f"Run {i} ({r.get('started', '?')}), push resources/s per 1,000 cases: {rates}.",
+                f"Run {i} ({r.get('started') or '?'}), push resources/s per 1,000 cases: {rates}.",
             ]
+        failed = r.get("import_pg_load_failed")
+        if failed:
+            first = next((x for x in failed if "error" in x), failed[0])
+            out += ["", f"Run {i} ({r.get('started') or '?'}), `$import` FAILED: `{first[:220]}`"]
         said = r.get("import_pg_load", {}).get("load_said")
         if said:
-            out += ["", f"Run {i} ({r.get('started', '?')}), `load` said: {said}"]
+            out += ["", f"Run {i} ({r.get('started') or '?'}), `load` said: {said}"]
     return out
 
 
