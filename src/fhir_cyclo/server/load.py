@@ -40,8 +40,9 @@ _REPORT_COUNT = re.compile(r"^\*\s*([A-Z_]+):\s*(\d+)\s*$")
 # Waves: the types other resources point at are stored in jobs of their own, first. Within one
 # job HAPI stores its files' chunks in parallel, and a reference whose target sits in a chunk not
 # yet written makes a placeholder (the loading profile) that the target's own write then races:
-# HAPI-0550/0825 "client-assigned ID constraint failure", the job FAILED. Seen in 1 of 10
-# 10,000-case loads with every type in one job, on Patient, the target of nearly every reference.
+# HAPI-0550/0825 "client-assigned ID constraint failure", the job FAILED. Seen in 2 of 3
+# 10,000-case loads with every type in one job, on Patient, the target of nearly every reference
+# (bench/results/load-10k-2.log, -3.log); 0 of 3 in waves.
 WAVES: tuple[frozenset[str], ...] = (
     # Shared targets that point at no patient (Patient.managingOrganization, ...).
     frozenset({"Organization", "Location", "Practitioner", "PractitionerRole", "Medication"}),
